@@ -1,0 +1,48 @@
+# streamhub: the README's two commands are `make run` and `make test`.
+# Both work on a fresh Debian machine: they install what the build needs
+# (cmake and a C++ compiler for grpcio's C core) when it is missing.
+
+CARGO ?= cargo
+PREFIX ?= /usr/local
+DESTDIR ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+VENV := .venv
+BIN := target/release/streamhub
+
+.PHONY: run test build deps py-deps fmt clippy clean-venv
+
+# cmake builds the gRPC C core; g++ compiles it. Installed only when missing.
+deps:
+	@missing=""; \
+	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
+	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build: deps
+	$(CARGO) build --release
+
+run: build
+	$(BIN) serve
+
+# Python's grpcio client proves that a client nobody here wrote works.
+$(VENV)/.ready: tests/py/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r tests/py/requirements.txt
+	touch $@
+
+py-deps: $(VENV)/.ready
+
+test: deps py-deps
+	$(CARGO) test --release -- --test-threads=2
+
+fmt:
+	$(CARGO) fmt --check
+
+clippy:
+	$(CARGO) clippy --release --all-targets -- -D warnings

@@ -1,0 +1,427 @@
+//! Command-line flags and `STREAMHUB_*` environment variables, turned into
+//! one validated [`Config`] per subcommand.
+//!
+//! Every option is declared once in a table ([`SERVE_OPTIONS`] and the client
+//! tables) with its flag, variable, default and help; the same table drives
+//! parsing, `--help` and `--print-config`. A flag beats its variable, which
+//! beats the default. Errors name the flag.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::hub::HubConfig;
+
+/// One option of a subcommand.
+pub struct OptSpec {
+    /// Long flag without the dashes.
+    pub flag: &'static str,
+    /// Environment variable, or "" when there is none.
+    pub env: &'static str,
+    /// Default as text; "" means unset.
+    pub default: &'static str,
+    pub help: &'static str,
+    /// Takes no value (`--flag` alone means "true").
+    pub switch: bool,
+    /// May be given more than once (values accumulate; the variable takes a
+    /// comma-separated list).
+    pub repeatable: bool,
+}
+
+const fn opt(
+    flag: &'static str,
+    env: &'static str,
+    default: &'static str,
+    help: &'static str,
+) -> OptSpec {
+    OptSpec {
+        flag,
+        env,
+        default,
+        help,
+        switch: false,
+        repeatable: false,
+    }
+}
+
+/// Every option of `streamhub serve`.
+pub const SERVE_OPTIONS: &[OptSpec] = &[
+    opt("grpc-addr", "STREAMHUB_GRPC_ADDR", "0.0.0.0:50051", "address the gRPC server listens on"),
+    opt("http-addr", "STREAMHUB_HTTP_ADDR", "0.0.0.0:8080", "address the HTTP/SSE server listens on"),
+    opt("max-message-bytes", "STREAMHUB_MAX_MESSAGE_BYTES", "1048576", "largest accepted message (gRPC message, HTTP body, content)"),
+    opt("subscriber-queue", "STREAMHUB_SUBSCRIBER_QUEUE", "1024", "messages queued per subscriber before it is dropped as too slow"),
+    opt("history", "STREAMHUB_HISTORY", "1000", "messages retained per room for resuming subscribers"),
+    opt("max-rooms", "STREAMHUB_MAX_ROOMS", "10000", "most rooms that may exist at once"),
+    opt("max-grpc-streams", "STREAMHUB_MAX_GRPC_STREAMS", "1024", "most concurrent gRPC streaming calls (each holds a thread)"),
+    opt("max-streams-per-connection", "STREAMHUB_MAX_STREAMS_PER_CONNECTION", "256", "HTTP/2 concurrent streams allowed on one gRPC connection"),
+    opt("grpc-threads", "STREAMHUB_GRPC_THREADS", "0", "grpcio completion-queue threads (0: one per core)"),
+    opt("keepalive-secs", "STREAMHUB_KEEPALIVE_SECS", "30", "gRPC keepalive ping interval, to notice dead peers"),
+    opt("keepalive-timeout-secs", "STREAMHUB_KEEPALIVE_TIMEOUT_SECS", "10", "how long a keepalive ping may go unanswered"),
+    opt("chat-heartbeat-secs", "STREAMHUB_CHAT_HEARTBEAT_SECS", "5", "interval of the SYSTEM heartbeat on Chat streams"),
+    opt("stream-stack-kib", "STREAMHUB_STREAM_STACK_KIB", "128", "stack size of each stream thread"),
+    opt("max-http-connections", "STREAMHUB_MAX_HTTP_CONNECTIONS", "2048", "most open HTTP connections; past it new ones get 503"),
+    opt("http-header-timeout-secs", "STREAMHUB_HTTP_HEADER_TIMEOUT_SECS", "10", "time a client has to send a whole request head"),
+    opt("http-idle-timeout-secs", "STREAMHUB_HTTP_IDLE_TIMEOUT_SECS", "30", "how long an idle keep-alive connection stays open"),
+    opt("write-timeout-secs", "STREAMHUB_WRITE_TIMEOUT_SECS", "10", "how long a write to a client (gRPC or HTTP) may block"),
+    opt("http-workers", "STREAMHUB_HTTP_WORKERS", "16", "threads serving plain HTTP requests"),
+    opt("max-sse-clients", "STREAMHUB_MAX_SSE_CLIENTS", "1024", "most concurrent SSE streams; past it new ones get 503"),
+    opt("sse-keepalive-secs", "STREAMHUB_SSE_KEEPALIVE_SECS", "15", "interval of SSE comment lines that keep proxies and clients awake"),
+    opt("sse-retry-ms", "STREAMHUB_SSE_RETRY_MS", "3000", "reconnect delay suggested to SSE clients"),
+    OptSpec {
+        repeatable: true,
+        ..opt("cors-origin", "STREAMHUB_CORS_ORIGINS", "", "origin allowed by CORS (repeatable, or '*'); none: no CORS headers")
+    },
+    opt("shutdown-grace-secs", "STREAMHUB_SHUTDOWN_GRACE_SECS", "10", "time open streams get to drain on shutdown"),
+    OptSpec {
+        switch: true,
+        ..opt("print-config", "", "", "print the effective settings and exit")
+    },
+];
+
+/// Options every client subcommand shares.
+pub const CLIENT_OPTIONS: &[OptSpec] = &[
+    opt("server", "STREAMHUB_SERVER", "127.0.0.1:50051", "gRPC address of the streamhub server"),
+    opt("room", "", "default", "room to use"),
+    opt("user", "STREAMHUB_USER", "", "user name (default: $USER)"),
+    opt("timeout-secs", "", "10", "deadline of unary calls and of connecting"),
+];
+
+/// Options of `streamhub metrics`.
+pub const METRICS_OPTIONS: &[OptSpec] = &[
+    opt("server", "STREAMHUB_SERVER", "127.0.0.1:50051", "gRPC address of the streamhub server"),
+    opt("instance", "", "streamhub", "instance_id to ask for"),
+    opt("interval-secs", "", "1", "seconds between batches"),
+    opt("count", "", "0", "stop after this many metrics (0: never)"),
+];
+
+/// Where a value came from, for `--print-config`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    Env,
+    Flag,
+}
+
+/// Flags and variables before validation.
+#[derive(Debug, Default)]
+pub struct RawArgs {
+    values: HashMap<&'static str, (Vec<String>, Source)>,
+    /// Arguments that are not flags, in order.
+    pub positional: Vec<String>,
+    pub help: bool,
+}
+
+impl RawArgs {
+    /// Parses `args` (after the subcommand) against `specs`, then fills in
+    /// the environment (through `env`) and defaults.
+    pub fn parse(
+        specs: &'static [OptSpec],
+        args: &[String],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<RawArgs, Error> {
+        let mut raw = RawArgs::default();
+        let mut i = 0;
+        while i < args.len() {
+            let arg = &args[i];
+            i += 1;
+            if arg == "--help" || arg == "-h" {
+                raw.help = true;
+                continue;
+            }
+            if arg == "--" {
+                raw.positional.extend(args[i..].iter().cloned());
+                break;
+            }
+            let Some(body) = arg.strip_prefix("--") else {
+                raw.positional.push(arg.clone());
+                continue;
+            };
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (body, None),
+            };
+            let spec = specs
+                .iter()
+                .find(|s| s.flag == name)
+                .ok_or_else(|| Error::Config(format!("unknown flag --{name} (see --help)")))?;
+            let value = if spec.switch {
+                inline.unwrap_or_else(|| "true".into())
+            } else if let Some(v) = inline {
+                v
+            } else if i < args.len() {
+                i += 1;
+                args[i - 1].clone()
+            } else {
+                return Err(Error::Config(format!("--{name} needs a value")));
+            };
+            let entry = raw
+                .values
+                .entry(spec.flag)
+                .or_insert_with(|| (Vec::new(), Source::Flag));
+            if spec.repeatable {
+                entry.0.push(value);
+            } else {
+                entry.0 = vec![value];
+            }
+        }
+        for spec in specs {
+            if raw.values.contains_key(spec.flag) {
+                continue;
+            }
+            if let Some(v) = (!spec.env.is_empty()).then(|| env(spec.env)).flatten() {
+                let values = if spec.repeatable {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                } else {
+                    vec![v]
+                };
+                raw.values.insert(spec.flag, (values, Source::Env));
+            } else if !spec.default.is_empty() {
+                raw.values
+                    .insert(spec.flag, (vec![spec.default.to_string()], Source::Default));
+            }
+        }
+        Ok(raw)
+    }
+
+    fn get(&self, flag: &str) -> Option<&str> {
+        self.values
+            .get(flag)
+            .and_then(|(v, _)| v.last())
+            .map(String::as_str)
+    }
+
+    pub fn string(&self, flag: &str) -> String {
+        self.get(flag).unwrap_or_default().to_string()
+    }
+
+    pub fn list(&self, flag: &str) -> Vec<String> {
+        self.values
+            .get(flag)
+            .map(|(v, _)| v.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn source(&self, flag: &str) -> Source {
+        self.values
+            .get(flag)
+            .map(|(_, s)| *s)
+            .unwrap_or(Source::Default)
+    }
+
+    pub fn switch(&self, flag: &str) -> bool {
+        matches!(self.get(flag), Some("true" | "1" | "yes"))
+    }
+
+    /// A whole number within `min..=max`.
+    pub fn number(&self, flag: &str, min: u64, max: u64) -> Result<u64, Error> {
+        let text = self.get(flag).unwrap_or_default();
+        let n: u64 = text.trim().parse().map_err(|_| {
+            Error::Config(format!("--{flag}: expected a whole number, got '{text}'"))
+        })?;
+        if n < min || n > max {
+            return Err(Error::Config(format!(
+                "--{flag}: {n} is outside the allowed range {min}..={max}"
+            )));
+        }
+        Ok(n)
+    }
+
+    pub fn secs(&self, flag: &str, min: u64, max: u64) -> Result<Duration, Error> {
+        self.number(flag, min, max).map(Duration::from_secs)
+    }
+
+    pub fn addr(&self, flag: &str) -> Result<SocketAddr, Error> {
+        let text = self.get(flag).unwrap_or_default();
+        text.parse().map_err(|_| {
+            Error::Config(format!(
+                "--{flag}: expected an address like 127.0.0.1:8080, got '{text}'"
+            ))
+        })
+    }
+}
+
+/// Writes a `--help` text for a subcommand from its table.
+pub fn usage(command: &str, summary: &str, args: &str, specs: &[OptSpec]) -> String {
+    let mut out = format!("{summary}\n\nUsage: streamhub {command} [OPTIONS]{args}\n\nOptions:\n");
+    for s in specs {
+        let value = if s.switch { "" } else { " <value>" };
+        out.push_str(&format!("  --{}{value}\n      {}", s.flag, s.help));
+        if !s.default.is_empty() {
+            out.push_str(&format!(" [default: {}]", s.default));
+        }
+        if !s.env.is_empty() {
+            out.push_str(&format!(" [env: {}]", s.env));
+        }
+        out.push('\n');
+    }
+    out.push_str("  -h, --help\n      print this help\n");
+    out
+}
+
+/// The validated settings of `streamhub serve`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub hub: HubConfig,
+    pub max_message_bytes: usize,
+    pub max_grpc_streams: usize,
+    pub max_streams_per_connection: usize,
+    pub grpc_threads: usize,
+    pub keepalive: Duration,
+    pub keepalive_timeout: Duration,
+    pub chat_heartbeat: Duration,
+    pub stream_stack_bytes: usize,
+    pub max_http_connections: usize,
+    pub http_header_timeout: Duration,
+    pub http_idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub http_workers: usize,
+    pub max_sse_clients: usize,
+    pub sse_keepalive: Duration,
+    pub sse_retry_ms: u64,
+    pub cors_origins: Vec<String>,
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    pub fn from_raw(raw: &RawArgs) -> Result<Config, Error> {
+        let max_message_bytes = raw.number("max-message-bytes", 64, 64 << 20)? as usize;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let grpc_threads = match raw.number("grpc-threads", 0, 64)? as usize {
+            0 => cores,
+            n => n,
+        };
+        let cors_origins = raw.list("cors-origin");
+        for origin in &cors_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://"))
+            {
+                return Err(Error::Config(format!(
+                    "--cors-origin: '{origin}' is neither '*' nor an http(s):// origin"
+                )));
+            }
+        }
+        Ok(Config {
+            grpc_addr: raw.addr("grpc-addr")?,
+            http_addr: raw.addr("http-addr")?,
+            hub: HubConfig {
+                subscriber_queue: raw.number("subscriber-queue", 1, 1 << 20)? as usize,
+                history: raw.number("history", 0, 1 << 20)? as usize,
+                max_content_bytes: max_message_bytes,
+                max_rooms: raw.number("max-rooms", 1, 1 << 24)? as usize,
+            },
+            max_message_bytes,
+            max_grpc_streams: raw.number("max-grpc-streams", 1, 1 << 20)? as usize,
+            max_streams_per_connection: raw.number("max-streams-per-connection", 1, 1 << 16)?
+                as usize,
+            grpc_threads,
+            keepalive: raw.secs("keepalive-secs", 1, 86_400)?,
+            keepalive_timeout: raw.secs("keepalive-timeout-secs", 1, 3600)?,
+            chat_heartbeat: raw.secs("chat-heartbeat-secs", 1, 3600)?,
+            stream_stack_bytes: raw.number("stream-stack-kib", 32, 16 * 1024)? as usize * 1024,
+            max_http_connections: raw.number("max-http-connections", 1, 1 << 20)? as usize,
+            http_header_timeout: raw.secs("http-header-timeout-secs", 1, 3600)?,
+            http_idle_timeout: raw.secs("http-idle-timeout-secs", 1, 3600)?,
+            write_timeout: raw.secs("write-timeout-secs", 1, 3600)?,
+            http_workers: raw.number("http-workers", 1, 1024)? as usize,
+            max_sse_clients: raw.number("max-sse-clients", 1, 1 << 20)? as usize,
+            sse_keepalive: raw.secs("sse-keepalive-secs", 1, 3600)?,
+            sse_retry_ms: raw.number("sse-retry-ms", 0, 3_600_000)?,
+            cors_origins,
+            shutdown_grace: raw.secs("shutdown-grace-secs", 0, 3600)?,
+        })
+    }
+
+    /// Defaults with both servers on 127.0.0.1 port 0: for tests and tools.
+    pub fn local() -> Config {
+        let raw = RawArgs::parse(SERVE_OPTIONS, &[], |_| None).expect("defaults parse");
+        let mut config = Config::from_raw(&raw).expect("defaults are valid");
+        config.grpc_addr = "127.0.0.1:0".parse().expect("literal address");
+        config.http_addr = "127.0.0.1:0".parse().expect("literal address");
+        config
+    }
+}
+
+/// The effective settings as `--print-config` shows them: one
+/// `STREAMHUB_X=value  # from flag|env|default` line per option.
+pub fn print_config(raw: &RawArgs) -> String {
+    let mut out = String::new();
+    for spec in SERVE_OPTIONS.iter().filter(|s| !s.env.is_empty()) {
+        let source = match raw.source(spec.flag) {
+            Source::Default => "default",
+            Source::Env => "env",
+            Source::Flag => "flag",
+        };
+        out.push_str(&format!(
+            "{}={}  # --{}, from {source}\n",
+            spec.env,
+            raw.list(spec.flag).join(","),
+            spec.flag
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn flag_beats_env_beats_default() {
+        let env = |k: &str| match k {
+            "STREAMHUB_HISTORY" => Some("7".to_string()),
+            "STREAMHUB_SUBSCRIBER_QUEUE" => Some("9".to_string()),
+            _ => None,
+        };
+        let raw = RawArgs::parse(SERVE_OPTIONS, &args(&["--history", "3"]), env).unwrap();
+        let config = Config::from_raw(&raw).unwrap();
+        assert_eq!(config.hub.history, 3);
+        assert_eq!(config.hub.subscriber_queue, 9);
+        assert_eq!(config.hub.max_rooms, 10_000);
+        let printed = print_config(&raw);
+        assert!(printed.contains("STREAMHUB_HISTORY=3  # --history, from flag"));
+        assert!(printed.contains("STREAMHUB_SUBSCRIBER_QUEUE=9  # --subscriber-queue, from env"));
+        assert!(printed.contains("STREAMHUB_MAX_ROOMS=10000  # --max-rooms, from default"));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let bad = |a: &[&str]| {
+            let raw = RawArgs::parse(SERVE_OPTIONS, &args(a), |_| None);
+            match raw {
+                Err(e) => e.to_string(),
+                Ok(raw) => Config::from_raw(&raw).unwrap_err().to_string(),
+            }
+        };
+        assert!(bad(&["--history", "x"]).starts_with("--history:"));
+        assert!(bad(&["--grpc-addr", "nowhere"]).starts_with("--grpc-addr:"));
+        assert!(bad(&["--subscriber-queue", "0"]).contains("outside"));
+        assert!(bad(&["--nope"]).contains("unknown flag --nope"));
+        assert!(bad(&["--history"]).contains("needs a value"));
+        assert!(bad(&["--cors-origin", "ftp://x"]).starts_with("--cors-origin:"));
+    }
+
+    #[test]
+    fn repeatable_flags_and_inline_values() {
+        let raw = RawArgs::parse(
+            SERVE_OPTIONS,
+            &args(&["--cors-origin=http://a", "--cors-origin", "http://b", "--print-config"]),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(raw.list("cors-origin"), vec!["http://a", "http://b"]);
+        assert!(raw.switch("print-config"));
+        let env = |k: &str| (k == "STREAMHUB_CORS_ORIGINS").then(|| "http://x, http://y".into());
+        let raw = RawArgs::parse(SERVE_OPTIONS, &[], env).unwrap();
+        assert_eq!(raw.list("cors-origin"), vec!["http://x", "http://y"]);
+    }
+}

@@ -1,0 +1,132 @@
+//! Conversions between hub values and the generated `chat` protobuf types,
+//! and from [`Error`] to gRPC status. The only place both meet.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use grpcio::{RpcStatus, RpcStatusCode};
+use protobuf::well_known_types::timestamp::Timestamp;
+use protobuf::MessageField;
+
+use crate::error::Error;
+use crate::hub::{Message, MessageKind};
+use crate::proto::chat;
+
+pub fn timestamp(t: SystemTime) -> MessageField<Timestamp> {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut ts = Timestamp::new();
+    ts.seconds = d.as_secs() as i64;
+    ts.nanos = d.subsec_nanos() as i32;
+    MessageField::some(ts)
+}
+
+pub fn kind_to_proto(kind: MessageKind) -> chat::MessageType {
+    match kind {
+        MessageKind::Chat => chat::MessageType::CHAT,
+        MessageKind::Join => chat::MessageType::JOIN,
+        MessageKind::Leave => chat::MessageType::LEAVE,
+        MessageKind::System => chat::MessageType::SYSTEM,
+    }
+}
+
+pub fn to_proto(m: &Message) -> chat::Message {
+    let mut out = chat::Message::new();
+    out.id = m.id.clone();
+    out.user = m.user.clone();
+    out.content = m.content.clone();
+    out.room = m.room.to_string();
+    out.timestamp = timestamp(m.timestamp);
+    out.type_ = kind_to_proto(m.kind).into();
+    out
+}
+
+/// A message from the server itself (welcome, echo, heartbeat, notices).
+pub fn system_message(id: String, user: &str, room: &str, content: String) -> chat::Message {
+    let mut out = chat::Message::new();
+    out.id = id;
+    out.user = user.to_string();
+    out.content = content;
+    out.room = room.to_string();
+    out.timestamp = timestamp(SystemTime::now());
+    out.type_ = chat::MessageType::SYSTEM.into();
+    out
+}
+
+/// The kind of an inbound message; unknown enum values count as CHAT, the
+/// proto3 default.
+pub fn kind_from_proto(m: &chat::Message) -> MessageKind {
+    match m.type_.enum_value() {
+        Ok(chat::MessageType::JOIN) => MessageKind::Join,
+        Ok(chat::MessageType::LEAVE) => MessageKind::Leave,
+        Ok(chat::MessageType::SYSTEM) => MessageKind::System,
+        _ => MessageKind::Chat,
+    }
+}
+
+pub fn status(e: &Error) -> RpcStatus {
+    let code = match e {
+        Error::InvalidArgument(_) => RpcStatusCode::INVALID_ARGUMENT,
+        Error::TooLarge(_) | Error::ResourceExhausted(_) => RpcStatusCode::RESOURCE_EXHAUSTED,
+        Error::Unavailable(_) => RpcStatusCode::UNAVAILABLE,
+        _ => RpcStatusCode::INTERNAL,
+    };
+    RpcStatus::with_message(code, e.to_string())
+}
+
+/// The canonical upper-case name of a status code, for metrics and logs.
+pub fn code_name(code: RpcStatusCode) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    let i: i32 = code.into();
+    NAMES.get(i as usize).copied().unwrap_or("UNKNOWN")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protobuf::Enum;
+
+    #[test]
+    fn errors_map_to_status_codes() {
+        let s = status(&Error::InvalidArgument("user is required".into()));
+        assert_eq!(s.code(), RpcStatusCode::INVALID_ARGUMENT);
+        assert_eq!(s.message(), "user is required");
+        assert_eq!(
+            status(&Error::TooLarge("x".into())).code(),
+            RpcStatusCode::RESOURCE_EXHAUSTED
+        );
+        assert_eq!(code_name(RpcStatusCode::RESOURCE_EXHAUSTED), "RESOURCE_EXHAUSTED");
+        assert_eq!(code_name(RpcStatusCode::OK), "OK");
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for kind in [
+            MessageKind::Chat,
+            MessageKind::Join,
+            MessageKind::Leave,
+            MessageKind::System,
+        ] {
+            let mut m = chat::Message::new();
+            m.type_ = kind_to_proto(kind).into();
+            assert_eq!(kind_from_proto(&m), kind);
+        }
+        let _ = chat::MessageType::CHAT.value();
+    }
+}

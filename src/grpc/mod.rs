@@ -1,0 +1,761 @@
+//! The gRPC front door: `chat.ChatService` on grpcio.
+//!
+//! Handlers run on grpcio's completion-queue threads and never block there:
+//! unary calls publish and answer at once; every streaming call gets its own
+//! named thread (`grpc-sub-N`, `grpc-chat-N`, `grpc-upload-N`,
+//! `grpc-metrics-N`) that blocks on the hub queue and is the only writer of
+//! its sink. Every sink is closed or failed explicitly: dropping one cancels
+//! the call.
+
+pub mod client;
+mod convert;
+mod driver;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use grpcio::{
+    ChannelBuilder, ClientStreamingSink, DuplexSink, EnvBuilder, Environment, RequestStream,
+    RpcContext, RpcStatus, RpcStatusCode, ServerBuilder, ServerCredentials,
+    ServerStreamingSink, UnarySink,
+};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::hub::{CloseReason, Draft, Hub, MessageKind, Protocol, Subscription};
+use crate::metrics::{MetricsSampler, Telemetry};
+use crate::proto::chat;
+use crate::proto::services::{create_chat_service, ChatService};
+use crate::threads::Threads;
+use convert::{code_name, status, system_message, to_proto};
+use driver::{Driver, Interrupted, StreamSink, WriteError};
+
+/// Most messages written in one burst by a subscriber thread that finds a
+/// backlog: bounds the time between checks for cancellation.
+const MAX_BURST: usize = 256;
+/// Extra room above the content limit for the other fields of a message.
+const ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// What every handler and stream thread shares.
+struct Shared {
+    hub: Arc<Hub>,
+    telemetry: Arc<Telemetry>,
+    threads: Threads,
+    config: Config,
+    open_streams: AtomicUsize,
+    next_stream: AtomicU64,
+    /// Disconnects when shutdown begins.
+    stopping: Receiver<()>,
+}
+
+/// Holds one slot of `--max-grpc-streams` while a stream runs.
+struct StreamPermit(Arc<Shared>);
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Shared {
+    fn is_stopping(&self) -> bool {
+        matches!(
+            self.stopping.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
+    }
+
+    /// Takes a stream slot, or says why not.
+    fn open_stream(self: &Arc<Self>) -> Result<StreamPermit, Error> {
+        if self.is_stopping() {
+            return Err(Error::Unavailable("server shutting down".into()));
+        }
+        let open = self.open_streams.fetch_add(1, Ordering::AcqRel);
+        let permit = StreamPermit(self.clone());
+        if open >= self.config.max_grpc_streams {
+            return Err(Error::ResourceExhausted(format!(
+                "too many concurrent streams (limit {})",
+                self.config.max_grpc_streams
+            )));
+        }
+        Ok(permit)
+    }
+
+    /// Runs `body` on a new named stream thread.
+    fn spawn_stream(&self, kind: &str, body: impl FnOnce() + Send + 'static) -> Result<(), Error> {
+        let n = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        self.threads
+            .spawn(
+                format!("grpc-{kind}-{n}"),
+                Some(self.config.stream_stack_bytes),
+                body,
+            )
+            .map(drop)
+            .map_err(|e| Error::ResourceExhausted(format!("cannot start a stream thread: {e}")))
+    }
+
+    fn done(&self, method: &'static str, code: RpcStatusCode) {
+        self.telemetry.grpc_call_done(method, code_name(code));
+    }
+
+    fn write_timeout(&self) -> Duration {
+        self.config.write_timeout
+    }
+}
+
+/// The running gRPC server.
+pub struct GrpcServer {
+    server: grpcio::Server,
+    shared: Arc<Shared>,
+    port: u16,
+    _env: Arc<Environment>,
+}
+
+impl GrpcServer {
+    /// Binds `config.grpc_addr` and starts serving.
+    pub fn start(
+        config: &Config,
+        hub: Arc<Hub>,
+        telemetry: Arc<Telemetry>,
+        threads: Threads,
+        stopping: Receiver<()>,
+    ) -> Result<GrpcServer, Error> {
+        let env = Arc::new(
+            EnvBuilder::new()
+                .cq_count(config.grpc_threads)
+                .name_prefix("grpc-poll")
+                .build(),
+        );
+        let max_len = (config.max_message_bytes + ENVELOPE_BYTES).min(i32::MAX as usize) as i32;
+        let args = ChannelBuilder::new(env.clone())
+            .max_concurrent_stream(config.max_streams_per_connection as i32)
+            .max_receive_message_len(max_len)
+            .max_send_message_len(max_len)
+            .keepalive_time(config.keepalive)
+            .keepalive_timeout(config.keepalive_timeout)
+            .keepalive_permit_without_calls(true)
+            .http2_max_ping_strikes(0)
+            .build_args();
+        let shared = Arc::new(Shared {
+            hub,
+            telemetry,
+            threads,
+            config: config.clone(),
+            open_streams: AtomicUsize::new(0),
+            next_stream: AtomicU64::new(1),
+            stopping,
+        });
+        let service = create_chat_service(ChatServiceImpl {
+            shared: shared.clone(),
+        });
+        let mut server = ServerBuilder::new(env.clone())
+            .register_service(service)
+            .channel_args(args)
+            .build()
+            .map_err(|e| Error::Io(format!("gRPC server: {e}")))?;
+        let port = server
+            .add_listening_port(config.grpc_addr.to_string(), ServerCredentials::insecure())
+            .map_err(|_| Error::Io(format!("cannot listen on {} (gRPC)", config.grpc_addr)))?;
+        server.start();
+        Ok(GrpcServer {
+            server,
+            shared,
+            port,
+            _env: env,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Streaming calls open now.
+    pub fn open_streams(&self) -> usize {
+        self.shared.open_streams.load(Ordering::Acquire)
+    }
+
+    /// Cancels what is left and stops the server. Call after the stream
+    /// threads had their chance to say goodbye.
+    pub fn stop(mut self, timeout: Duration) {
+        self.server.cancel_all_calls();
+        let done = futures_executor::block_on(async {
+            let shutdown = self.server.shutdown();
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            std::thread::Builder::new()
+                .name("grpc-shutdown".into())
+                .spawn(move || {
+                    let _ = tx.send(futures_executor::block_on(shutdown));
+                })
+                .ok()
+                .and_then(|_| rx.recv_timeout(timeout).ok())
+        });
+        if done.is_none() {
+            log::warn!("gRPC server did not shut down within {timeout:?}");
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ChatServiceImpl {
+    shared: Arc<Shared>,
+}
+
+/// Answers a streaming call that could not start.
+fn refuse<T, S: StreamSink<T> + Send + 'static>(
+    ctx: &RpcContext,
+    shared: &Shared,
+    method: &'static str,
+    sink: S,
+    e: &Error,
+) {
+    let st = status(e);
+    shared.done(method, st.code());
+    log::warn!("{method} refused: {e}");
+    let f = sink.fail_with(st);
+    ctx.spawn(async move {
+        let _ = f.await;
+    });
+}
+
+impl ChatService for ChatServiceImpl {
+    fn send_message(
+        &mut self,
+        ctx: RpcContext,
+        req: chat::SendMessageRequest,
+        sink: UnarySink<chat::SendMessageResponse>,
+    ) {
+        let draft = Draft::chat(&req.room, &req.user, &req.content);
+        let shared = self.shared.clone();
+        let reply = match shared.hub.publish(draft) {
+            Ok(m) => {
+                let mut resp = chat::SendMessageResponse::new();
+                resp.message_id = m.id.clone();
+                resp.timestamp = convert::timestamp(m.timestamp);
+                shared.done("SendMessage", RpcStatusCode::OK);
+                sink.success(resp)
+            }
+            Err(e) => {
+                let st = status(&e);
+                shared.done("SendMessage", st.code());
+                sink.fail(st)
+            }
+        };
+        ctx.spawn(async move {
+            let _ = reply.await;
+        });
+    }
+
+    fn subscribe_messages(
+        &mut self,
+        ctx: RpcContext,
+        req: chat::SubscribeRequest,
+        sink: ServerStreamingSink<chat::Message>,
+    ) {
+        const METHOD: &str = "SubscribeMessages";
+        let shared = self.shared.clone();
+        let started = shared.open_stream().and_then(|permit| {
+            let (sub, _) = shared.hub.subscribe(&req.room, None, Protocol::Grpc)?;
+            Ok((permit, sub))
+        });
+        let (permit, sub) = match started {
+            Ok(v) => v,
+            Err(e) => return refuse(&ctx, &shared, METHOD, sink, &e),
+        };
+        let peer = ctx.peer();
+        let deadline = ctx.deadline();
+        let user = req.user;
+        // The sink travels to the stream thread; if the thread cannot start it
+        // comes back here to be failed.
+        let slot = Arc::new(parking_lot::Mutex::new(Some(sink)));
+        let thread_slot = slot.clone();
+        let thread_shared = shared.clone();
+        let spawned = shared.spawn_stream("sub", move || {
+            let sink = thread_slot.lock().take().expect("sink handed over once");
+            run_subscriber(&thread_shared, sub, user, sink, peer, deadline);
+            drop(permit);
+        });
+        if let Err(e) = spawned {
+            if let Some(sink) = slot.lock().take() {
+                refuse(&ctx, &shared, METHOD, sink, &e);
+            }
+        }
+    }
+
+    fn upload_messages(
+        &mut self,
+        ctx: RpcContext,
+        stream: RequestStream<chat::Message>,
+        sink: ClientStreamingSink<chat::UploadResponse>,
+    ) {
+        let shared = self.shared.clone();
+        let permit = match shared.open_stream() {
+            Ok(p) => p,
+            Err(e) => {
+                let st = status(&e);
+                shared.done("UploadMessages", st.code());
+                let f = sink.fail(st);
+                ctx.spawn(async move {
+                    let _ = f.await;
+                });
+                return;
+            }
+        };
+        let thread_shared = shared.clone();
+        let slot = Arc::new(parking_lot::Mutex::new(Some((stream, sink))));
+        let thread_slot = slot.clone();
+        let spawned = shared.spawn_stream("upload", move || {
+            let (stream, sink) = thread_slot.lock().take().expect("handed over once");
+            run_upload(&thread_shared, stream, sink);
+            drop(permit);
+        });
+        if let Err(e) = spawned {
+            if let Some((_, sink)) = slot.lock().take() {
+                let f = sink.fail(status(&e));
+                ctx.spawn(async move {
+                    let _ = f.await;
+                });
+            }
+        }
+    }
+
+    fn chat(
+        &mut self,
+        ctx: RpcContext,
+        stream: RequestStream<chat::Message>,
+        sink: DuplexSink<chat::Message>,
+    ) {
+        const METHOD: &str = "Chat";
+        let shared = self.shared.clone();
+        let permit = match shared.open_stream() {
+            Ok(p) => p,
+            Err(e) => return refuse(&ctx, &shared, METHOD, sink, &e),
+        };
+        let peer = ctx.peer();
+        let thread_shared = shared.clone();
+        let slot = Arc::new(parking_lot::Mutex::new(Some((stream, sink))));
+        let thread_slot = slot.clone();
+        let spawned = shared.spawn_stream("chat", move || {
+            let (stream, sink) = thread_slot.lock().take().expect("handed over once");
+            run_chat(&thread_shared, stream, sink, peer);
+            drop(permit);
+        });
+        if let Err(e) = spawned {
+            if let Some((_, sink)) = slot.lock().take() {
+                refuse(&ctx, &shared, METHOD, sink, &e);
+            }
+        }
+    }
+
+    fn stream_metrics(
+        &mut self,
+        ctx: RpcContext,
+        req: chat::MetricsRequest,
+        sink: ServerStreamingSink<chat::Metric>,
+    ) {
+        const METHOD: &str = "StreamMetrics";
+        let shared = self.shared.clone();
+        let interval = match req.interval_seconds {
+            0 => Ok(1),
+            n @ 1..=3600 => Ok(n as u64),
+            n => Err(Error::InvalidArgument(format!(
+                "interval_seconds must be between 0 and 3600, got {n}"
+            ))),
+        };
+        let started = interval.and_then(|i| Ok((i, shared.open_stream()?)));
+        let (interval, permit) = match started {
+            Ok(v) => v,
+            Err(e) => return refuse(&ctx, &shared, METHOD, sink, &e),
+        };
+        let thread_shared = shared.clone();
+        let slot = Arc::new(parking_lot::Mutex::new(Some(sink)));
+        let thread_slot = slot.clone();
+        let instance = req.instance_id;
+        let spawned = shared.spawn_stream("metrics", move || {
+            let sink = thread_slot.lock().take().expect("handed over once");
+            run_metrics(
+                &thread_shared,
+                instance,
+                Duration::from_secs(interval),
+                sink,
+            );
+            drop(permit);
+        });
+        if let Err(e) = spawned {
+            if let Some(sink) = slot.lock().take() {
+                refuse(&ctx, &shared, METHOD, sink, &e);
+            }
+        }
+    }
+}
+
+/// Publishes a JOIN or LEAVE for `user` (streams opened with a user name).
+fn announce(hub: &Hub, room: &str, user: &str, kind: MessageKind) {
+    if user.is_empty() {
+        return;
+    }
+    let verb = if kind == MessageKind::Join {
+        "joined"
+    } else {
+        "left"
+    };
+    let draft = Draft {
+        room: room.to_string(),
+        user: user.to_string(),
+        content: format!("{user} {verb} the room"),
+        kind,
+    };
+    if let Err(e) = hub.publish(draft) {
+        log::debug!("cannot announce {user} in {room}: {e}");
+    }
+}
+
+/// Ends a stream because the server is stopping: a last SYSTEM notice, then
+/// UNAVAILABLE so that clients retry elsewhere.
+fn say_goodbye<T, S: StreamSink<T>>(
+    shared: &Shared,
+    driver: &mut Driver,
+    mut sink: S,
+    notice: T,
+) -> RpcStatusCode {
+    driver.ignore_stopping();
+    let _ = driver.send_all(&mut sink, [notice], shared.write_timeout());
+    driver.close_with(
+        sink,
+        RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, "server shutting down".into()),
+        shared.write_timeout(),
+    );
+    RpcStatusCode::UNAVAILABLE
+}
+
+fn shutdown_notice(room: &str) -> chat::Message {
+    system_message(
+        "system_shutdown".into(),
+        "System",
+        room,
+        "server shutting down".into(),
+    )
+}
+
+/// Runs on `grpc-sub-N`: writes the room's messages until the client leaves,
+/// falls behind or the server stops. Holds no hub lock while writing.
+fn run_subscriber(
+    shared: &Shared,
+    sub: Subscription,
+    user: String,
+    mut sink: ServerStreamingSink<chat::Message>,
+    peer: String,
+    deadline: grpcio::Deadline,
+) {
+    let room = sub.room().clone();
+    log::info!("SubscribeMessages opened: room={room} user={user:?} peer={peer}");
+    let mut driver = Driver::new(shared.stopping.clone());
+    let timeout = shared.write_timeout();
+    announce(&shared.hub, &room, &user, MessageKind::Join);
+    let welcome = system_message(
+        "system".into(),
+        "System",
+        &room,
+        format!("Welcome to room {room}, {user}!"),
+    );
+    let mut reason = match driver.send_all(&mut sink, [welcome], timeout) {
+        Ok(()) => None,
+        Err(_) => Some(CloseReason::ClientClosed),
+    };
+    while reason.is_none() {
+        crossbeam_channel::select! {
+            recv(sub.receiver()) -> first => match first {
+                Ok(first) => {
+                    let burst: Vec<chat::Message> = std::iter::once(first)
+                        .chain(sub.receiver().try_iter().take(MAX_BURST - 1))
+                        .map(|m| to_proto(&m))
+                        .collect();
+                    reason = match driver.send_all(&mut sink, burst, timeout) {
+                        Ok(()) => None,
+                        Err(WriteError::Gone) => Some(CloseReason::ClientClosed),
+                        Err(WriteError::Interrupted(Interrupted::Stopping)) => Some(CloseReason::Shutdown),
+                        Err(WriteError::Interrupted(Interrupted::TimedOut)) => Some(
+                            sub.close_reason().unwrap_or(CloseReason::WriteFailed),
+                        ),
+                    };
+                }
+                Err(_) => reason = Some(sub.close_reason().unwrap_or(CloseReason::Shutdown)),
+            },
+            recv(driver.woken()) -> _ => {
+                if driver.client_gone(&mut sink) {
+                    reason = Some(CloseReason::ClientClosed);
+                }
+            }
+        }
+    }
+    let mut reason = reason.unwrap_or(CloseReason::ClientClosed);
+    if reason == CloseReason::ClientClosed && deadline.exceeded() {
+        reason = CloseReason::DeadlineExceeded;
+    }
+    let code = match reason {
+        CloseReason::SlowConsumer => {
+            driver.close_with(
+                sink,
+                RpcStatus::with_message(
+                    RpcStatusCode::RESOURCE_EXHAUSTED,
+                    "subscriber too slow".into(),
+                ),
+                timeout,
+            );
+            RpcStatusCode::RESOURCE_EXHAUSTED
+        }
+        CloseReason::Shutdown => say_goodbye(shared, &mut driver, sink, shutdown_notice(&room)),
+        CloseReason::DeadlineExceeded => RpcStatusCode::DEADLINE_EXCEEDED,
+        // Dropping the sink cancels what is left of the call.
+        _ => RpcStatusCode::CANCELLED,
+    };
+    sub.set_close_reason(reason);
+    drop(sub);
+    announce(&shared.hub, &room, &user, MessageKind::Leave);
+    shared.done("SubscribeMessages", code);
+    log::info!("SubscribeMessages closed: room={room} user={user:?} reason={reason}");
+}
+
+/// Runs on `grpc-upload-N`: publishes each streamed message in order.
+fn run_upload(
+    shared: &Shared,
+    mut stream: RequestStream<chat::Message>,
+    sink: ClientStreamingSink<chat::UploadResponse>,
+) {
+    const METHOD: &str = "UploadMessages";
+    let driver = Driver::new(shared.stopping.clone());
+    let timeout = shared.write_timeout();
+    let mut count: i32 = 0;
+    let outcome: Result<(), RpcStatus> = loop {
+        let next = driver.block_on(|cx| driver_poll_next(&mut stream, cx), None);
+        match next {
+            Err(_) => {
+                break Err(RpcStatus::with_message(
+                    RpcStatusCode::UNAVAILABLE,
+                    "server shutting down".into(),
+                ))
+            }
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(e))) => {
+                break Err(RpcStatus::with_message(
+                    RpcStatusCode::CANCELLED,
+                    format!("receive failed: {e}"),
+                ))
+            }
+            Ok(Some(Ok(m))) => {
+                let kind = convert::kind_from_proto(&m);
+                let draft = Draft {
+                    room: m.room,
+                    user: m.user,
+                    content: m.content,
+                    kind,
+                };
+                if let Err(e) = shared.hub.publish(draft) {
+                    let st = status(&e);
+                    break Err(RpcStatus::with_message(
+                        st.code(),
+                        format!("message at index {count}: {e}"),
+                    ));
+                }
+                count += 1;
+            }
+        }
+    };
+    let code = match outcome {
+        Ok(()) => {
+            let mut resp = chat::UploadResponse::new();
+            resp.message_count = count;
+            resp.success = true;
+            let _ = driver.finish(sink.success(resp), timeout);
+            RpcStatusCode::OK
+        }
+        Err(st) => {
+            let code = st.code();
+            let _ = driver.finish(sink.fail(st), timeout);
+            code
+        }
+    };
+    shared.done(METHOD, code);
+    log::info!("UploadMessages closed: {count} messages published, status {}", code_name(code));
+}
+
+fn driver_poll_next(
+    stream: &mut RequestStream<chat::Message>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Option<grpcio::Result<chat::Message>>> {
+    futures_util::StreamExt::poll_next_unpin(stream, cx)
+}
+
+/// Runs on `grpc-chat-N`, the only writer of its sink: reads inbound
+/// messages, echoes and publishes each, and sends the heartbeat.
+fn run_chat(
+    shared: &Shared,
+    mut stream: RequestStream<chat::Message>,
+    mut sink: DuplexSink<chat::Message>,
+    peer: String,
+) {
+    const METHOD: &str = "Chat";
+    log::info!("Chat opened: peer={peer}");
+    let mut driver = Driver::new(shared.stopping.clone());
+    let timeout = shared.write_timeout();
+    let heartbeat = shared.config.chat_heartbeat;
+    let mut next_heartbeat = Instant::now() + heartbeat;
+    let mut joined: Option<(String, String)> = None;
+    let mut received = 0u64;
+    let code = 'serve: loop {
+        // Everything that is there now, answered in one burst.
+        let mut replies = Vec::new();
+        let mut ended = false;
+        let mut failure = None;
+        loop {
+            match driver.poll_next(&mut stream) {
+                Poll::Pending => break,
+                Poll::Ready(None) => {
+                    ended = true;
+                    break;
+                }
+                Poll::Ready(Some(Err(_))) => break 'serve RpcStatusCode::CANCELLED,
+                Poll::Ready(Some(Ok(m))) => {
+                    let draft = Draft {
+                        room: m.room.clone(),
+                        user: m.user.clone(),
+                        content: m.content.clone(),
+                        kind: convert::kind_from_proto(&m),
+                    };
+                    match shared.hub.publish(draft) {
+                        Ok(published) => {
+                            if joined.is_none() {
+                                joined = Some((published.room.to_string(), m.user.clone()));
+                                announce(&shared.hub, &published.room, &m.user, MessageKind::Join);
+                            }
+                            let id = if m.id.is_empty() { &published.id } else { &m.id };
+                            replies.push(system_message(
+                                format!("echo_{id}"),
+                                "Server",
+                                &published.room,
+                                format!("Echo: {}", m.content),
+                            ));
+                        }
+                        Err(e) => {
+                            let st = status(&e);
+                            failure = Some(RpcStatus::with_message(
+                                st.code(),
+                                format!("message at index {received}: {e}"),
+                            ));
+                            break;
+                        }
+                    }
+                    received += 1;
+                    if replies.len() >= MAX_BURST {
+                        break;
+                    }
+                }
+            }
+        }
+        if !replies.is_empty() && driver.send_all(&mut sink, replies, timeout).is_err() {
+            break 'serve RpcStatusCode::CANCELLED;
+        }
+        if let Some(st) = failure {
+            let code = st.code();
+            driver.close_with(sink, st, timeout);
+            break 'serve code;
+        }
+        if ended {
+            driver.close_ok(sink, timeout);
+            break 'serve RpcStatusCode::OK;
+        }
+        if Instant::now() >= next_heartbeat {
+            let beat = system_message(
+                format!(
+                    "server_{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs()
+                ),
+                "Server",
+                "",
+                "Server is alive!".into(),
+            );
+            if driver.send_all(&mut sink, [beat], timeout).is_err() {
+                break 'serve RpcStatusCode::CANCELLED;
+            }
+            next_heartbeat += heartbeat;
+            continue;
+        }
+        match driver.wait(Some(next_heartbeat)) {
+            Ok(()) | Err(Interrupted::TimedOut) => {}
+            Err(Interrupted::Stopping) => {
+                let room = joined.as_ref().map(|(r, _)| r.as_str()).unwrap_or("");
+                break 'serve say_goodbye(shared, &mut driver, sink, shutdown_notice(room));
+            }
+        }
+    };
+    if let Some((room, user)) = &joined {
+        announce(&shared.hub, room, user, MessageKind::Leave);
+    }
+    shared.done(METHOD, code);
+    log::info!(
+        "Chat closed: peer={peer} messages={received} status={}",
+        code_name(code)
+    );
+}
+
+/// Runs on `grpc-metrics-N`: a batch of measurements every interval.
+fn run_metrics(
+    shared: &Shared,
+    instance: String,
+    interval: Duration,
+    mut sink: ServerStreamingSink<chat::Metric>,
+) {
+    const METHOD: &str = "StreamMetrics";
+    log::info!("StreamMetrics opened: instance={instance:?} interval={interval:?}");
+    let mut driver = Driver::new(shared.stopping.clone());
+    let timeout = shared.write_timeout();
+    let mut sampler = MetricsSampler::new(&shared.telemetry);
+    let mut next = Instant::now() + interval;
+    // Registers the waker, so a cancel wakes us between batches.
+    let mut gone = driver.client_gone(&mut sink);
+    let code = loop {
+        if gone {
+            break RpcStatusCode::CANCELLED;
+        }
+        match driver.wait(Some(next)) {
+            Ok(()) => {
+                gone = driver.client_gone(&mut sink);
+                continue;
+            }
+            Err(Interrupted::Stopping) => {
+                driver.ignore_stopping();
+                driver.close_with(
+                    sink,
+                    RpcStatus::with_message(
+                        RpcStatusCode::UNAVAILABLE,
+                        "server shutting down".into(),
+                    ),
+                    timeout,
+                );
+                break RpcStatusCode::UNAVAILABLE;
+            }
+            Err(Interrupted::TimedOut) => {}
+        }
+        next += interval;
+        let batch: Vec<chat::Metric> = sampler
+            .sample(&shared.hub, &shared.telemetry)
+            .into_iter()
+            .map(|m| {
+                let mut metric = chat::Metric::new();
+                metric.name = m.name.to_string();
+                metric.value = m.value;
+                metric.timestamp = convert::timestamp(m.timestamp);
+                metric.labels.insert("instance".into(), instance.clone());
+                metric
+            })
+            .collect();
+        gone = driver.send_all(&mut sink, batch, timeout).is_err();
+    };
+    shared.done(METHOD, code);
+    log::info!("StreamMetrics closed: instance={instance:?} status={}", code_name(code));
+}

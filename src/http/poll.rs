@@ -1,0 +1,110 @@
+//! Readiness of many sockets at once through poll(2).
+//!
+//! The standard library has no readiness API, and the one thread that
+//! accepts connections also waits for request heads on every connection that
+//! has not finished one (so a thousand slow clients cost no threads). poll(2)
+//! is in the C library std already links; declaring it here saves a crate.
+//! This is the only `unsafe` in streamhub's HTTP layer.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::os::raw::{c_int, c_short, c_ulong};
+use std::time::Duration;
+
+const POLLIN: c_short = 0x001;
+const POLLERR: c_short = 0x008;
+const POLLHUP: c_short = 0x010;
+const POLLNVAL: c_short = 0x020;
+
+/// `struct pollfd` from `<poll.h>`; identical on every Linux architecture.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PollFd {
+    fd: c_int,
+    events: c_short,
+    revents: c_short,
+}
+
+extern "C" {
+    // `nfds_t` is `unsigned long` in glibc and musl.
+    fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
+}
+
+/// A reusable set of descriptors to wait on for readability.
+#[derive(Default)]
+pub struct PollSet {
+    fds: Vec<PollFd>,
+}
+
+impl PollSet {
+    pub fn clear(&mut self) {
+        self.fds.clear();
+    }
+
+    /// Adds `fd`; its index is the number of descriptors added before it.
+    pub fn push(&mut self, fd: RawFd) {
+        self.fds.push(PollFd {
+            fd,
+            events: POLLIN,
+            revents: 0,
+        });
+    }
+
+    /// Waits until one descriptor is readable (or hung up, or in error) or
+    /// `timeout` passes. Returns how many are ready; an interrupted wait
+    /// counts as zero.
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<usize> {
+        let millis = timeout.as_millis().min(c_int::MAX as u128) as c_int;
+        for fd in &mut self.fds {
+            fd.revents = 0;
+        }
+        // SAFETY: `fds` is a valid, exclusively borrowed array of `len`
+        // initialized `pollfd`s for the whole call; poll only writes
+        // `revents` within it.
+        let n = unsafe { poll(self.fds.as_mut_ptr(), self.fds.len() as c_ulong, millis) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(e);
+        }
+        Ok(n as usize)
+    }
+
+    /// Whether the descriptor at `index` has something to read, including
+    /// end of file or an error (a read will say which).
+    pub fn ready(&self, index: usize) -> bool {
+        self.fds
+            .get(index)
+            .is_some_and(|fd| fd.revents & (POLLIN | POLLERR | POLLHUP | POLLNVAL) != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn reports_readable_descriptors_only() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let (c, _d) = UnixStream::pair().unwrap();
+        let mut set = PollSet::default();
+        set.push(a.as_raw_fd());
+        set.push(c.as_raw_fd());
+        assert_eq!(set.wait(Duration::from_millis(10)).unwrap(), 0);
+        b.write_all(b"x").unwrap();
+        assert_eq!(set.wait(Duration::from_secs(5)).unwrap(), 1);
+        assert!(set.ready(0));
+        assert!(!set.ready(1));
+        drop(b);
+        set.clear();
+        set.push(c.as_raw_fd());
+        set.push(a.as_raw_fd());
+        set.wait(Duration::from_secs(5)).unwrap();
+        assert!(set.ready(1), "end of file counts as readable");
+    }
+}

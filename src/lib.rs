@@ -1,0 +1,128 @@
+//! streamhub: a small realtime message server. One process, no async
+//! runtime: a gRPC `chat.ChatService` and an HTTP/SSE front door share one
+//! in-process broadcast [`hub::Hub`]; every stream is served by its own named
+//! thread.
+//!
+//! [`App`] is the whole server: `main` starts it from a [`config::Config`]
+//! and stops it on a signal; the integration tests start it on port 0.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod hub;
+pub mod metrics;
+pub mod proto;
+pub mod threads;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use config::Config;
+use error::Error;
+use hub::{CloseReason, Hub};
+use metrics::Telemetry;
+use threads::Threads;
+
+/// A running streamhub. Stops (quickly) when dropped; call
+/// [`App::shutdown`] for the graceful path.
+pub struct App {
+    hub: Arc<Hub>,
+    telemetry: Arc<Telemetry>,
+    threads: Threads,
+    grpc: Option<grpc::GrpcServer>,
+    /// Dropped to tell every thread that shutdown began.
+    stop_tx: Option<Sender<()>>,
+    stopping: Receiver<()>,
+    grace: Duration,
+}
+
+impl App {
+    /// Binds both ports and starts serving.
+    pub fn start(config: Config) -> Result<App, Error> {
+        let hub = Arc::new(Hub::new(config.hub.clone()));
+        let telemetry = Arc::new(Telemetry::default());
+        let threads = Threads::new();
+        let (stop_tx, stopping) = crossbeam_channel::bounded::<()>(0);
+        let grpc = grpc::GrpcServer::start(
+            &config,
+            hub.clone(),
+            telemetry.clone(),
+            threads.clone(),
+            stopping.clone(),
+        )?;
+        log::info!(
+            "gRPC listening on {}:{}",
+            config.grpc_addr.ip(),
+            grpc.port()
+        );
+        Ok(App {
+            hub,
+            telemetry,
+            threads,
+            grpc: Some(grpc),
+            stop_tx: Some(stop_tx),
+            stopping,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// The bound gRPC port (useful with port 0).
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc.as_ref().map_or(0, |g| g.port())
+    }
+
+    /// Stream threads running now.
+    pub fn stream_threads(&self) -> usize {
+        self.threads.live()
+    }
+
+    /// A receiver that disconnects when shutdown begins.
+    pub fn stopping(&self) -> Receiver<()> {
+        self.stopping.clone()
+    }
+
+    /// Stops gracefully: refuses new streams, lets subscribers drain what was
+    /// accepted, says goodbye on every stream, and waits for stream threads
+    /// up to the grace period before cancelling what is left.
+    pub fn shutdown(mut self) {
+        self.stop(self.grace);
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        let Some(stop_tx) = self.stop_tx.take() else {
+            return;
+        };
+        let started = Instant::now();
+        log::info!("shutting down (grace {grace:?})");
+        drop(stop_tx);
+        self.hub.close_all(CloseReason::Shutdown);
+        let left = self.threads.wait_idle(started + grace);
+        if !left.is_empty() {
+            log::warn!("{} stream threads still running after the grace period: {left:?}", left.len());
+        }
+        if let Some(grpc) = self.grpc.take() {
+            grpc.stop(Duration::from_secs(2));
+        }
+        let left = self.threads.wait_idle(Instant::now() + Duration::from_secs(2));
+        if !left.is_empty() {
+            log::warn!("threads that did not end: {left:?}");
+        }
+        log::info!("stopped in {:?}", started.elapsed());
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,397 @@
+//! ChatService over a real grpcio client: every RPC, its errors and limits.
+
+use std::time::{Duration, Instant};
+
+use futures_executor::block_on;
+use futures_util::{SinkExt, StreamExt};
+use grpcio::{CallOption, RpcStatusCode, WriteFlags};
+use protobuf::Enum;
+
+use streamhub::hub::CloseReason;
+use streamhub::proto::chat;
+
+use crate::common::{self, next, opt, send, status_code, status_message, subscribe, wait_until};
+
+fn chat_message(id: &str, room: &str, user: &str, content: &str) -> chat::Message {
+    let mut m = chat::Message::new();
+    m.id = id.into();
+    m.room = room.into();
+    m.user = user.into();
+    m.content = content.into();
+    m
+}
+
+#[test]
+fn send_message_id_is_the_id_subscribers_see() {
+    let server = common::start();
+    let client = server.client();
+    let mut stream = subscribe(&client, "general", "alice");
+    let resp = send(&client, "general", "bob", "hello").unwrap();
+    assert!(resp.message_id.starts_with("msg_"));
+    assert!(resp.timestamp.seconds > 1_600_000_000);
+    let m = next(&mut stream).unwrap();
+    assert_eq!(m.id, resp.message_id);
+    assert_eq!((m.user.as_str(), m.content.as_str(), m.room.as_str()), ("bob", "hello", "general"));
+    assert_eq!(m.type_.enum_value_or_default(), chat::MessageType::CHAT);
+    assert_eq!(m.timestamp.seconds, resp.timestamp.seconds);
+}
+
+#[test]
+fn welcome_names_room_and_user_and_comes_first() {
+    let server = common::start();
+    let client = server.client();
+    let mut stream = client
+        .subscribe_messages_opt(&common::subscribe_req("lobby", "carol"), opt())
+        .unwrap();
+    let welcome = next(&mut stream).unwrap();
+    assert_eq!(welcome.type_.enum_value_or_default(), chat::MessageType::SYSTEM);
+    assert!(welcome.content.contains("lobby") && welcome.content.contains("carol"), "{}", welcome.content);
+    // The welcome means the subscription is registered: nothing sent after
+    // it may be missed.
+    let resp = send(&client, "lobby", "dave", "right after").unwrap();
+    let mut seen = Vec::new();
+    while seen.last() != Some(&resp.message_id) {
+        seen.push(next(&mut stream).unwrap().id);
+    }
+}
+
+#[test]
+fn empty_room_is_default_and_rooms_are_separate() {
+    let server = common::start();
+    let client = server.client();
+    let mut default = subscribe(&client, "", "u");
+    let mut other = subscribe(&client, "other", "u");
+    send(&client, "other", "u", "for other").unwrap();
+    send(&client, "", "u", "for default").unwrap();
+    let m = next(&mut default).unwrap();
+    assert_eq!((m.content.as_str(), m.room.as_str()), ("for default", "default"));
+    let m = next(&mut other).unwrap();
+    assert_eq!(m.content, "for other");
+}
+
+#[test]
+fn send_message_rejects_invalid_arguments() {
+    let server = common::start_with(|c| {
+        c.max_message_bytes = 1024;
+        c.hub.max_content_bytes = 1024;
+    });
+    let client = server.client();
+    let err = send(&client, "r", "", "x").unwrap_err();
+    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
+    assert_eq!(status_message(&err), "user is required");
+    let err = send(&client, "r", "u", "").unwrap_err();
+    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
+    assert!(status_message(&err).contains("content"));
+    let err = send(&client, "bad room!", "u", "x").unwrap_err();
+    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
+    assert!(status_message(&err).contains("room"));
+    let err = send(&client, "r", "u", &"x".repeat(2000)).unwrap_err();
+    assert_eq!(status_code(&err), RpcStatusCode::RESOURCE_EXHAUSTED);
+    // Far past the limit, grpcio itself refuses the message.
+    let err = send(&client, "r", "u", &"x".repeat(200_000)).unwrap_err();
+    assert_eq!(status_code(&err), RpcStatusCode::RESOURCE_EXHAUSTED);
+    // The server is fine afterwards.
+    assert!(send(&client, "r", "u", "ok").is_ok());
+    assert_eq!(server.app.hub().stats().published, 1);
+}
+
+#[test]
+fn default_message_limit_is_one_mebibyte() {
+    let server = common::start();
+    let client = server.client();
+    assert!(send(&client, "r", "u", &"x".repeat(1024 * 1024)).is_ok());
+    let err = send(&client, "r", "u", &"x".repeat(1024 * 1024 + 1)).unwrap_err();
+    assert_eq!(status_code(&err), RpcStatusCode::RESOURCE_EXHAUSTED);
+}
+
+#[test]
+fn twenty_subscribers_get_500_messages_in_order() {
+    let server = common::start();
+    let clients: Vec<_> = (0..4).map(|_| server.client()).collect();
+    let streams: Vec<_> = (0..20)
+        .map(|i| subscribe(&clients[i % 4], "fanout", ""))
+        .collect();
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| {
+            std::thread::spawn(move || {
+                (0..500)
+                    .map(|_| next(&mut stream).unwrap().content)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let publisher = server.client();
+    for i in 0..500 {
+        send(&publisher, "fanout", "p", &i.to_string()).unwrap();
+    }
+    let want: Vec<String> = (0..500).map(|i| i.to_string()).collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), want);
+    }
+}
+
+#[test]
+fn hundred_cancelled_streams_unregister_within_a_second() {
+    let server = common::start();
+    let client = server.client();
+    let streams: Vec<_> = (0..100).map(|_| subscribe(&client, "churn", "")).collect();
+    assert_eq!(server.subscribers(), 100);
+    let cancelled = Instant::now();
+    for mut s in streams {
+        s.cancel();
+    }
+    assert!(
+        wait_until(Duration::from_secs(1), || server.subscribers() == 0),
+        "{} subscribers left after {:?}",
+        server.subscribers(),
+        cancelled.elapsed()
+    );
+    assert!(wait_until(Duration::from_secs(2), || server.app.stream_threads() == 0));
+    assert_eq!(server.app.hub().stats().closed(CloseReason::ClientClosed), 100);
+}
+
+#[test]
+fn deadline_ends_the_stream_and_unregisters() {
+    let server = common::start();
+    let client = server.client();
+    let mut stream = client
+        .subscribe_messages_opt(
+            &common::subscribe_req("late", "u"),
+            CallOption::default().timeout(Duration::from_millis(300)),
+        )
+        .unwrap();
+    next(&mut stream).unwrap();
+    let err = next(&mut stream).unwrap_err();
+    assert_eq!(status_code(&err), RpcStatusCode::DEADLINE_EXCEEDED);
+    assert!(wait_until(Duration::from_secs(1), || server.subscribers() == 0));
+}
+
+#[test]
+fn stuck_subscriber_is_dropped_while_others_get_everything() {
+    let server = common::start_with(|c| {
+        c.hub.subscriber_queue = 32;
+        c.write_timeout = Duration::from_secs(1);
+    });
+    let stuck_client = server.client();
+    let mut stuck = subscribe(&stuck_client, "busy", "");
+    let good_client = server.client();
+    let mut good = subscribe(&good_client, "busy", "");
+    const N: usize = 3000;
+    let reader = std::thread::spawn(move || {
+        (0..N).map(|_| next(&mut good).unwrap().content).collect::<Vec<_>>()
+    });
+    let publisher = server.client();
+    let body = "y".repeat(2000);
+    let mut slowest = Duration::ZERO;
+    for i in 0..N {
+        let started = Instant::now();
+        send(&publisher, "busy", "p", &format!("{i} {body}")).unwrap();
+        slowest = slowest.max(started.elapsed());
+        if i % 100 == 0 {
+            // Let the good reader keep up; the stuck one never reads.
+            wait_until(Duration::from_secs(5), || {
+                server.app.hub().room_stats("busy").is_some_and(|s| s.delivered >= i as u64)
+            });
+        }
+    }
+    assert!(slowest < Duration::from_millis(100), "slowest publish took {slowest:?}");
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), N);
+    for (i, content) in got.iter().enumerate() {
+        assert!(content.starts_with(&format!("{i} ")));
+    }
+    assert_eq!(server.app.hub().stats().closed(CloseReason::SlowConsumer), 1);
+    // The stuck client, reading at last, finds the reason after what it was sent.
+    let err = loop {
+        match next(&mut stuck) {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(status_code(&err), RpcStatusCode::RESOURCE_EXHAUSTED);
+    assert_eq!(status_message(&err), "subscriber too slow");
+}
+
+#[test]
+fn upload_publishes_each_message_and_counts() {
+    let server = common::start();
+    let client = server.client();
+    let mut stream = subscribe(&client, "up", "watcher");
+    let (mut tx, rx) = client.upload_messages_opt(opt()).unwrap();
+    for i in 0..5 {
+        block_on(tx.send((chat_message(&format!("batch_{i}"), "up", "bob", &format!("m{i}")), WriteFlags::default()))).unwrap();
+    }
+    block_on(tx.close()).unwrap();
+    let resp = block_on(rx).unwrap();
+    assert_eq!(resp.message_count, 5);
+    assert!(resp.success);
+    for i in 0..5 {
+        let m = next(&mut stream).unwrap();
+        assert_eq!(m.content, format!("m{i}"));
+        assert!(m.id.starts_with("msg_"), "server-assigned id, got {}", m.id);
+    }
+}
+
+#[test]
+fn upload_stops_at_first_invalid_message_naming_its_index() {
+    let server = common::start();
+    let client = server.client();
+    let (mut tx, rx) = client.upload_messages_opt(opt()).unwrap();
+    let messages = [
+        chat_message("a", "up", "bob", "one"),
+        chat_message("b", "up", "bob", "two"),
+        chat_message("c", "up", "", "three"),
+        chat_message("d", "up", "bob", "four"),
+    ];
+    for m in messages {
+        if block_on(tx.send((m, WriteFlags::default()))).is_err() {
+            break;
+        }
+    }
+    let _ = block_on(tx.close());
+    let err = block_on(rx).unwrap_err();
+    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
+    assert!(status_message(&err).contains("index 2"), "{}", status_message(&err));
+    assert!(status_message(&err).contains("user is required"));
+    assert_eq!(server.app.hub().room_stats("up").unwrap().published, 2);
+}
+
+#[test]
+fn chat_echoes_publishes_and_sends_heartbeats() {
+    let server = common::start_with(|c| c.chat_heartbeat = Duration::from_secs(1));
+    let client = server.client();
+    let mut watcher = subscribe(&client, "talk", "watcher");
+    let (mut tx, mut rx) = client.chat_opt(opt()).unwrap();
+    block_on(tx.send((chat_message("client_1", "talk", "charlie", "hi there"), WriteFlags::default()))).unwrap();
+    let echo = block_on(rx.next()).unwrap().unwrap();
+    assert_eq!(echo.id, "echo_client_1");
+    assert_eq!(echo.content, "Echo: hi there");
+    assert_eq!(echo.type_.enum_value_or_default(), chat::MessageType::SYSTEM);
+    // The original reaches the room (after charlie's JOIN).
+    let mut published = next(&mut watcher).unwrap();
+    if published.type_.enum_value_or_default() == chat::MessageType::JOIN {
+        published = next(&mut watcher).unwrap();
+    }
+    assert_eq!((published.user.as_str(), published.content.as_str()), ("charlie", "hi there"));
+    // A heartbeat arrives on its own.
+    let beat = block_on(rx.next()).unwrap().unwrap();
+    assert_eq!(beat.content, "Server is alive!");
+    assert_eq!(beat.type_.enum_value_or_default(), chat::MessageType::SYSTEM);
+    // Closing our side ends the call cleanly.
+    block_on(tx.close()).unwrap();
+    let rest: Vec<_> = block_on(rx.collect::<Vec<_>>());
+    assert!(rest.iter().all(|r| r.is_ok()), "{rest:?}");
+}
+
+#[test]
+fn chat_rejects_an_invalid_message() {
+    let server = common::start();
+    let client = server.client();
+    let (mut tx, mut rx) = client.chat_opt(opt()).unwrap();
+    block_on(tx.send((chat_message("x", "talk", "u", ""), WriteFlags::default()))).unwrap();
+    let err = loop {
+        match block_on(rx.next()) {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e,
+            None => panic!("stream ended without a status"),
+        }
+    };
+    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
+    assert!(status_message(&err).contains("content is required"));
+}
+
+#[test]
+fn stream_metrics_sends_real_measurements() {
+    let server = common::start();
+    let client = server.client();
+    let _sub = subscribe(&client, "m", "u");
+    send(&client, "m", "u", "x").unwrap();
+    let mut req = chat::MetricsRequest::new();
+    req.instance_id = "node-7".into();
+    req.interval_seconds = 1;
+    let mut stream = client.stream_metrics_opt(&req, opt()).unwrap();
+    let batch: Vec<chat::Metric> = (0..7).map(|_| next(&mut stream).unwrap()).collect();
+    let value = |name: &str| batch.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{name} missing")).value;
+    for m in &batch {
+        assert_eq!(m.labels.get("instance").map(String::as_str), Some("node-7"));
+        assert!(m.timestamp.seconds > 0);
+    }
+    assert!(value("memory_usage") > 1_000_000.0);
+    assert!(value("cpu_usage") >= 0.0);
+    assert!(value("requests_per_second") >= 0.0);
+    assert_eq!(value("subscribers"), 1.0);
+    assert_eq!(value("rooms"), 1.0);
+    assert_eq!(value("messages_published"), 1.0);
+    assert_eq!(value("subscribers_dropped"), 0.0);
+}
+
+#[test]
+fn stream_metrics_rejects_bad_intervals() {
+    let server = common::start();
+    let client = server.client();
+    for bad in [-1, 3601] {
+        let mut req = chat::MetricsRequest::new();
+        req.interval_seconds = bad;
+        let mut stream = client.stream_metrics_opt(&req, opt()).unwrap();
+        let err = next(&mut stream).unwrap_err();
+        assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT, "{bad}");
+    }
+    let _ = chat::MessageType::CHAT.value();
+}
+
+#[test]
+fn stream_cap_answers_resource_exhausted() {
+    let server = common::start_with(|c| c.max_grpc_streams = 3);
+    let client = server.client();
+    let _open: Vec<_> = (0..3).map(|i| subscribe(&client, "cap", &format!("u{i}"))).collect();
+    let mut refused = client
+        .subscribe_messages_opt(&common::subscribe_req("cap", "extra"), opt())
+        .unwrap();
+    let err = next(&mut refused).unwrap_err();
+    assert_eq!(status_code(&err), RpcStatusCode::RESOURCE_EXHAUSTED);
+    // Unary calls are not streams and still work.
+    assert!(send(&client, "cap", "u", "still fine").is_ok());
+}
+
+#[test]
+fn shutdown_says_goodbye_with_unavailable_after_delivering_accepted_messages() {
+    let server = common::start();
+    let client = server.client();
+    let mut stream = subscribe(&client, "bye", "u");
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(send(&client, "bye", "p", &i.to_string()).unwrap().message_id);
+    }
+    let started = Instant::now();
+    let common::Server { app, .. } = server;
+    let stopper = std::thread::spawn(move || app.shutdown());
+    let mut got = Vec::new();
+    let err = loop {
+        match next(&mut stream) {
+            Ok(m) => got.push(m),
+            Err(e) => break e,
+        }
+    };
+    stopper.join().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let (last, messages) = got.split_last().unwrap();
+    assert_eq!(messages.iter().map(|m| m.id.clone()).collect::<Vec<_>>(), ids);
+    assert_eq!(last.content, "server shutting down");
+    assert_eq!(status_code(&err), RpcStatusCode::UNAVAILABLE);
+}
+
+#[test]
+fn join_and_leave_are_published_for_named_subscribers() {
+    let server = common::start();
+    let client = server.client();
+    let mut watcher = subscribe(&client, "jl", "");
+    let mut alice = subscribe(&client, "jl", "alice");
+    let join = next(&mut watcher).unwrap();
+    assert_eq!(join.type_.enum_value_or_default(), chat::MessageType::JOIN);
+    assert_eq!(join.user, "alice");
+    alice.cancel();
+    let leave = next(&mut watcher).unwrap();
+    assert_eq!(leave.type_.enum_value_or_default(), chat::MessageType::LEAVE);
+    assert_eq!(leave.user, "alice");
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the real server on 127.0.0.1 port 0 and real clients.
+//! One test binary (see STYLE.md); each area is a module.
+
+mod common;
+mod grpc;
+mod process;
+mod python;
