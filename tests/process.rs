@@ -23,7 +23,13 @@ impl Drop for Serve {
 
 fn serve(extra: &[&str]) -> Serve {
     let mut child = Command::new(BIN)
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -79,7 +85,15 @@ fn signal(child: &Child, name: &str) {
 fn cli_send_and_subscribe_then_sigterm_exits_zero_with_stream_open() {
     let mut server = serve(&[]);
     let mut sub = Command::new(BIN)
-        .args(["subscribe", "--server", &server.grpc_addr, "--room", "cli", "--user", ""])
+        .args([
+            "subscribe",
+            "--server",
+            &server.grpc_addr,
+            "--room",
+            "cli",
+            "--user",
+            "",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -91,32 +105,66 @@ fn cli_send_and_subscribe_then_sigterm_exits_zero_with_stream_open() {
             let _ = tx.send(line);
         }
     });
-    let welcome = lines.recv_timeout(Duration::from_secs(20)).expect("welcome");
+    let welcome = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("welcome");
     assert!(welcome.contains("Welcome to room cli"), "{welcome}");
 
     let out = Command::new(BIN)
-        .args(["send", "--server", &server.grpc_addr, "--room", "cli", "--user", "ann", "hello", "world"])
+        .args([
+            "send",
+            "--server",
+            &server.grpc_addr,
+            "--room",
+            "cli",
+            "--user",
+            "ann",
+            "hello",
+            "world",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
     let id = printed.split_whitespace().nth(1).unwrap().to_string();
     assert!(id.starts_with("msg_"), "{printed}");
-    let got = lines.recv_timeout(Duration::from_secs(20)).expect("message");
-    assert!(got.contains("ann: hello world") && got.contains(&id), "{got}");
+    // The CLI subscriber has a user name ($USER or a default): skip its JOIN.
+    let got = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("message");
+        if !line.contains(" JOIN ") {
+            break line;
+        }
+    };
+    assert!(
+        got.contains("ann: hello world") && got.contains(&id),
+        "{got}"
+    );
 
     let signalled = Instant::now();
     signal(&server.child, "TERM");
     let status = wait_exit(&mut server.child, Duration::from_secs(8)).expect("server exits");
     assert!(status.success(), "{status:?}");
-    assert!(signalled.elapsed() < Duration::from_secs(5), "{:?}", signalled.elapsed());
-    let notice = lines.recv_timeout(Duration::from_secs(5)).expect("shutdown notice");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        signalled.elapsed()
+    );
+    let notice = lines
+        .recv_timeout(Duration::from_secs(5))
+        .expect("shutdown notice");
     assert!(notice.contains("server shutting down"), "{notice}");
     let status = wait_exit(&mut sub, Duration::from_secs(5)).expect("client exits");
     assert!(!status.success(), "subscribe reports the UNAVAILABLE end");
     let logs: Vec<String> = server.logs.try_iter().collect();
     assert!(
-        logs.iter().any(|l| l.contains("SubscribeMessages closed") && l.contains("reason=shutdown")),
+        logs.iter()
+            .any(|l| l.contains("SubscribeMessages closed") && l.contains("reason=shutdown")),
         "{logs:#?}"
     );
 }
@@ -131,7 +179,10 @@ fn sigint_stops_an_idle_server_with_exit_zero() {
 
 #[test]
 fn bad_flags_exit_2_naming_the_flag() {
-    let out = Command::new(BIN).args(["serve", "--history", "lots"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--history", "lots"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--history"));
     let out = Command::new(BIN).args(["frobnicate"]).output().unwrap();
@@ -139,7 +190,10 @@ fn bad_flags_exit_2_naming_the_flag() {
     for cmd in ["serve", "send", "subscribe", "upload", "chat", "metrics"] {
         let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd} --help");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("--"), "{cmd} --help");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("--"),
+            "{cmd} --help"
+        );
     }
 }
 
@@ -147,7 +201,15 @@ fn bad_flags_exit_2_naming_the_flag() {
 fn cli_upload_reads_stdin_lines() {
     let server = serve(&[]);
     let mut child = Command::new(BIN)
-        .args(["upload", "--server", &server.grpc_addr, "--room", "u", "--user", "bob"])
+        .args([
+            "upload",
+            "--server",
+            &server.grpc_addr,
+            "--room",
+            "u",
+            "--user",
+            "bob",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -28,6 +28,9 @@ fn python_grpcio_client_runs_all_five_rpcs() {
     let _ = std::fs::remove_dir_all(&out);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     assert!(stdout.contains("all five RPCs OK"), "{stdout}");
 }

@@ -16,10 +16,26 @@ use crate::proto::services::ChatServiceClient;
 
 /// One-line summaries of the client subcommands, for the top-level help.
 pub const COMMANDS: &[(&str, &str, &str)] = &[
-    ("send", "publish one message: the arguments joined by spaces", " <CONTENT>..."),
-    ("subscribe", "print every message of a room until interrupted", ""),
-    ("upload", "publish each line of standard input as a message", ""),
-    ("chat", "send standard input lines on a Chat stream and print the replies", ""),
+    (
+        "send",
+        "publish one message: the arguments joined by spaces",
+        " <CONTENT>...",
+    ),
+    (
+        "subscribe",
+        "print every message of a room until interrupted",
+        "",
+    ),
+    (
+        "upload",
+        "publish each line of standard input as a message",
+        "",
+    ),
+    (
+        "chat",
+        "send standard input lines on a Chat stream and print the replies",
+        "",
+    ),
     ("metrics", "print the server's StreamMetrics", ""),
 ];
 
@@ -35,13 +51,22 @@ fn failure(what: &str, e: grpcio::Error) -> Error {
 }
 
 fn connect(server: &str) -> ChatServiceClient {
-    let env = Arc::new(EnvBuilder::new().cq_count(1).name_prefix("grpc-client").build());
+    let env = Arc::new(
+        EnvBuilder::new()
+            .cq_count(1)
+            .name_prefix("grpc-client")
+            .build(),
+    );
     ChatServiceClient::new(ChannelBuilder::new(env).connect(server))
 }
 
 fn print_message(out: &mut impl Write, m: &chat::Message) -> std::io::Result<()> {
     let kind = format!("{:?}", m.type_.enum_value_or_default());
-    writeln!(out, "[{}] {} {}: {} ({})", m.room, kind, m.user, m.content, m.id)?;
+    writeln!(
+        out,
+        "[{}] {} {}: {} ({})",
+        m.room, kind, m.user, m.content, m.id
+    )?;
     out.flush()
 }
 
@@ -131,7 +156,10 @@ fn upload(client: &ChatServiceClient, raw: &RawArgs) -> Result<(), Error> {
     }
     let _ = block_on(sender.close());
     let resp = block_on(receiver).map_err(|e| failure("UploadMessages", e))?;
-    println!("uploaded {} messages (success={})", resp.message_count, resp.success);
+    println!(
+        "uploaded {} messages (success={})",
+        resp.message_count, resp.success
+    );
     Ok(())
 }
 

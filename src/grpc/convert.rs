@@ -111,7 +111,10 @@ mod tests {
             status(&Error::TooLarge("x".into())).code(),
             RpcStatusCode::RESOURCE_EXHAUSTED
         );
-        assert_eq!(code_name(RpcStatusCode::RESOURCE_EXHAUSTED), "RESOURCE_EXHAUSTED");
+        assert_eq!(
+            code_name(RpcStatusCode::RESOURCE_EXHAUSTED),
+            "RESOURCE_EXHAUSTED"
+        );
         assert_eq!(code_name(RpcStatusCode::OK), "OK");
     }
 

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use grpcio::{
     ChannelBuilder, ClientStreamingSink, DuplexSink, EnvBuilder, Environment, RequestStream,
-    RpcContext, RpcStatus, RpcStatusCode, ServerBuilder, ServerCredentials,
-    ServerStreamingSink, UnarySink,
+    RpcContext, RpcStatus, RpcStatusCode, ServerBuilder, ServerCredentials, ServerStreamingSink,
+    UnarySink,
 };
 
 use crate::config::Config;
@@ -452,6 +452,9 @@ fn run_subscriber(
     let room = sub.room().clone();
     log::info!("SubscribeMessages opened: room={room} user={user:?} peer={peer}");
     let mut driver = Driver::new(shared.stopping.clone());
+    // A subscriber learns of shutdown from the hub, after the messages
+    // accepted before it: a write must not be cut short by it.
+    driver.ignore_stopping();
     let timeout = shared.write_timeout();
     announce(&shared.hub, &room, &user, MessageKind::Join);
     let welcome = system_message(
@@ -475,8 +478,7 @@ fn run_subscriber(
                     reason = match driver.send_all(&mut sink, burst, timeout) {
                         Ok(()) => None,
                         Err(WriteError::Gone) => Some(CloseReason::ClientClosed),
-                        Err(WriteError::Interrupted(Interrupted::Stopping)) => Some(CloseReason::Shutdown),
-                        Err(WriteError::Interrupted(Interrupted::TimedOut)) => Some(
+                        Err(WriteError::Interrupted(_)) => Some(
                             sub.close_reason().unwrap_or(CloseReason::WriteFailed),
                         ),
                     };
@@ -578,7 +580,10 @@ fn run_upload(
         }
     };
     shared.done(METHOD, code);
-    log::info!("UploadMessages closed: {count} messages published, status {}", code_name(code));
+    log::info!(
+        "UploadMessages closed: {count} messages published, status {}",
+        code_name(code)
+    );
 }
 
 fn driver_poll_next(
@@ -630,7 +635,11 @@ fn run_chat(
                                 joined = Some((published.room.to_string(), m.user.clone()));
                                 announce(&shared.hub, &published.room, &m.user, MessageKind::Join);
                             }
-                            let id = if m.id.is_empty() { &published.id } else { &m.id };
+                            let id = if m.id.is_empty() {
+                                &published.id
+                            } else {
+                                &m.id
+                            };
                             replies.push(system_message(
                                 format!("echo_{id}"),
                                 "Server",
@@ -757,5 +766,8 @@ fn run_metrics(
         gone = driver.send_all(&mut sink, batch, timeout).is_err();
     };
     shared.done(METHOD, code);
-    log::info!("StreamMetrics closed: instance={instance:?} status={}", code_name(code));
+    log::info!(
+        "StreamMetrics closed: instance={instance:?} status={}",
+        code_name(code)
+    );
 }

@@ -37,7 +37,12 @@ pub fn start_with(tune: impl FnOnce(&mut Config)) -> Server {
     tune(&mut config);
     let app = App::start(config).expect("server starts");
     let grpc_addr = format!("127.0.0.1:{}", app.grpc_port());
-    let env = Arc::new(EnvBuilder::new().cq_count(1).name_prefix("test-client").build());
+    let env = Arc::new(
+        EnvBuilder::new()
+            .cq_count(1)
+            .name_prefix("test-client")
+            .build(),
+    );
     Server {
         app,
         grpc_addr,
@@ -51,7 +56,10 @@ impl Server {
         let channel = ChannelBuilder::new(self.env.clone())
             // Separate connections per client, so one stuck stream's flow
             // control does not hold up the others.
-            .raw_cfg_int(std::ffi::CString::new("grpc.use_local_subchannel_pool").unwrap(), 1)
+            .raw_cfg_int(
+                std::ffi::CString::new("grpc.use_local_subchannel_pool").unwrap(),
+                1,
+            )
             .raw_cfg_int(
                 std::ffi::CString::new("streamhub.test.unique").unwrap(),
                 next_id(),
@@ -75,7 +83,12 @@ pub fn opt() -> CallOption {
     CallOption::default().timeout(CALL_TIMEOUT)
 }
 
-pub fn send(client: &ChatServiceClient, room: &str, user: &str, content: &str) -> grpcio::Result<chat::SendMessageResponse> {
+pub fn send(
+    client: &ChatServiceClient,
+    room: &str,
+    user: &str,
+    content: &str,
+) -> grpcio::Result<chat::SendMessageResponse> {
     let mut req = chat::SendMessageRequest::new();
     req.room = room.into();
     req.user = user.into();
@@ -93,12 +106,19 @@ pub fn subscribe_req(room: &str, user: &str) -> chat::SubscribeRequest {
 /// Subscribes and waits for the welcome, after which the subscription is
 /// registered (the server sends it only then); with a user name, also takes
 /// the subscriber's own JOIN.
-pub fn subscribe(client: &ChatServiceClient, room: &str, user: &str) -> grpcio::ClientSStreamReceiver<chat::Message> {
+pub fn subscribe(
+    client: &ChatServiceClient,
+    room: &str,
+    user: &str,
+) -> grpcio::ClientSStreamReceiver<chat::Message> {
     let mut stream = client
         .subscribe_messages_opt(&subscribe_req(room, user), opt())
         .expect("subscribe");
     let welcome = next(&mut stream).expect("welcome arrives");
-    assert_eq!(welcome.type_.enum_value_or_default(), chat::MessageType::SYSTEM);
+    assert_eq!(
+        welcome.type_.enum_value_or_default(),
+        chat::MessageType::SYSTEM
+    );
     if !user.is_empty() {
         let join = next(&mut stream).expect("own JOIN arrives");
         assert_eq!(join.type_.enum_value_or_default(), chat::MessageType::JOIN);

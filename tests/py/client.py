@@ -12,8 +12,11 @@ from grpc_tools import protoc
 
 def main():
     addr, proto_dir, out_dir = sys.argv[1:4]
+    import os
+    import grpc_tools
+    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
     rc = protoc.main([
-        "protoc", f"-I{proto_dir}", f"--python_out={out_dir}",
+        "protoc", f"-I{proto_dir}", f"-I{well_known}", f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}", f"{proto_dir}/chat.proto",
     ])
     assert rc == 0, f"protoc failed: {rc}"
