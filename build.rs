@@ -96,7 +96,10 @@ fn rust_type_paths(set: &FileDescriptorSet) -> HashMap<String, String> {
             } else {
                 format!(".{package}.{}", message.name())
             };
-            types.insert(proto_name, format!("crate::proto::{module}::{}", message.name()));
+            types.insert(
+                proto_name,
+                format!("crate::proto::{module}::{}", message.name()),
+            );
         }
     }
     types
@@ -251,7 +254,10 @@ fn generate_service(
             ),
             _ => format!("stream: ::grpcio::RequestStream<{req}>, sink: ::grpcio::DuplexSink<{resp}>"),
         };
-        let _ = writeln!(out, "    fn {s}(&mut self, ctx: ::grpcio::RpcContext, {sig});");
+        let _ = writeln!(
+            out,
+            "    fn {s}(&mut self, ctx: ::grpcio::RpcContext, {sig});"
+        );
     }
     out.push_str("}\n");
 

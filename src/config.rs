@@ -47,49 +47,184 @@ const fn opt(
 
 /// Every option of `streamhub serve`.
 pub const SERVE_OPTIONS: &[OptSpec] = &[
-    opt("grpc-addr", "STREAMHUB_GRPC_ADDR", "0.0.0.0:50051", "address the gRPC server listens on"),
-    opt("http-addr", "STREAMHUB_HTTP_ADDR", "0.0.0.0:8080", "address the HTTP/SSE server listens on"),
-    opt("max-message-bytes", "STREAMHUB_MAX_MESSAGE_BYTES", "1048576", "largest accepted message (gRPC message, HTTP body, content)"),
-    opt("subscriber-queue", "STREAMHUB_SUBSCRIBER_QUEUE", "1024", "messages queued per subscriber before it is dropped as too slow"),
-    opt("history", "STREAMHUB_HISTORY", "1000", "messages retained per room for resuming subscribers"),
-    opt("max-rooms", "STREAMHUB_MAX_ROOMS", "10000", "most rooms that may exist at once"),
-    opt("max-grpc-streams", "STREAMHUB_MAX_GRPC_STREAMS", "1024", "most concurrent gRPC streaming calls (each holds a thread)"),
-    opt("max-streams-per-connection", "STREAMHUB_MAX_STREAMS_PER_CONNECTION", "256", "HTTP/2 concurrent streams allowed on one gRPC connection"),
-    opt("grpc-threads", "STREAMHUB_GRPC_THREADS", "0", "grpcio completion-queue threads (0: one per core)"),
-    opt("keepalive-secs", "STREAMHUB_KEEPALIVE_SECS", "30", "gRPC keepalive ping interval, to notice dead peers"),
-    opt("keepalive-timeout-secs", "STREAMHUB_KEEPALIVE_TIMEOUT_SECS", "10", "how long a keepalive ping may go unanswered"),
-    opt("chat-heartbeat-secs", "STREAMHUB_CHAT_HEARTBEAT_SECS", "5", "interval of the SYSTEM heartbeat on Chat streams"),
-    opt("stream-stack-kib", "STREAMHUB_STREAM_STACK_KIB", "128", "stack size of each stream thread"),
-    opt("max-http-connections", "STREAMHUB_MAX_HTTP_CONNECTIONS", "2048", "most open HTTP connections; past it new ones get 503"),
-    opt("http-header-timeout-secs", "STREAMHUB_HTTP_HEADER_TIMEOUT_SECS", "10", "time a client has to send a whole request head"),
-    opt("http-idle-timeout-secs", "STREAMHUB_HTTP_IDLE_TIMEOUT_SECS", "30", "how long an idle keep-alive connection stays open"),
-    opt("write-timeout-secs", "STREAMHUB_WRITE_TIMEOUT_SECS", "10", "how long a write to a client (gRPC or HTTP) may block"),
-    opt("http-workers", "STREAMHUB_HTTP_WORKERS", "16", "threads serving plain HTTP requests"),
-    opt("max-sse-clients", "STREAMHUB_MAX_SSE_CLIENTS", "1024", "most concurrent SSE streams; past it new ones get 503"),
-    opt("sse-keepalive-secs", "STREAMHUB_SSE_KEEPALIVE_SECS", "15", "interval of SSE comment lines that keep proxies and clients awake"),
-    opt("sse-retry-ms", "STREAMHUB_SSE_RETRY_MS", "3000", "reconnect delay suggested to SSE clients"),
+    opt(
+        "grpc-addr",
+        "STREAMHUB_GRPC_ADDR",
+        "0.0.0.0:50051",
+        "address the gRPC server listens on",
+    ),
+    opt(
+        "http-addr",
+        "STREAMHUB_HTTP_ADDR",
+        "0.0.0.0:8080",
+        "address the HTTP/SSE server listens on",
+    ),
+    opt(
+        "max-message-bytes",
+        "STREAMHUB_MAX_MESSAGE_BYTES",
+        "1048576",
+        "largest accepted message (gRPC message, HTTP body, content)",
+    ),
+    opt(
+        "subscriber-queue",
+        "STREAMHUB_SUBSCRIBER_QUEUE",
+        "1024",
+        "messages queued per subscriber before it is dropped as too slow",
+    ),
+    opt(
+        "history",
+        "STREAMHUB_HISTORY",
+        "1000",
+        "messages retained per room for resuming subscribers",
+    ),
+    opt(
+        "max-rooms",
+        "STREAMHUB_MAX_ROOMS",
+        "10000",
+        "most rooms that may exist at once",
+    ),
+    opt(
+        "max-grpc-streams",
+        "STREAMHUB_MAX_GRPC_STREAMS",
+        "1024",
+        "most concurrent gRPC streaming calls (each holds a thread)",
+    ),
+    opt(
+        "max-streams-per-connection",
+        "STREAMHUB_MAX_STREAMS_PER_CONNECTION",
+        "256",
+        "HTTP/2 concurrent streams allowed on one gRPC connection",
+    ),
+    opt(
+        "grpc-threads",
+        "STREAMHUB_GRPC_THREADS",
+        "0",
+        "grpcio completion-queue threads (0: one per core)",
+    ),
+    opt(
+        "keepalive-secs",
+        "STREAMHUB_KEEPALIVE_SECS",
+        "30",
+        "gRPC keepalive ping interval, to notice dead peers",
+    ),
+    opt(
+        "keepalive-timeout-secs",
+        "STREAMHUB_KEEPALIVE_TIMEOUT_SECS",
+        "10",
+        "how long a keepalive ping may go unanswered",
+    ),
+    opt(
+        "chat-heartbeat-secs",
+        "STREAMHUB_CHAT_HEARTBEAT_SECS",
+        "5",
+        "interval of the SYSTEM heartbeat on Chat streams",
+    ),
+    opt(
+        "stream-stack-kib",
+        "STREAMHUB_STREAM_STACK_KIB",
+        "128",
+        "stack size of each stream thread",
+    ),
+    opt(
+        "max-http-connections",
+        "STREAMHUB_MAX_HTTP_CONNECTIONS",
+        "2048",
+        "most open HTTP connections; past it new ones get 503",
+    ),
+    opt(
+        "http-header-timeout-secs",
+        "STREAMHUB_HTTP_HEADER_TIMEOUT_SECS",
+        "10",
+        "time a client has to send a whole request head",
+    ),
+    opt(
+        "http-idle-timeout-secs",
+        "STREAMHUB_HTTP_IDLE_TIMEOUT_SECS",
+        "30",
+        "how long an idle keep-alive connection stays open",
+    ),
+    opt(
+        "write-timeout-secs",
+        "STREAMHUB_WRITE_TIMEOUT_SECS",
+        "10",
+        "how long a write to a client (gRPC or HTTP) may block",
+    ),
+    opt(
+        "http-workers",
+        "STREAMHUB_HTTP_WORKERS",
+        "16",
+        "threads serving plain HTTP requests",
+    ),
+    opt(
+        "max-sse-clients",
+        "STREAMHUB_MAX_SSE_CLIENTS",
+        "1024",
+        "most concurrent SSE streams; past it new ones get 503",
+    ),
+    opt(
+        "sse-keepalive-secs",
+        "STREAMHUB_SSE_KEEPALIVE_SECS",
+        "15",
+        "interval of SSE comment lines that keep proxies and clients awake",
+    ),
+    opt(
+        "sse-retry-ms",
+        "STREAMHUB_SSE_RETRY_MS",
+        "3000",
+        "reconnect delay suggested to SSE clients",
+    ),
     OptSpec {
         repeatable: true,
-        ..opt("cors-origin", "STREAMHUB_CORS_ORIGINS", "", "origin allowed by CORS (repeatable, or '*'); none: no CORS headers")
+        ..opt(
+            "cors-origin",
+            "STREAMHUB_CORS_ORIGINS",
+            "",
+            "origin allowed by CORS (repeatable, or '*'); none: no CORS headers",
+        )
     },
-    opt("shutdown-grace-secs", "STREAMHUB_SHUTDOWN_GRACE_SECS", "10", "time open streams get to drain on shutdown"),
+    opt(
+        "shutdown-grace-secs",
+        "STREAMHUB_SHUTDOWN_GRACE_SECS",
+        "10",
+        "time open streams get to drain on shutdown",
+    ),
     OptSpec {
         switch: true,
-        ..opt("print-config", "", "", "print the effective settings and exit")
+        ..opt(
+            "print-config",
+            "",
+            "",
+            "print the effective settings and exit",
+        )
     },
 ];
 
 /// Options every client subcommand shares.
 pub const CLIENT_OPTIONS: &[OptSpec] = &[
-    opt("server", "STREAMHUB_SERVER", "127.0.0.1:50051", "gRPC address of the streamhub server"),
+    opt(
+        "server",
+        "STREAMHUB_SERVER",
+        "127.0.0.1:50051",
+        "gRPC address of the streamhub server",
+    ),
     opt("room", "", "default", "room to use"),
     opt("user", "STREAMHUB_USER", "", "user name (default: $USER)"),
-    opt("timeout-secs", "", "10", "deadline of unary calls and of connecting"),
+    opt(
+        "timeout-secs",
+        "",
+        "10",
+        "deadline of unary calls and of connecting",
+    ),
 ];
 
 /// Options of `streamhub metrics`.
 pub const METRICS_OPTIONS: &[OptSpec] = &[
-    opt("server", "STREAMHUB_SERVER", "127.0.0.1:50051", "gRPC address of the streamhub server"),
+    opt(
+        "server",
+        "STREAMHUB_SERVER",
+        "127.0.0.1:50051",
+        "gRPC address of the streamhub server",
+    ),
     opt("instance", "", "streamhub", "instance_id to ask for"),
     opt("interval-secs", "", "1", "seconds between batches"),
     opt("count", "", "0", "stop after this many metrics (0: never)"),
@@ -299,8 +434,7 @@ impl Config {
         };
         let cors_origins = raw.list("cors-origin");
         for origin in &cors_origins {
-            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://"))
-            {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return Err(Error::Config(format!(
                     "--cors-origin: '{origin}' is neither '*' nor an http(s):// origin"
                 )));
@@ -414,7 +548,12 @@ mod tests {
     fn repeatable_flags_and_inline_values() {
         let raw = RawArgs::parse(
             SERVE_OPTIONS,
-            &args(&["--cors-origin=http://a", "--cors-origin", "http://b", "--print-config"]),
+            &args(&[
+                "--cors-origin=http://a",
+                "--cors-origin",
+                "http://b",
+                "--print-config",
+            ]),
             |_| None,
         )
         .unwrap();

@@ -94,7 +94,12 @@ impl Threads {
     pub fn wait_idle(&self, deadline: Instant) -> Vec<String> {
         let mut live = self.inner.live.lock();
         while !live.is_empty() {
-            if self.inner.finished.wait_until(&mut live, deadline).timed_out() {
+            if self
+                .inner
+                .finished
+                .wait_until(&mut live, deadline)
+                .timed_out()
+            {
                 break;
             }
         }
