@@ -9,11 +9,28 @@ pub mod chat {
     include!(concat!(env!("OUT_DIR"), "/protos/chat.rs"));
 }
 
+/// Messages of `proto/grpc/health/v1/health.proto`.
+pub mod health {
+    include!(concat!(env!("OUT_DIR"), "/protos/health.rs"));
+}
+
+/// Messages of `proto/grpc/reflection/v1/reflection.proto` (also used by
+/// v1alpha, whose messages are the same on the wire).
+pub mod reflection {
+    include!(concat!(env!("OUT_DIR"), "/protos/reflection.rs"));
+}
+
+/// `proto/grpc/reflection/v1alpha/reflection_v1alpha.proto`: a service only.
+pub mod reflection_v1alpha {
+    include!(concat!(env!("OUT_DIR"), "/protos/reflection_v1alpha.rs"));
+}
+
 /// Service constants, server traits, `create_*` functions and clients for
 /// every service in `proto/`.
 pub mod services {
     include!(concat!(env!("OUT_DIR"), "/grpc_stubs.rs"));
 }
 
-/// The serialized `FileDescriptorSet` of every file in `proto/`.
+/// The serialized `FileDescriptorSet` of every file in `proto/` and of the
+/// files they import.
 pub static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));

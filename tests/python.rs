@@ -34,3 +34,82 @@ fn python_grpcio_client_runs_all_five_rpcs() {
     );
     assert!(stdout.contains("all five RPCs OK"), "{stdout}");
 }
+
+#[test]
+fn python_health_reflection_and_shutdown_drain() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "run `make test` (or `make py-deps`) to create the venv"
+    );
+    let common::Server { app, grpc_addr, .. } =
+        common::start_with(|c| c.shutdown_grace = Duration::from_secs(5));
+    let out = std::env::temp_dir().join(format!("streamhub-py2-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let mut child = Command::new(&python)
+        .arg(root.join("tests/py/service.py"))
+        .arg(&grpc_addr)
+        .arg(root.join("proto"))
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.iter().any(|l: &String| l == "READY") {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                let err = child.wait_with_output().unwrap();
+                panic!(
+                    "no READY; stdout {seen:?}; stderr {}",
+                    String::from_utf8_lossy(&err.stderr)
+                );
+            }
+        }
+    }
+    for i in 0..50 {
+        app.hub()
+            .publish(streamhub::hub::Draft::chat("bye", "p", &i.to_string()))
+            .unwrap();
+    }
+    let stopped = Instant::now();
+    app.shutdown();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "python did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    seen.extend(lines.try_iter());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(status.success(), "stdout {seen:?}\nstderr {stderr}");
+    assert!(seen.iter().any(|l| l == "reflection OK"), "{seen:?}");
+    assert!(
+        seen.iter().any(|l| l == "health and shutdown OK"),
+        "{seen:?}"
+    );
+}

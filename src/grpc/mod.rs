@@ -10,6 +10,8 @@
 pub mod client;
 mod convert;
 mod driver;
+pub mod health;
+pub mod reflection;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -49,6 +51,7 @@ struct Shared {
     next_stream: AtomicU64,
     /// Disconnects when shutdown begins.
     stopping: Receiver<()>,
+    health: Arc<health::HealthState>,
 }
 
 /// Holds one slot of `--max-grpc-streams` while a stream runs.
@@ -73,6 +76,11 @@ impl Shared {
         if self.is_stopping() {
             return Err(Error::Unavailable("server shutting down".into()));
         }
+        self.open_stream_any_time()
+    }
+
+    /// Takes a stream slot even while stopping (health watches).
+    fn open_stream_any_time(self: &Arc<Self>) -> Result<StreamPermit, Error> {
         let open = self.open_streams.fetch_add(1, Ordering::AcqRel);
         let permit = StreamPermit(self.clone());
         if open >= self.config.max_grpc_streams {
@@ -84,17 +92,35 @@ impl Shared {
         Ok(permit)
     }
 
-    /// Runs `body` on a new named stream thread.
-    fn spawn_stream(&self, kind: &str, body: impl FnOnce() + Send + 'static) -> Result<(), Error> {
+    /// Runs `body(payload)` on a new named stream thread (`grpc-KIND-N`).
+    /// If no thread can be started, the payload (holding the sink) comes
+    /// back with the error, so the call can be failed properly.
+    fn spawn_stream<T: Send + 'static>(
+        &self,
+        kind: &str,
+        payload: T,
+        body: impl FnOnce(T) + Send + 'static,
+    ) -> Result<(), (T, Error)> {
         let n = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        self.threads
-            .spawn(
-                format!("grpc-{kind}-{n}"),
-                Some(self.config.stream_stack_bytes),
-                body,
-            )
-            .map(drop)
-            .map_err(|e| Error::ResourceExhausted(format!("cannot start a stream thread: {e}")))
+        let slot = Arc::new(parking_lot::Mutex::new(Some(payload)));
+        let thread_slot = slot.clone();
+        let spawned = self.threads.spawn(
+            format!("grpc-{kind}-{n}"),
+            Some(self.config.stream_stack_bytes),
+            move || {
+                if let Some(payload) = thread_slot.lock().take() {
+                    body(payload);
+                }
+            },
+        );
+        match spawned {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let payload = slot.lock().take().expect("the thread never ran");
+                let e = Error::ResourceExhausted(format!("cannot start a stream thread: {e}"));
+                Err((payload, e))
+            }
+        }
     }
 
     fn done(&self, method: &'static str, code: RpcStatusCode) {
@@ -147,12 +173,26 @@ impl GrpcServer {
             open_streams: AtomicUsize::new(0),
             next_stream: AtomicU64::new(1),
             stopping,
+            health: Arc::default(),
         });
-        let service = create_chat_service(ChatServiceImpl {
+        let chat = create_chat_service(ChatServiceImpl {
             shared: shared.clone(),
         });
+        let health = crate::proto::services::health::create_health(health::HealthService {
+            shared: shared.clone(),
+        });
+        let reflection = reflection::ReflectionService {
+            shared: shared.clone(),
+        };
         let mut server = ServerBuilder::new(env.clone())
-            .register_service(service)
+            .register_service(chat)
+            .register_service(health)
+            .register_service(
+                crate::proto::services::reflection::create_server_reflection(reflection.clone()),
+            )
+            .register_service(
+                crate::proto::services::reflection_v1alpha::create_server_reflection(reflection),
+            )
             .channel_args(args)
             .build()
             .map_err(|e| Error::Io(format!("gRPC server: {e}")))?;
@@ -170,6 +210,11 @@ impl GrpcServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Health turns NOT_SERVING (the first step of shutdown).
+    pub fn set_not_serving(&self) {
+        self.shared.health.set_not_serving();
     }
 
     /// Streaming calls open now.
@@ -267,20 +312,13 @@ impl ChatService for ChatServiceImpl {
         let peer = ctx.peer();
         let deadline = ctx.deadline();
         let user = req.user;
-        // The sink travels to the stream thread; if the thread cannot start it
-        // comes back here to be failed.
-        let slot = Arc::new(parking_lot::Mutex::new(Some(sink)));
-        let thread_slot = slot.clone();
         let thread_shared = shared.clone();
-        let spawned = shared.spawn_stream("sub", move || {
-            let sink = thread_slot.lock().take().expect("sink handed over once");
+        let spawned = shared.spawn_stream("sub", (sink, permit), move |(sink, permit)| {
             run_subscriber(&thread_shared, sub, user, sink, peer, deadline);
             drop(permit);
         });
-        if let Err(e) = spawned {
-            if let Some(sink) = slot.lock().take() {
-                refuse(&ctx, &shared, METHOD, sink, &e);
-            }
+        if let Err(((sink, _), e)) = spawned {
+            refuse(&ctx, &shared, METHOD, sink, &e);
         }
     }
 
@@ -304,20 +342,19 @@ impl ChatService for ChatServiceImpl {
             }
         };
         let thread_shared = shared.clone();
-        let slot = Arc::new(parking_lot::Mutex::new(Some((stream, sink))));
-        let thread_slot = slot.clone();
-        let spawned = shared.spawn_stream("upload", move || {
-            let (stream, sink) = thread_slot.lock().take().expect("handed over once");
-            run_upload(&thread_shared, stream, sink);
-            drop(permit);
-        });
-        if let Err(e) = spawned {
-            if let Some((_, sink)) = slot.lock().take() {
-                let f = sink.fail(status(&e));
-                ctx.spawn(async move {
-                    let _ = f.await;
-                });
-            }
+        let spawned = shared.spawn_stream(
+            "upload",
+            (stream, sink, permit),
+            move |(stream, sink, permit)| {
+                run_upload(&thread_shared, stream, sink);
+                drop(permit);
+            },
+        );
+        if let Err(((_, sink, _), e)) = spawned {
+            let f = sink.fail(status(&e));
+            ctx.spawn(async move {
+                let _ = f.await;
+            });
         }
     }
 
@@ -335,17 +372,16 @@ impl ChatService for ChatServiceImpl {
         };
         let peer = ctx.peer();
         let thread_shared = shared.clone();
-        let slot = Arc::new(parking_lot::Mutex::new(Some((stream, sink))));
-        let thread_slot = slot.clone();
-        let spawned = shared.spawn_stream("chat", move || {
-            let (stream, sink) = thread_slot.lock().take().expect("handed over once");
-            run_chat(&thread_shared, stream, sink, peer);
-            drop(permit);
-        });
-        if let Err(e) = spawned {
-            if let Some((_, sink)) = slot.lock().take() {
-                refuse(&ctx, &shared, METHOD, sink, &e);
-            }
+        let spawned = shared.spawn_stream(
+            "chat",
+            (stream, sink, permit),
+            move |(stream, sink, permit)| {
+                run_chat(&thread_shared, stream, sink, peer);
+                drop(permit);
+            },
+        );
+        if let Err(((_, sink, _), e)) = spawned {
+            refuse(&ctx, &shared, METHOD, sink, &e);
         }
     }
 
@@ -370,23 +406,14 @@ impl ChatService for ChatServiceImpl {
             Err(e) => return refuse(&ctx, &shared, METHOD, sink, &e),
         };
         let thread_shared = shared.clone();
-        let slot = Arc::new(parking_lot::Mutex::new(Some(sink)));
-        let thread_slot = slot.clone();
         let instance = req.instance_id;
-        let spawned = shared.spawn_stream("metrics", move || {
-            let sink = thread_slot.lock().take().expect("handed over once");
-            run_metrics(
-                &thread_shared,
-                instance,
-                Duration::from_secs(interval),
-                sink,
-            );
+        let interval = Duration::from_secs(interval);
+        let spawned = shared.spawn_stream("metrics", (sink, permit), move |(sink, permit)| {
+            run_metrics(&thread_shared, instance, interval, sink);
             drop(permit);
         });
-        if let Err(e) = spawned {
-            if let Some(sink) = slot.lock().take() {
-                refuse(&ctx, &shared, METHOD, sink, &e);
-            }
+        if let Err(((sink, _), e)) = spawned {
+            refuse(&ctx, &shared, METHOD, sink, &e);
         }
     }
 }
@@ -422,10 +449,20 @@ fn say_goodbye<T, S: StreamSink<T>>(
 ) -> RpcStatusCode {
     driver.ignore_stopping();
     let _ = driver.send_all(&mut sink, [notice], shared.write_timeout());
+    say_goodbye_with(driver, sink, shared.write_timeout())
+}
+
+/// Ends a stream that has no last words with UNAVAILABLE.
+fn say_goodbye_with<T, S: StreamSink<T>>(
+    driver: &mut Driver,
+    sink: S,
+    timeout: Duration,
+) -> RpcStatusCode {
+    driver.ignore_stopping();
     driver.close_with(
         sink,
         RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, "server shutting down".into()),
-        shared.write_timeout(),
+        timeout,
     );
     RpcStatusCode::UNAVAILABLE
 }
@@ -736,18 +773,7 @@ fn run_metrics(
                 gone = driver.client_gone(&mut sink);
                 continue;
             }
-            Err(Interrupted::Stopping) => {
-                driver.ignore_stopping();
-                driver.close_with(
-                    sink,
-                    RpcStatus::with_message(
-                        RpcStatusCode::UNAVAILABLE,
-                        "server shutting down".into(),
-                    ),
-                    timeout,
-                );
-                break RpcStatusCode::UNAVAILABLE;
-            }
+            Err(Interrupted::Stopping) => break say_goodbye_with(&mut driver, sink, timeout),
             Err(Interrupted::TimedOut) => {}
         }
         next += interval;
