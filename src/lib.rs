@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod proto;
@@ -32,6 +33,7 @@ pub struct App {
     telemetry: Arc<Telemetry>,
     threads: Threads,
     grpc: Option<grpc::GrpcServer>,
+    http: Option<http::HttpServer>,
     /// Dropped to tell every thread that shutdown began.
     stop_tx: Option<Sender<()>>,
     stopping: Receiver<()>,
@@ -57,11 +59,24 @@ impl App {
             config.grpc_addr.ip(),
             grpc.port()
         );
+        let http = http::HttpServer::start(
+            &config,
+            hub.clone(),
+            telemetry.clone(),
+            threads.clone(),
+            stopping.clone(),
+        )?;
+        log::info!(
+            "HTTP listening on {}:{}",
+            config.http_addr.ip(),
+            http.port()
+        );
         Ok(App {
             hub,
             telemetry,
             threads,
             grpc: Some(grpc),
+            http: Some(http),
             stop_tx: Some(stop_tx),
             stopping,
             grace: config.shutdown_grace,
@@ -81,9 +96,21 @@ impl App {
         self.grpc.as_ref().map_or(0, |g| g.port())
     }
 
-    /// Stream threads running now.
+    /// The bound HTTP port (useful with port 0).
+    pub fn http_port(&self) -> u16 {
+        self.http.as_ref().map_or(0, |h| h.port())
+    }
+
+    /// The HTTP server (connection and stream counts), while running.
+    pub fn http(&self) -> Option<&http::HttpServer> {
+        self.http.as_ref()
+    }
+
+    /// Stream threads running now (not the HTTP accept thread and workers,
+    /// which live as long as the server).
     pub fn stream_threads(&self) -> usize {
-        self.threads.live()
+        let service = self.http.as_ref().map_or(0, |h| h.service_threads());
+        self.threads.live().saturating_sub(service)
     }
 
     /// A receiver that disconnects when shutdown begins.
@@ -104,16 +131,27 @@ impl App {
         };
         let started = Instant::now();
         log::info!("shutting down (grace {grace:?})");
+        if let Some(grpc) = &self.grpc {
+            grpc.set_not_serving();
+        }
         drop(stop_tx);
         self.hub.close_all(CloseReason::Shutdown);
         let left = self.threads.wait_idle(started + grace);
         if !left.is_empty() {
-            log::warn!("{} stream threads still running after the grace period: {left:?}", left.len());
+            log::warn!(
+                "{} stream threads still running after the grace period: {left:?}",
+                left.len()
+            );
         }
         if let Some(grpc) = self.grpc.take() {
             grpc.stop(Duration::from_secs(2));
         }
-        let left = self.threads.wait_idle(Instant::now() + Duration::from_secs(2));
+        if let Some(http) = self.http.take() {
+            http.stop(Duration::from_secs(2));
+        }
+        let left = self
+            .threads
+            .wait_idle(Instant::now() + Duration::from_secs(2));
         if !left.is_empty() {
             log::warn!("threads that did not end: {left:?}");
         }

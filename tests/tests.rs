@@ -5,3 +5,5 @@ mod common;
 mod grpc;
 mod process;
 mod python;
+mod service;
+mod sse;

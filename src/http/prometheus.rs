@@ -63,8 +63,20 @@ pub fn render(s: &Snapshot) -> String {
             )
         })
         .collect();
-    family(&mut out, "streamhub_subscribers", "gauge", "Subscribers connected now, by protocol.", &by_protocol);
-    family(&mut out, "streamhub_rooms", "gauge", "Rooms that exist now.", &one(s.hub.rooms));
+    family(
+        &mut out,
+        "streamhub_subscribers",
+        "gauge",
+        "Subscribers connected now, by protocol.",
+        &by_protocol,
+    );
+    family(
+        &mut out,
+        "streamhub_rooms",
+        "gauge",
+        "Rooms that exist now.",
+        &one(s.hub.rooms),
+    );
     family(
         &mut out,
         "streamhub_messages_published_total",
@@ -81,7 +93,12 @@ pub fn render(s: &Snapshot) -> String {
     );
     let closed: Vec<_> = CloseReason::ALL
         .iter()
-        .map(|r| (labels(&[("reason", r.as_str())]), s.hub.closed(*r).to_string()))
+        .map(|r| {
+            (
+                labels(&[("reason", r.as_str())]),
+                s.hub.closed(*r).to_string(),
+            )
+        })
         .collect();
     family(
         &mut out,
@@ -95,13 +112,25 @@ pub fn render(s: &Snapshot) -> String {
         .iter()
         .map(|(code, n)| (labels(&[("code", &code.to_string())]), n.to_string()))
         .collect();
-    family(&mut out, "streamhub_http_responses_total", "counter", "HTTP responses sent, by status code.", &http);
+    family(
+        &mut out,
+        "streamhub_http_responses_total",
+        "counter",
+        "HTTP responses sent, by status code.",
+        &http,
+    );
     let grpc: Vec<_> = s
         .grpc_calls
         .iter()
         .map(|((method, code), n)| (labels(&[("method", method), ("code", code)]), n.to_string()))
         .collect();
-    family(&mut out, "streamhub_grpc_calls_total", "counter", "gRPC calls completed, by method and status code.", &grpc);
+    family(
+        &mut out,
+        "streamhub_grpc_calls_total",
+        "counter",
+        "gRPC calls completed, by method and status code.",
+        &grpc,
+    );
     family(
         &mut out,
         "streamhub_http_connections",
@@ -109,7 +138,13 @@ pub fn render(s: &Snapshot) -> String {
         "HTTP connections open now.",
         &one(s.http_connections),
     );
-    family(&mut out, "streamhub_sse_streams", "gauge", "SSE streams open now.", &one(s.sse_streams));
+    family(
+        &mut out,
+        "streamhub_sse_streams",
+        "gauge",
+        "SSE streams open now.",
+        &one(s.sse_streams),
+    );
     family(
         &mut out,
         "process_resident_memory_bytes",
@@ -124,8 +159,20 @@ pub fn render(s: &Snapshot) -> String {
         "Total user and system CPU time spent in seconds.",
         &one(s.process.cpu_seconds),
     );
-    family(&mut out, "process_threads", "gauge", "Number of OS threads in the process.", &one(s.process.threads));
-    family(&mut out, "process_open_fds", "gauge", "Number of open file descriptors.", &one(s.process.open_fds));
+    family(
+        &mut out,
+        "process_threads",
+        "gauge",
+        "Number of OS threads in the process.",
+        &one(s.process.threads),
+    );
+    family(
+        &mut out,
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        &one(s.process.open_fds),
+    );
     out
 }
 
@@ -171,19 +218,40 @@ mod tests {
                 assert!(v.parse::<f64>().is_ok(), "{line}");
             }
         }
-        assert_eq!(value(&text, r#"streamhub_subscribers{protocol="grpc"}"#), Some(4.0));
-        assert_eq!(value(&text, r#"streamhub_subscribers{protocol="sse"}"#), Some(1.0));
-        assert_eq!(value(&text, "streamhub_messages_published_total"), Some(10.0));
         assert_eq!(
-            value(&text, r#"streamhub_subscribers_closed_total{reason="slow_consumer"}"#),
+            value(&text, r#"streamhub_subscribers{protocol="grpc"}"#),
+            Some(4.0)
+        );
+        assert_eq!(
+            value(&text, r#"streamhub_subscribers{protocol="sse"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "streamhub_messages_published_total"),
+            Some(10.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"streamhub_subscribers_closed_total{reason="slow_consumer"}"#
+            ),
             Some(2.0)
         );
-        assert_eq!(value(&text, r#"streamhub_http_responses_total{code="404"}"#), Some(1.0));
         assert_eq!(
-            value(&text, r#"streamhub_grpc_calls_total{method="SendMessage",code="OK"}"#),
+            value(&text, r#"streamhub_http_responses_total{code="404"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"streamhub_grpc_calls_total{method="SendMessage",code="OK"}"#
+            ),
             Some(3.0)
         );
-        assert_eq!(value(&text, "process_resident_memory_bytes"), Some(8388608.0));
+        assert_eq!(
+            value(&text, "process_resident_memory_bytes"),
+            Some(8388608.0)
+        );
         assert_eq!(value(&text, "process_cpu_seconds_total"), Some(1.5));
         assert_eq!(value(&text, "streamhub_http_connections"), Some(2.0));
     }

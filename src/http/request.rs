@@ -450,7 +450,10 @@ mod tests {
     #[test]
     fn head_terminator_scan_finds_crlf_and_lf_endings() {
         assert!(!head_may_be_complete(b"GET / HTTP/1.1\r\nHost: x\r\n", 0));
-        assert!(head_may_be_complete(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 20));
+        assert!(head_may_be_complete(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            20
+        ));
         assert!(head_may_be_complete(b"GET / HTTP/1.1\n\n", 14));
     }
 
@@ -459,7 +462,10 @@ mod tests {
         let many: String = (0..65).map(|i| format!("X-{i}: y\r\n")).collect();
         let text = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(parse_head(text.as_bytes()).unwrap_err().status, 431);
-        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
+        let huge = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
         assert_eq!(parse_head(huge.as_bytes()).unwrap_err().status, 431);
         let unterminated = format!("GET /{}", "a".repeat(MAX_HEAD_BYTES + 10));
         assert_eq!(parse_head(unterminated.as_bytes()).unwrap_err().status, 431);
@@ -500,28 +506,70 @@ mod tests {
     fn framing_decisions() {
         let with = |h: &str| head(&format!("POST /m HTTP/1.1\r\n{h}\r\n"));
         assert_eq!(framing(&with(""), 10), Ok(Framing::Empty));
-        assert_eq!(framing(&with("Content-Length: 0\r\n"), 10), Ok(Framing::Empty));
-        assert_eq!(framing(&with("Content-Length: 10\r\n"), 10), Ok(Framing::Length(10)));
-        assert_eq!(framing(&with("Content-Length: 11\r\n"), 10).unwrap_err().status, 413);
         assert_eq!(
-            framing(&with("Content-Length: 99999999999999999999999\r\n"), 10).unwrap_err().status,
+            framing(&with("Content-Length: 0\r\n"), 10),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            framing(&with("Content-Length: 10\r\n"), 10),
+            Ok(Framing::Length(10))
+        );
+        assert_eq!(
+            framing(&with("Content-Length: 11\r\n"), 10)
+                .unwrap_err()
+                .status,
             413
         );
-        assert_eq!(framing(&with("Content-Length: -1\r\n"), 10).unwrap_err().status, 400);
-        assert_eq!(framing(&with("Content-Length: 1, 2\r\n"), 10).unwrap_err().status, 400);
         assert_eq!(
-            framing(&with("Content-Length: 1\r\nContent-Length: 2\r\n"), 10).unwrap_err().status,
+            framing(&with("Content-Length: 99999999999999999999999\r\n"), 10)
+                .unwrap_err()
+                .status,
+            413
+        );
+        assert_eq!(
+            framing(&with("Content-Length: -1\r\n"), 10)
+                .unwrap_err()
+                .status,
             400
         );
-        assert_eq!(framing(&with("Transfer-Encoding: chunked\r\n"), 10), Ok(Framing::Chunked));
-        assert_eq!(framing(&with("Transfer-Encoding: gzip, chunked\r\n"), 10).unwrap_err().status, 411);
         assert_eq!(
-            framing(&with("Transfer-Encoding: chunked\r\nContent-Length: 3\r\n"), 10).unwrap_err().status,
+            framing(&with("Content-Length: 1, 2\r\n"), 10)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            framing(&with("Content-Length: 1\r\nContent-Length: 2\r\n"), 10)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            framing(&with("Transfer-Encoding: chunked\r\n"), 10),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            framing(&with("Transfer-Encoding: gzip, chunked\r\n"), 10)
+                .unwrap_err()
+                .status,
+            411
+        );
+        assert_eq!(
+            framing(
+                &with("Transfer-Encoding: chunked\r\nContent-Length: 3\r\n"),
+                10
+            )
+            .unwrap_err()
+            .status,
             400
         );
     }
 
-    fn decode_in_pieces(input: &[u8], piece: usize, max: usize) -> Result<(Vec<u8>, usize), Rejection> {
+    fn decode_in_pieces(
+        input: &[u8],
+        piece: usize,
+        max: usize,
+    ) -> Result<(Vec<u8>, usize), Rejection> {
         let mut d = ChunkedDecoder::new(max);
         let mut used = 0;
         for part in input.chunks(piece) {
@@ -546,12 +594,30 @@ mod tests {
 
     #[test]
     fn chunked_bodies_stay_within_limits() {
-        assert_eq!(decode_in_pieces(b"b\r\nhello world\r\n0\r\n\r\n", 4, 10).unwrap_err().status, 413);
-        assert_eq!(decode_in_pieces(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", 4, 10).unwrap_err().status, 413);
+        assert_eq!(
+            decode_in_pieces(b"b\r\nhello world\r\n0\r\n\r\n", 4, 10)
+                .unwrap_err()
+                .status,
+            413
+        );
+        assert_eq!(
+            decode_in_pieces(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", 4, 10)
+                .unwrap_err()
+                .status,
+            413
+        );
         assert_eq!(decode_in_pieces(b"zz\r\n", 4, 10).unwrap_err().status, 400);
-        assert_eq!(decode_in_pieces(b"2\r\nhiX\r\n", 4, 10).unwrap_err().status, 400);
+        assert_eq!(
+            decode_in_pieces(b"2\r\nhiX\r\n", 4, 10).unwrap_err().status,
+            400
+        );
         let long_line = format!("1;{}\r\n", "e".repeat(2000));
-        assert_eq!(decode_in_pieces(long_line.as_bytes(), 64, 10).unwrap_err().status, 400);
+        assert_eq!(
+            decode_in_pieces(long_line.as_bytes(), 64, 10)
+                .unwrap_err()
+                .status,
+            400
+        );
         let ffff = b"ffffffffffffffffff\r\n";
         assert_eq!(decode_in_pieces(ffff, 64, 10).unwrap_err().status, 400);
     }

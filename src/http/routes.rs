@@ -84,9 +84,7 @@ fn allow(methods: &[&str]) -> String {
 pub fn route(req: &Request) -> Action {
     let Some(methods) = methods(&req.path) else {
         if req.path == "*" && req.method == "OPTIONS" {
-            return Action::Respond(
-                Response::new(204).header("Allow", "GET, HEAD, POST, OPTIONS"),
-            );
+            return Action::Respond(Response::new(204).header("Allow", "GET, HEAD, POST, OPTIONS"));
         }
         let shown: String = req.path.chars().take(200).collect();
         return Action::Respond(Response::error(404, &format!("no such path: {shown}")));
@@ -97,8 +95,11 @@ pub fn route(req: &Request) -> Action {
     if !methods.contains(&req.method.as_str()) {
         let shown: String = req.method.chars().take(20).collect();
         return Action::Respond(
-            Response::error(405, &format!("method {shown} is not allowed on {}", req.path))
-                .header("Allow", allow(methods)),
+            Response::error(
+                405,
+                &format!("method {shown} is not allowed on {}", req.path),
+            )
+            .header("Allow", allow(methods)),
         );
     }
     let action = match req.path.as_str() {
@@ -247,7 +248,10 @@ pub fn cors_headers(req: &Request, origins: &[String]) -> Vec<(&'static str, Str
     if req.method == "OPTIONS" && req.header("access-control-request-method").is_some() {
         if let Some(methods) = methods(&req.path) {
             out.push(("Access-Control-Allow-Methods", allow(methods)));
-            out.push(("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS.to_string()));
+            out.push((
+                "Access-Control-Allow-Headers",
+                CORS_ALLOW_HEADERS.to_string(),
+            ));
             out.push(("Access-Control-Max-Age", "600".to_string()));
         }
     }
@@ -299,18 +303,24 @@ mod tests {
                 user: String::new(),
             }
         );
-        let Action::Events(p) = route(&get("/events?room=lobby&types=chat&user=ann&last_event_id=5"))
-        else {
+        let Action::Events(p) = route(&get(
+            "/events?room=lobby&types=chat&user=ann&last_event_id=5",
+        )) else {
             panic!("not events")
         };
-        assert_eq!((p.room.as_str(), p.after_seq, p.user.as_str()), ("lobby", Some(5), "ann"));
+        assert_eq!(
+            (p.room.as_str(), p.after_seq, p.user.as_str()),
+            ("lobby", Some(5), "ann")
+        );
         assert!(!p.types.passes(MessageKind::Join));
     }
 
     #[test]
     fn last_event_id_header_beats_the_query() {
         let r = req("GET /events?last_event_id=5 HTTP/1.1\r\nLast-Event-ID: 9\r\n\r\n");
-        let Action::Events(p) = route(&r) else { panic!() };
+        let Action::Events(p) = route(&r) else {
+            panic!()
+        };
         assert_eq!(p.after_seq, Some(9));
     }
 
@@ -334,8 +344,14 @@ mod tests {
         let Action::Respond(r) = action else { panic!() };
         assert!(r.streaming);
         assert_eq!(r.status, 200);
-        assert!(matches!(route(&req("HEAD /healthz HTTP/1.1\r\n\r\n")), Action::Health));
-        assert!(matches!(route(&req("HEAD /metrics HTTP/1.1\r\n\r\n")), Action::Prometheus));
+        assert!(matches!(
+            route(&req("HEAD /healthz HTTP/1.1\r\n\r\n")),
+            Action::Health
+        ));
+        assert!(matches!(
+            route(&req("HEAD /metrics HTTP/1.1\r\n\r\n")),
+            Action::Prometheus
+        ));
     }
 
     #[test]
@@ -380,10 +396,20 @@ mod tests {
     #[test]
     fn publish_body_parsing() {
         let draft = parse_publish(br#"{"room":"r","user":"u","content":"hi","extra":1}"#).unwrap();
-        assert_eq!((draft.room.as_str(), draft.user.as_str(), draft.content.as_str()), ("r", "u", "hi"));
+        assert_eq!(
+            (
+                draft.room.as_str(),
+                draft.user.as_str(),
+                draft.content.as_str()
+            ),
+            ("r", "u", "hi")
+        );
         assert!(parse_publish(b"{").unwrap_err().contains("not valid JSON"));
         assert!(parse_publish(b"[1]").unwrap_err().contains("JSON object"));
-        assert_eq!(parse_publish(br#"{"room":"r","user":"u"}"#).unwrap_err(), "missing field 'content'");
+        assert_eq!(
+            parse_publish(br#"{"room":"r","user":"u"}"#).unwrap_err(),
+            "missing field 'content'"
+        );
         assert_eq!(
             parse_publish(br#"{"room":"r","user":7,"content":"x"}"#).unwrap_err(),
             "field 'user' must be a string"
@@ -422,13 +448,18 @@ mod tests {
         );
         let h = cors_headers(&r, &origins);
         assert!(h.contains(&("Access-Control-Allow-Methods", "POST, OPTIONS".into())));
-        assert!(h.iter().any(|(n, v)| *n == "Access-Control-Allow-Headers" && v.contains("Content-Type")));
+        assert!(h
+            .iter()
+            .any(|(n, v)| *n == "Access-Control-Allow-Headers" && v.contains("Content-Type")));
     }
 
     #[test]
     fn cors_wildcard() {
         let origins = vec!["*".to_string()];
         let r = req("GET /healthz HTTP/1.1\r\nOrigin: http://x\r\n\r\n");
-        assert_eq!(cors_headers(&r, &origins), vec![("Access-Control-Allow-Origin", "*".into())]);
+        assert_eq!(
+            cors_headers(&r, &origins),
+            vec![("Access-Control-Allow-Origin", "*".into())]
+        );
     }
 }

@@ -306,7 +306,13 @@ mod tests {
     fn multi_line_data_becomes_data_lines_and_round_trips() {
         let mut out = Vec::new();
         let data = "one\ntwo\r\nthree\rfour";
-        write_event(&mut out, &Event { data, ..Event::default() });
+        write_event(
+            &mut out,
+            &Event {
+                data,
+                ..Event::default()
+            },
+        );
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text, "data: one\ndata: two\ndata: three\ndata: four\n\n");
         let (events, _) = parse(&text);
@@ -328,7 +334,10 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let (events, comments) = parse(&text);
         assert_eq!(events.len(), 1, "{text:?}");
-        assert_eq!(events[0], (Some("1data: evil".into()), "chatid: 99".into(), "ok".into()));
+        assert_eq!(
+            events[0],
+            (Some("1data: evil".into()), "chatid: 99".into(), "ok".into())
+        );
         assert_eq!(comments, vec!["note", "", "data: evil"]);
     }
 
@@ -367,7 +376,10 @@ mod tests {
     fn event_name_follows_the_message_type() {
         for kind in [MessageKind::Join, MessageKind::Leave, MessageKind::System] {
             let text = String::from_utf8(encode_message(&message("x", "u", kind))).unwrap();
-            assert!(text.contains(&format!("\nevent: {}\n", kind.as_str())), "{text}");
+            assert!(
+                text.contains(&format!("\nevent: {}\n", kind.as_str())),
+                "{text}"
+            );
         }
     }
 
@@ -402,7 +414,20 @@ mod tests {
         for days in 0..(400 * 366) {
             assert_eq!(civil_from_days(days), (y, m, d));
             let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-            let len = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+            let len = [
+                31,
+                if leap { 29 } else { 28 },
+                31,
+                30,
+                31,
+                30,
+                31,
+                31,
+                30,
+                31,
+                30,
+                31,
+            ];
             d += 1;
             if d > len[m as usize - 1] {
                 d = 1;
@@ -431,7 +456,9 @@ mod tests {
         assert!(f.passes(MessageKind::Chat) && f.passes(MessageKind::System));
         assert!(!f.passes(MessageKind::Join) && !f.passes(MessageKind::Leave));
         assert!(TypeFilter::default().passes(MessageKind::Leave));
-        assert!(TypeFilter::parse("chat,bogus").unwrap_err().contains("bogus"));
+        assert!(TypeFilter::parse("chat,bogus")
+            .unwrap_err()
+            .contains("bogus"));
         assert!(TypeFilter::parse(" , ").is_err());
     }
 }

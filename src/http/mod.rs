@@ -1,0 +1,223 @@
+//! The HTTP/1.1 front door: Server-Sent Events, `POST /messages`, metrics
+//! and health, on streamhub's own small HTTP layer (no async runtime).
+//!
+//! Why not tiny_http: it reads a request line or header with no length
+//! limit and has no timeouts (measured: one unterminated 200 MiB header grew
+//! a bare server by 200 MiB), and it accepts connections itself, leaving no
+//! place to add limits. This layer keeps the same synchronous model with a
+//! hard bound on every resource a client can make it spend.
+//!
+//! Threads (all spawned through [`Threads`]):
+//! - `http-accept`: accepts connections and reads every request head and
+//!   body without blocking, waiting on all unfinished connections at once
+//!   with poll(2). It enforces the connection cap, the head deadline and
+//!   size limits, and the keep-alive idle timeout, so a slow or hostile
+//!   client costs a buffer, never a thread.
+//! - `http-worker-N` (`--http-workers`): run a complete request and write
+//!   the response (blocking, with the write timeout), then hand a kept-alive
+//!   connection back to `http-accept`.
+//! - `sse-N` / `sse-metrics-N`: one per open event stream, capped by
+//!   `--max-sse-clients`; the only writer of its socket.
+//!
+//! Capacity, worked out up front: at most `--max-http-connections` open
+//! sockets, each holding at most 16 KiB of head or one body of
+//! `--max-message-bytes`; `--http-workers` + `--max-sse-clients` + 1
+//! threads.
+//!
+//! Pure protocol logic lives in [`request`], [`response`], [`routes`],
+//! [`sse`] and [`prometheus`]; `server` and `stream` are the I/O around it.
+
+mod poll;
+pub mod prometheus;
+pub mod request;
+pub mod response;
+pub mod routes;
+mod server;
+pub mod sse;
+mod stream;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, TryRecvError};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::hub::Hub;
+use crate::metrics::Telemetry;
+use crate::threads::Threads;
+
+/// Stack of the accept thread and of the workers: enough for serde_json on
+/// a nested body (its recursion is capped at 128 levels).
+const SERVICE_STACK: usize = 256 * 1024;
+
+/// What every HTTP thread shares.
+struct Shared {
+    hub: Arc<Hub>,
+    telemetry: Arc<Telemetry>,
+    threads: Threads,
+    config: Config,
+    /// Disconnects when shutdown begins.
+    stopping: Receiver<()>,
+    /// Connections being served (counted against `--max-http-connections`).
+    open_connections: AtomicUsize,
+    /// Event streams open now (counted against `--max-sse-clients`).
+    sse_streams: AtomicUsize,
+    next_stream: AtomicU64,
+    /// `http-accept` and the workers while they run.
+    service_threads: AtomicUsize,
+}
+
+/// Counts a service thread (accept or worker) while it runs.
+struct ServiceThread(Arc<Shared>);
+
+impl ServiceThread {
+    fn new(shared: &Arc<Shared>) -> ServiceThread {
+        shared.service_threads.fetch_add(1, Ordering::AcqRel);
+        ServiceThread(shared.clone())
+    }
+}
+
+impl Drop for ServiceThread {
+    fn drop(&mut self) {
+        self.0.service_threads.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Shared {
+    fn is_stopping(&self) -> bool {
+        matches!(self.stopping.try_recv(), Err(TryRecvError::Disconnected))
+    }
+}
+
+/// The running HTTP server.
+pub struct HttpServer {
+    shared: Arc<Shared>,
+    port: u16,
+    /// Set by [`HttpServer::stop`]; `http-accept` checks it on every wake.
+    stop: Arc<AtomicBool>,
+    /// Writing a byte wakes `http-accept` at once.
+    wake: Arc<UnixStream>,
+    accept: Option<JoinHandle<()>>,
+    /// Disconnects when the last worker has returned.
+    workers_done: Receiver<()>,
+}
+
+impl HttpServer {
+    /// Binds `config.http_addr` (port 0 picks a free port) and starts the
+    /// accept thread and the workers.
+    pub fn start(
+        config: &Config,
+        hub: Arc<Hub>,
+        telemetry: Arc<Telemetry>,
+        threads: Threads,
+        stopping: Receiver<()>,
+    ) -> Result<HttpServer, Error> {
+        let listener = TcpListener::bind(config.http_addr)
+            .map_err(|e| Error::Io(format!("cannot listen on {} (HTTP): {e}", config.http_addr)))?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let (wake_tx, wake_rx) = UnixStream::pair()?;
+        wake_tx.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        let wake = Arc::new(wake_tx);
+        let shared = Arc::new(Shared {
+            hub,
+            telemetry,
+            threads: threads.clone(),
+            config: config.clone(),
+            stopping,
+            open_connections: AtomicUsize::new(0),
+            sse_streams: AtomicUsize::new(0),
+            next_stream: AtomicU64::new(1),
+            service_threads: AtomicUsize::new(0),
+        });
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+        let (back_tx, back_rx) = crossbeam_channel::unbounded();
+        let (alive_tx, workers_done) = crossbeam_channel::bounded::<()>(0);
+        for n in 1..=config.http_workers {
+            let shared = shared.clone();
+            let jobs = jobs_rx.clone();
+            let back = server::GiveBack::new(back_tx.clone(), wake.clone());
+            let alive = alive_tx.clone();
+            let counted = ServiceThread::new(&shared);
+            threads.spawn(format!("http-worker-{n}"), Some(SERVICE_STACK), move || {
+                let _alive = (alive, counted);
+                server::run_worker(&shared, &jobs, &back);
+            })?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = server::Poller::new(
+            shared.clone(),
+            listener,
+            wake_rx,
+            back_rx,
+            jobs_tx,
+            stop.clone(),
+        );
+        let counted = ServiceThread::new(&shared);
+        let accept = threads.spawn("http-accept".into(), Some(SERVICE_STACK), move || {
+            let _counted = counted;
+            poller.run()
+        })?;
+        Ok(HttpServer {
+            shared,
+            port,
+            stop,
+            wake,
+            accept: Some(accept),
+            workers_done,
+        })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// HTTP connections open now, event streams included.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open_connections.load(Ordering::Acquire)
+    }
+
+    /// Event streams open now.
+    pub fn sse_streams(&self) -> usize {
+        self.shared.sse_streams.load(Ordering::Acquire)
+    }
+
+    /// The accept thread and workers running now: threads that live as long
+    /// as the server, unlike stream threads.
+    pub fn service_threads(&self) -> usize {
+        self.shared.service_threads.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting, closes idle and unfinished connections, joins the
+    /// accept thread and waits up to `timeout` for the workers to finish the
+    /// requests they are writing. Event streams end on their own when the
+    /// hub closes their subscriptions.
+    pub fn stop(mut self, timeout: Duration) {
+        self.halt(timeout);
+    }
+
+    fn halt(&mut self, timeout: Duration) {
+        self.stop.store(true, Ordering::Release);
+        let _ = (&*self.wake).write(&[1]);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+            // Nothing is ever sent: this returns when the last worker drops
+            // its sender, or at the timeout.
+            let _ = self.workers_done.recv_timeout(timeout);
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.halt(Duration::from_secs(1));
+    }
+}

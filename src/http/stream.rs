@@ -1,0 +1,515 @@
+//! Event streams: `GET /events` (a room) and `GET /metrics/events`. Each
+//! runs on its own named thread that is the only writer of its socket and
+//! blocks on the hub queue, a timer and shutdown, never on a lock.
+
+use std::io::{self, IoSlice, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use parking_lot::Mutex;
+
+use super::response::Response;
+use super::routes::{error_response, EventsParams, MetricsParams};
+use super::server::Conn;
+use super::sse;
+use super::Shared;
+use crate::hub::{
+    CloseReason, Draft, Hub, Message, MessageKind, Protocol, Replay, Subscription, Wire,
+};
+use crate::metrics::MetricsSampler;
+
+/// Most messages taken from the queue for one write: bounds the time
+/// between checks of the close reason.
+const MAX_BURST: usize = 256;
+/// After shutdown begins, how long a stream waits for the hub to close its
+/// subscription (which comes after what was queued) before leaving anyway.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+/// Slices per `writev`; well under every system's IOV_MAX.
+const MAX_SLICES: usize = 64;
+
+/// Which stream a request opens.
+pub(super) enum Kind {
+    Events(EventsParams),
+    Metrics(MetricsParams),
+}
+
+/// Holds one slot of `--max-sse-clients` while a stream runs.
+struct StreamPermit(Arc<Shared>);
+
+impl StreamPermit {
+    fn take(shared: &Arc<Shared>) -> Option<StreamPermit> {
+        let open = shared.sse_streams.fetch_add(1, Ordering::AcqRel);
+        let permit = StreamPermit(shared.clone());
+        (open < shared.config.max_sse_clients).then_some(permit)
+    }
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.0.sse_streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Everything a stream thread takes over.
+struct Opened {
+    conn: Conn,
+    permit: StreamPermit,
+    subscription: Option<(Subscription, Replay)>,
+}
+
+/// Runs on a worker: checks the cap, subscribes (so that the subscription
+/// is registered before the client hears anything) and starts the stream's
+/// thread. On refusal the connection comes back with the response to send.
+pub(super) fn open(
+    shared: &Arc<Shared>,
+    conn: Conn,
+    kind: Kind,
+    cors: Vec<(&'static str, String)>,
+) -> Result<(), (Conn, Response)> {
+    if shared.is_stopping() {
+        return Err((conn, Response::unavailable("server shutting down", 1)));
+    }
+    let Some(permit) = StreamPermit::take(shared) else {
+        let limit = shared.config.max_sse_clients;
+        let message = format!("too many event streams (limit {limit})");
+        return Err((conn, Response::unavailable(&message, 5)));
+    };
+    let subscription = match &kind {
+        Kind::Events(p) => match shared.hub.subscribe(&p.room, p.after_seq, Protocol::Sse) {
+            Ok(subscribed) => Some(subscribed),
+            Err(e) => return Err((conn, error_response(&e))),
+        },
+        Kind::Metrics(_) => None,
+    };
+    let n = shared.next_stream.fetch_add(1, Ordering::Relaxed);
+    let name = match kind {
+        Kind::Events(_) => format!("sse-{n}"),
+        Kind::Metrics(_) => format!("sse-metrics-{n}"),
+    };
+    // The connection travels to the new thread; if the thread cannot start
+    // it comes back here to be answered.
+    let slot = Arc::new(Mutex::new(Some(Opened {
+        conn,
+        permit,
+        subscription,
+    })));
+    let thread_slot = slot.clone();
+    let thread_shared = shared.clone();
+    let spawned = shared
+        .threads
+        .spawn(name, Some(shared.config.stream_stack_bytes), move || {
+            let Some(opened) = thread_slot.lock().take() else {
+                return;
+            };
+            let Opened {
+                conn,
+                permit,
+                subscription,
+            } = opened;
+            match (kind, subscription) {
+                (Kind::Events(params), Some((sub, replay))) => {
+                    run_events(&thread_shared, conn, &cors, params, sub, replay)
+                }
+                (Kind::Metrics(params), _) => run_metrics(&thread_shared, conn, &cors, params),
+                (Kind::Events(_), None) => unreachable!("events streams always subscribe"),
+            }
+            drop(permit);
+        });
+    match spawned {
+        Ok(_) => {
+            shared.telemetry.http_response(200);
+            Ok(())
+        }
+        Err(e) => {
+            log::warn!("cannot start an event stream thread: {e}");
+            let opened = slot.lock().take().expect("the thread never started");
+            let response = Response::unavailable("cannot start a stream thread", 1);
+            Err((opened.conn, response))
+        }
+    }
+}
+
+/// Writes every piece, in order, with as few `writev` calls as the socket
+/// allows. The pieces are cached encodings shared by all subscribers, so
+/// nothing is copied.
+pub(super) fn write_pieces(mut out: impl Write, pieces: &[&[u8]]) -> io::Result<()> {
+    let (mut i, mut offset) = (0, 0);
+    while i < pieces.len() {
+        if offset == pieces[i].len() {
+            i += 1;
+            offset = 0;
+            continue;
+        }
+        let slices: Vec<IoSlice> = std::iter::once(IoSlice::new(&pieces[i][offset..]))
+            .chain(
+                pieces[i + 1..]
+                    .iter()
+                    .take(MAX_SLICES - 1)
+                    .map(|p| IoSlice::new(p)),
+            )
+            .collect();
+        let mut written = match out.write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while written > 0 {
+            let left = pieces[i].len() - offset;
+            if written >= left {
+                written -= left;
+                i += 1;
+                offset = 0;
+            } else {
+                offset += written;
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why writing failed: a timeout means the client stopped reading.
+fn write_failure(e: &io::Error) -> CloseReason {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => CloseReason::WriteFailed,
+        _ => CloseReason::ClientClosed,
+    }
+}
+
+/// Whether the client closed its end: a read without blocking sees end of
+/// file. (Writes notice it only one write late.)
+fn client_gone(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    let gone = match stream.peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    };
+    gone || stream.set_nonblocking(false).is_err()
+}
+
+/// The head of an event stream and its opening lines: `: connected` and
+/// the reconnection delay.
+fn preamble(shared: &Shared, cors: &[(&'static str, String)]) -> Vec<u8> {
+    let mut head = Response::event_stream();
+    head.headers.extend(cors.iter().cloned());
+    let mut out = head.head_bytes(true);
+    sse::write_comment(&mut out, "connected");
+    sse::write_retry(&mut out, shared.config.sse_retry_ms);
+    out
+}
+
+/// Publishes a JOIN or LEAVE for a stream opened with `?user=`.
+fn announce(hub: &Hub, room: &str, user: &str, kind: MessageKind) {
+    if user.is_empty() {
+        return;
+    }
+    let verb = if kind == MessageKind::Join {
+        "joined"
+    } else {
+        "left"
+    };
+    let draft = Draft {
+        room: room.to_string(),
+        user: user.to_string(),
+        content: format!("{user} {verb} the room"),
+        kind,
+    };
+    if let Err(e) = hub.publish(draft) {
+        log::debug!("cannot announce {user} in {room}: {e}");
+    }
+}
+
+/// The notice that comes before a replay with a gap in it.
+fn replay_notice(room: &str, after: Option<u64>, replay: &Replay) -> Option<Vec<u8>> {
+    if replay.unknown_position {
+        // The room restarted its sequence (a server restart) or the id was
+        // made up: what came before the retained messages is gone.
+        let missed = replay.messages.first().map_or(0, |m| m.seq - 1);
+        let content = format!(
+            "last event id {} is not a position in room {room} (the server may have restarted); \
+             {missed} earlier messages are no longer retained, replaying the {} that are",
+            after.unwrap_or_default(),
+            replay.messages.len()
+        );
+        return Some(sse::system_notice(room, &content, Some(("missed", missed))));
+    }
+    (replay.missed > 0).then(|| {
+        let content = format!(
+            "{} messages were missed: they are no longer retained",
+            replay.missed
+        );
+        sse::system_notice(room, &content, Some(("missed", replay.missed)))
+    })
+}
+
+fn encoded(m: &Message) -> &[u8] {
+    m.encoded(Wire::Sse, sse::encode_message)
+}
+
+/// Runs on `sse-N`: the room's messages as events until the client leaves,
+/// falls behind or the server stops. Holds no hub lock while writing.
+fn run_events(
+    shared: &Shared,
+    conn: Conn,
+    cors: &[(&'static str, String)],
+    params: EventsParams,
+    sub: Subscription,
+    replay: Replay,
+) {
+    let room = sub.room().clone();
+    let stream = &conn.stream;
+    let types = params.types;
+    let user = params.user.as_str();
+    log::info!(
+        "SSE opened: room={room} user={user:?} after={:?} peer={}",
+        params.after_seq,
+        conn.peer
+    );
+    let mut opening = preamble(shared, cors);
+    if let Some(notice) = replay_notice(&room, params.after_seq, &replay) {
+        if types.passes(MessageKind::System) {
+            opening.extend_from_slice(&notice);
+        }
+    }
+    let mut pieces: Vec<&[u8]> = vec![&opening];
+    pieces.extend(
+        replay
+            .messages
+            .iter()
+            .filter(|m| types.passes(m.kind))
+            .map(|m| encoded(m)),
+    );
+    let mut reason = write_pieces(stream, &pieces)
+        .err()
+        .map(|e| write_failure(&e));
+    drop(pieces);
+    drop(replay);
+    if reason.is_none() {
+        announce(&shared.hub, &room, user, MessageKind::Join);
+    }
+    let keepalive = shared.config.sse_keepalive;
+    let mut next_beat = Instant::now() + keepalive;
+    let never = crossbeam_channel::never();
+    let mut drain_until: Option<Instant> = None;
+    while reason.is_none() {
+        let stopping: &Receiver<()> = if drain_until.is_some() {
+            &never
+        } else {
+            &shared.stopping
+        };
+        let wake = drain_until.map_or(next_beat, |d| d.min(next_beat));
+        crossbeam_channel::select! {
+            recv(sub.receiver()) -> first => match first {
+                Ok(first) => {
+                    // Dropped as too slow: what is still queued would only
+                    // keep a stuck writer busy. The client resumes by id.
+                    if sub.close_reason() == Some(CloseReason::SlowConsumer) {
+                        reason = Some(CloseReason::SlowConsumer);
+                    } else {
+                        let batch: Vec<Arc<Message>> = std::iter::once(first)
+                            .chain(sub.receiver().try_iter().take(MAX_BURST - 1))
+                            .filter(|m| types.passes(m.kind))
+                            .collect();
+                        let pieces: Vec<&[u8]> = batch.iter().map(|m| encoded(m)).collect();
+                        reason = write_pieces(stream, &pieces).err().map(|e| write_failure(&e));
+                        next_beat = Instant::now() + keepalive;
+                    }
+                }
+                Err(_) => reason = Some(sub.close_reason().unwrap_or(CloseReason::Shutdown)),
+            },
+            recv(stopping) -> _ => drain_until = Some(Instant::now() + SHUTDOWN_DRAIN),
+            default(wake.saturating_duration_since(Instant::now())) => {
+                let now = Instant::now();
+                if drain_until.is_some_and(|d| now >= d) {
+                    reason = Some(CloseReason::Shutdown);
+                } else if now >= next_beat {
+                    reason = keep_alive(stream);
+                    next_beat = now + keepalive;
+                }
+            }
+        }
+    }
+    let reason = reason.unwrap_or(CloseReason::ClientClosed);
+    if reason == CloseReason::Shutdown && types.passes(MessageKind::System) {
+        let goodbye = sse::system_notice(&room, "server shutting down", None);
+        let _ = write_pieces(stream, &[&goodbye]);
+    }
+    sub.set_close_reason(reason);
+    drop(sub);
+    announce(&shared.hub, &room, user, MessageKind::Leave);
+    let _ = stream.shutdown(Shutdown::Both);
+    log::info!("SSE closed: room={room} user={user:?} reason={reason}");
+}
+
+/// The keep-alive comment, after checking that the client is still there.
+fn keep_alive(stream: &TcpStream) -> Option<CloseReason> {
+    if client_gone(stream) {
+        return Some(CloseReason::ClientClosed);
+    }
+    let mut beat = Vec::new();
+    sse::write_comment(&mut beat, "keep-alive");
+    write_pieces(stream, &[&beat])
+        .err()
+        .map(|e| write_failure(&e))
+}
+
+/// The JSON of one measurement.
+fn metric_json(m: &crate::metrics::Measurement, instance: &str) -> String {
+    serde_json::json!({
+        "name": m.name,
+        "value": m.value,
+        "timestamp": sse::rfc3339(m.timestamp),
+        "labels": { "instance": instance },
+    })
+    .to_string()
+}
+
+/// Runs on `sse-metrics-N`: one `metric` event per measurement every
+/// interval, the same measurements StreamMetrics sends.
+fn run_metrics(
+    shared: &Shared,
+    conn: Conn,
+    cors: &[(&'static str, String)],
+    params: MetricsParams,
+) {
+    let stream = &conn.stream;
+    let MetricsParams { instance, interval } = params;
+    log::info!(
+        "SSE metrics opened: instance={instance:?} interval={interval:?} peer={}",
+        conn.peer
+    );
+    let mut sampler = MetricsSampler::new(&shared.telemetry);
+    let keepalive = shared.config.sse_keepalive;
+    let mut next_batch = Instant::now() + interval;
+    let mut next_beat = Instant::now() + keepalive;
+    let mut reason = write_pieces(stream, &[&preamble(shared, cors)])
+        .err()
+        .map(|e| write_failure(&e));
+    while reason.is_none() {
+        let wake = next_batch.min(next_beat);
+        crossbeam_channel::select! {
+            recv(shared.stopping) -> _ => reason = Some(CloseReason::Shutdown),
+            default(wake.saturating_duration_since(Instant::now())) => {
+                let now = Instant::now();
+                if now >= next_batch {
+                    next_batch += interval;
+                    let mut out = Vec::new();
+                    for m in sampler.sample(&shared.hub, &shared.telemetry) {
+                        let data = metric_json(&m, &instance);
+                        sse::write_event(&mut out, &sse::Event { id: None, event: Some("metric"), data: &data });
+                    }
+                    reason = write_pieces(stream, &[&out]).err().map(|e| write_failure(&e));
+                    next_beat = now + keepalive;
+                } else if now >= next_beat {
+                    reason = keep_alive(stream);
+                    next_beat = now + keepalive;
+                }
+            }
+        }
+    }
+    let reason = reason.unwrap_or(CloseReason::ClientClosed);
+    if reason == CloseReason::Shutdown {
+        let goodbye = sse::system_notice("", "server shutting down", None);
+        let _ = write_pieces(stream, &[&goodbye]);
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    log::info!("SSE metrics closed: instance={instance:?} reason={reason}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepts at most `step` bytes per call, like a socket with a small
+    /// buffer.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut left = self.step;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.out.extend_from_slice(&b[..n]);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+            Ok(self.step - left)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pieces_are_written_whole_and_in_order_whatever_the_socket_takes() {
+        let owned: Vec<Vec<u8>> = (0..200)
+            .map(|i| format!("piece {i};").into_bytes())
+            .chain([Vec::new(), b"end".to_vec()])
+            .collect();
+        let pieces: Vec<&[u8]> = owned.iter().map(|p| p.as_slice()).collect();
+        let want: Vec<u8> = owned.concat();
+        for step in [1, 3, 7, 64, 100_000] {
+            let mut w = Trickle {
+                out: Vec::new(),
+                step,
+            };
+            write_pieces(&mut w, &pieces).unwrap();
+            assert_eq!(w.out, want, "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_socket_that_takes_nothing_is_an_error() {
+        let mut w = Trickle {
+            out: Vec::new(),
+            step: 0,
+        };
+        let err = write_pieces(&mut w, &[b"x"]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WriteZero);
+        assert_eq!(write_failure(&err), CloseReason::ClientClosed);
+        let timeout = io::Error::from(io::ErrorKind::WouldBlock);
+        assert_eq!(write_failure(&timeout), CloseReason::WriteFailed);
+    }
+
+    #[test]
+    fn replay_notice_counts_what_was_missed() {
+        let hub = Arc::new(Hub::new(crate::hub::HubConfig {
+            history: 3,
+            ..Default::default()
+        }));
+        for i in 0..10 {
+            hub.publish(Draft::chat("r", "u", &i.to_string())).unwrap();
+        }
+        let (_s, replay) = hub.subscribe("r", Some(2), Protocol::Sse).unwrap();
+        let text = String::from_utf8(replay_notice("r", Some(2), &replay).unwrap()).unwrap();
+        assert!(text.contains("\"missed\":5"), "{text}");
+        let (_s, replay) = hub.subscribe("r", Some(8), Protocol::Sse).unwrap();
+        assert!(replay_notice("r", Some(8), &replay).is_none());
+        let (_s, replay) = hub.subscribe("r", Some(50), Protocol::Sse).unwrap();
+        let text = String::from_utf8(replay_notice("r", Some(50), &replay).unwrap()).unwrap();
+        assert!(
+            text.contains("\"missed\":7") && text.contains("restarted"),
+            "{text}"
+        );
+    }
+}

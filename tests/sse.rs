@@ -1,0 +1,1228 @@
+//! The HTTP front door over raw sockets: Server-Sent Events parsed by the
+//! WHATWG rules, `POST /messages`, metrics, every error status, and hostile
+//! clients. Every socket has read and write timeouts; nothing waits on a
+//! sleep where a signal exists.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use streamhub::hub::{CloseReason, Draft};
+use streamhub::proto::chat;
+
+use crate::common::{self, next, send, subscribe, wait_until, Server};
+
+/// Every socket read or write in these tests ends within this.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn connect(server: &Server) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", server.app.http_port())).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// One HTTP response as read off the wire.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads a status line and headers.
+fn read_head(r: &mut impl BufRead) -> io::Result<Reply> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, line.clone()))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l.split_once(':').expect("header line");
+        headers.push((n.to_string(), v.trim().to_string()));
+    }
+    Ok(Reply {
+        status,
+        headers,
+        body: Vec::new(),
+    })
+}
+
+/// Reads one whole response (`head_only`: the answer to a HEAD).
+fn read_reply(r: &mut impl BufRead, head_only: bool) -> io::Result<Reply> {
+    let mut reply = read_head(r)?;
+    if head_only {
+        return Ok(reply);
+    }
+    if let Some(len) = reply.header("content-length") {
+        let mut body = vec![0; len.parse().unwrap()];
+        r.read_exact(&mut body)?;
+        reply.body = body;
+    } else {
+        r.read_to_end(&mut reply.body)?;
+    }
+    Ok(reply)
+}
+
+/// Sends raw bytes on a new connection and reads one response.
+fn exchange(server: &Server, raw: &[u8]) -> Reply {
+    let mut stream = connect(server);
+    stream.write_all(raw).unwrap();
+    let mut r = BufReader::new(stream);
+    read_reply(&mut r, raw.starts_with(b"HEAD ")).expect("a response")
+}
+
+fn request(server: &Server, method: &str, target: &str) -> Reply {
+    let raw = format!("{method} {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    exchange(server, raw.as_bytes())
+}
+
+fn get(server: &Server, target: &str) -> Reply {
+    request(server, "GET", target)
+}
+
+fn post_raw(server: &Server, body: &[u8]) -> Reply {
+    let mut raw = format!(
+        "POST /messages HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    exchange(server, &raw)
+}
+
+fn post(server: &Server, room: &str, user: &str, content: &str) -> Value {
+    let body = serde_json::json!({ "room": room, "user": user, "content": content });
+    let reply = post_raw(server, body.to_string().as_bytes());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()
+}
+
+/// The server answers normally.
+fn assert_healthy(server: &Server) {
+    let reply = get(server, "/healthz");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["status"], "ok");
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct SseEvent {
+    id: Option<String>,
+    event: String,
+    data: String,
+}
+
+impl SseEvent {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {}", self.data))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Item {
+    Comment(String),
+    Retry(u64),
+    Event(SseEvent),
+}
+
+/// A client of an event stream that parses it by the WHATWG rules.
+struct EventStream {
+    reader: BufReader<TcpStream>,
+    head: Reply,
+    id: Option<String>,
+    name: String,
+    data: Option<String>,
+}
+
+impl EventStream {
+    fn open(server: &Server, target: &str, headers: &[(&str, &str)]) -> EventStream {
+        let mut stream = connect(server);
+        let mut raw = format!("GET {target} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n");
+        for (n, v) in headers {
+            raw.push_str(&format!("{n}: {v}\r\n"));
+        }
+        raw.push_str("\r\n");
+        stream.write_all(raw.as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream);
+        let head = read_head(&mut reader).expect("response head");
+        EventStream {
+            reader,
+            head,
+            id: None,
+            name: String::new(),
+            data: None,
+        }
+    }
+
+    /// Opens a stream and takes `: connected` and `retry`, after which the
+    /// subscription is registered.
+    fn connected(server: &Server, target: &str, headers: &[(&str, &str)]) -> EventStream {
+        let mut s = EventStream::open(server, target, headers);
+        assert_eq!(s.head.status, 200, "{target}: {:?}", s.head);
+        assert_eq!(s.item().unwrap(), Item::Comment("connected".into()));
+        assert!(matches!(s.item().unwrap(), Item::Retry(_)));
+        s
+    }
+
+    /// One line; lines end at CRLF, LF or CR.
+    fn line(&mut self) -> io::Result<String> {
+        let mut bytes = Vec::new();
+        loop {
+            let mut b = [0u8; 1];
+            if self.reader.read(&mut b)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            match b[0] {
+                b'\n' => break,
+                b'\r' => {
+                    if self.reader.fill_buf()?.first() == Some(&b'\n') {
+                        self.reader.consume(1);
+                    }
+                    break;
+                }
+                other => bytes.push(other),
+            }
+        }
+        String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// The next comment, retry field or dispatched event.
+    fn item(&mut self) -> io::Result<Item> {
+        loop {
+            let line = self.line()?;
+            if line.is_empty() {
+                let name = std::mem::take(&mut self.name);
+                if let Some(data) = self.data.take() {
+                    let event = if name.is_empty() {
+                        "message".into()
+                    } else {
+                        name
+                    };
+                    return Ok(Item::Event(SseEvent {
+                        id: self.id.take(),
+                        event,
+                        data,
+                    }));
+                }
+                self.id = None;
+                continue;
+            }
+            if let Some(comment) = line.strip_prefix(':') {
+                return Ok(Item::Comment(
+                    comment.strip_prefix(' ').unwrap_or(comment).into(),
+                ));
+            }
+            let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+            match field {
+                "event" => self.name = value,
+                "data" => match &mut self.data {
+                    Some(data) => {
+                        data.push('\n');
+                        data.push_str(&value);
+                    }
+                    None => self.data = Some(value),
+                },
+                "id" if !value.contains('\0') => self.id = Some(value),
+                "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                    return Ok(Item::Retry(value.parse().unwrap()))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next event, skipping comments.
+    fn event(&mut self) -> SseEvent {
+        loop {
+            match self.item().expect("next event") {
+                Item::Event(e) => return e,
+                Item::Comment(_) | Item::Retry(_) => {}
+            }
+        }
+    }
+
+    /// Reads until the server closes the stream; returns the events seen.
+    fn until_closed(&mut self) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        loop {
+            match self.item() {
+                Ok(Item::Event(e)) => events.push(e),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return events,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return events,
+                Err(e) => panic!("stream did not close: {e}"),
+            }
+        }
+    }
+}
+
+fn statm_resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+fn process_threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Runs the ignored test `name` alone in a fresh copy of this test binary,
+/// so that no other test in the process moves what it measures (resident
+/// memory, thread count).
+fn run_alone(name: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .expect("run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} failed alone:\n{stdout}\n{stderr}"
+    );
+}
+
+/// A fixed pseudo-random sequence (xorshift64).
+fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+#[test]
+fn events_stream_has_sse_headers_connected_retry_then_live_events() {
+    let server = common::start();
+    let mut stream = EventStream::open(&server, "/events?room=r1", &[]);
+    let head = &stream.head;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-type"), Some("text/event-stream"));
+    assert_eq!(head.header("cache-control"), Some("no-cache"));
+    assert_eq!(head.header("x-accel-buffering"), Some("no"));
+    assert_eq!(head.header("content-length"), None);
+    assert_eq!(stream.item().unwrap(), Item::Comment("connected".into()));
+    assert_eq!(stream.item().unwrap(), Item::Retry(3000));
+    let sent = post(&server, "r1", "ann", "hello");
+    let event = stream.event();
+    assert_eq!(event.id.as_deref(), Some("1"));
+    assert_eq!(event.event, "chat");
+    let data = event.json();
+    assert_eq!(data["id"], sent["message_id"]);
+    assert_eq!(data["seq"], 1);
+    assert_eq!(sent["seq"], 1);
+    assert_eq!(data["user"], "ann");
+    assert_eq!(data["content"], "hello");
+    assert_eq!(data["room"], "r1");
+    assert_eq!(data["type"], "chat");
+    assert_eq!(data["timestamp"], sent["timestamp"]);
+    let ts = data["timestamp"].as_str().unwrap();
+    assert_eq!(ts.len(), "2024-01-01T00:00:00.000Z".len(), "{ts}");
+    assert!(
+        ts.starts_with("20") && ts.ends_with('Z') && &ts[10..11] == "T",
+        "{ts}"
+    );
+    let second = post(&server, "r1", "bob", "again");
+    let event = stream.event();
+    assert_eq!(event.id.as_deref(), Some("2"));
+    assert_eq!(event.json()["id"], second["message_id"]);
+}
+
+#[test]
+fn no_room_means_the_default_room() {
+    let server = common::start();
+    let mut stream = EventStream::connected(&server, "/events", &[]);
+    server
+        .app
+        .hub()
+        .publish(Draft::chat("", "u", "to default"))
+        .unwrap();
+    assert_eq!(stream.event().json()["room"], "default");
+}
+
+#[test]
+fn keep_alive_comment_arrives_while_idle() {
+    let server = common::start_with(|c| c.sse_keepalive = Duration::from_secs(1));
+    let mut stream = EventStream::connected(&server, "/events?room=quiet", &[]);
+    let started = Instant::now();
+    assert_eq!(stream.item().unwrap(), Item::Comment("keep-alive".into()));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(stream.item().unwrap(), Item::Comment("keep-alive".into()));
+}
+
+#[test]
+fn multi_line_and_hostile_content_arrives_as_one_intact_event() {
+    let server = common::start();
+    let mut stream = EventStream::connected(&server, "/events?room=hostile", &[]);
+    let contents = [
+        "line one\nline two\r\nline three\rline four",
+        "\n\nid: 999\nevent: system\ndata: injected\n\n",
+        ": not a comment\r\n\r\nretry: 1\n",
+        "tab\tnul\u{0}bell\u{7} unicode \u{2028}\u{2029} emoji 🎉",
+    ];
+    for c in contents {
+        post(&server, "hostile", "eve\nil", c);
+    }
+    for (i, c) in contents.iter().enumerate() {
+        let event = stream.event();
+        assert_eq!(event.id, Some((i + 1).to_string()));
+        assert_eq!(event.event, "chat");
+        assert!(!event.data.contains('\n'), "data must be one line");
+        let data = event.json();
+        assert_eq!(data["content"], *c);
+        assert_eq!(data["user"], "eve\nil");
+    }
+    // Nothing extra was injected between them.
+    server
+        .app
+        .hub()
+        .publish(Draft::chat("hostile", "u", "marker"))
+        .unwrap();
+    assert_eq!(stream.event().json()["content"], "marker");
+}
+
+#[test]
+fn replay_by_last_event_id_header_continues_live_without_gap_or_duplicate() {
+    let server = common::start();
+    for i in 1..=5 {
+        post(&server, "replay", "u", &format!("m{i}"));
+    }
+    let mut stream =
+        EventStream::connected(&server, "/events?room=replay", &[("Last-Event-ID", "2")]);
+    for i in 3..=5 {
+        let event = stream.event();
+        assert_eq!(event.id, Some(i.to_string()));
+        assert_eq!(event.json()["content"], format!("m{i}"));
+    }
+    post(&server, "replay", "u", "m6");
+    assert_eq!(stream.event().id.as_deref(), Some("6"));
+}
+
+#[test]
+fn replay_by_query_and_header_wins_over_query() {
+    let server = common::start();
+    for i in 1..=5 {
+        post(&server, "q", "u", &format!("m{i}"));
+    }
+    let mut by_query = EventStream::connected(&server, "/events?room=q&last_event_id=3", &[]);
+    assert_eq!(by_query.event().id.as_deref(), Some("4"));
+    assert_eq!(by_query.event().id.as_deref(), Some("5"));
+    let mut both = EventStream::connected(
+        &server,
+        "/events?room=q&last_event_id=1",
+        &[("Last-Event-ID", "4")],
+    );
+    assert_eq!(both.event().id.as_deref(), Some("5"));
+}
+
+#[test]
+fn missed_messages_notice_comes_first_then_what_is_retained() {
+    let server = common::start_with(|c| c.hub.history = 3);
+    for i in 1..=10 {
+        post(&server, "gone", "u", &format!("m{i}"));
+    }
+    let mut stream =
+        EventStream::connected(&server, "/events?room=gone", &[("Last-Event-ID", "2")]);
+    let notice = stream.event();
+    assert_eq!(notice.event, "system");
+    assert_eq!(
+        notice.id, None,
+        "a notice must not move the resume position"
+    );
+    let data = notice.json();
+    assert_eq!(data["missed"], 5, "3..=7 are no longer retained");
+    assert!(
+        data["content"]
+            .as_str()
+            .unwrap()
+            .contains("5 messages were missed"),
+        "{data}"
+    );
+    let ids: Vec<_> = (0..3).map(|_| stream.event().id.unwrap()).collect();
+    assert_eq!(ids, ["8", "9", "10"]);
+
+    // An id from before a restart (ahead of the room): said so, then
+    // everything retained.
+    let mut stream =
+        EventStream::connected(&server, "/events?room=gone", &[("Last-Event-ID", "500")]);
+    let notice = stream.event();
+    assert_eq!(notice.event, "system");
+    let data = notice.json();
+    assert_eq!(data["missed"], 7);
+    assert!(
+        data["content"].as_str().unwrap().contains("restarted"),
+        "{data}"
+    );
+    assert_eq!(stream.event().id.as_deref(), Some("8"));
+}
+
+#[test]
+fn type_filter_passes_only_the_listed_types() {
+    let server = common::start();
+    let mut chat_only = EventStream::connected(&server, "/events?room=f&types=chat", &[]);
+    let mut joins = EventStream::connected(&server, "/events?room=f&types=join,leave", &[]);
+    let _bob = EventStream::connected(&server, "/events?room=f&user=bob", &[]);
+    post(&server, "f", "ann", "only chat");
+    let event = chat_only.event();
+    assert_eq!(
+        (event.event.as_str(), event.id.as_deref()),
+        ("chat", Some("2"))
+    );
+    let event = joins.event();
+    assert_eq!(event.event, "join");
+    assert_eq!(event.json()["user"], "bob");
+    server
+        .app
+        .hub()
+        .publish(Draft::chat("f", "u", "after"))
+        .unwrap();
+    assert_eq!(chat_only.event().json()["content"], "after");
+}
+
+#[test]
+fn user_parameter_announces_join_on_open_and_leave_on_end() {
+    let server = common::start_with(|c| c.sse_keepalive = Duration::from_secs(1));
+    let mut observer = EventStream::connected(&server, "/events?room=jl", &[]);
+    let mut bob = EventStream::connected(&server, "/events?room=jl&user=bob", &[]);
+    let join = observer.event();
+    assert_eq!(join.event, "join");
+    let data = join.json();
+    assert_eq!(
+        (data["user"].as_str(), data["type"].as_str()),
+        (Some("bob"), Some("join"))
+    );
+    assert_eq!(bob.event().event, "join", "bob sees his own join");
+    bob.reader.get_ref().shutdown(Shutdown::Both).unwrap();
+    drop(bob);
+    // The server notices the closed socket at its next keep-alive.
+    let leave = observer.event();
+    assert_eq!(leave.event, "leave");
+    assert_eq!(leave.json()["user"], "bob");
+    assert!(wait_until(Duration::from_secs(5), || {
+        server.app.hub().stats().closed(CloseReason::ClientClosed) >= 1
+    }));
+}
+
+#[test]
+fn grpc_send_message_arrives_on_sse() {
+    let server = common::start();
+    let mut stream = EventStream::connected(&server, "/events?room=x1", &[]);
+    let client = server.client();
+    let resp = send(&client, "x1", "grpc-user", "from gRPC").unwrap();
+    let event = stream.event();
+    let data = event.json();
+    assert_eq!(data["id"].as_str(), Some(resp.message_id.as_str()));
+    assert_eq!(data["content"], "from gRPC");
+    assert_eq!(data["user"], "grpc-user");
+}
+
+#[test]
+fn post_messages_arrives_on_grpc_subscribe_messages() {
+    let server = common::start();
+    let client = server.client();
+    let mut grpc_stream = subscribe(&client, "x2", "");
+    let sent = post(&server, "x2", "http-user", "from HTTP");
+    let m = next(&mut grpc_stream).unwrap();
+    assert_eq!(m.id, sent["message_id"].as_str().unwrap());
+    assert_eq!(
+        (m.user.as_str(), m.content.as_str()),
+        ("http-user", "from HTTP")
+    );
+    assert_eq!(m.type_.enum_value_or_default(), chat::MessageType::CHAT);
+}
+
+#[test]
+fn post_messages_validates_like_send_message() {
+    let server = common::start_with(|c| {
+        c.max_message_bytes = 1024;
+        c.hub.max_content_bytes = 1024;
+    });
+    let cases: &[(&[u8], u16, &str)] = &[
+        (b"{not json", 400, "not valid JSON"),
+        (b"[]", 400, "JSON object"),
+        (br#"{"room":"r","user":"u"}"#, 400, "content"),
+        (br#"{"room":"r","content":"x"}"#, 400, "user"),
+        (br#"{"user":"u","content":"x"}"#, 400, "room"),
+        (
+            br#"{"room":"r","user":"","content":"x"}"#,
+            400,
+            "user is required",
+        ),
+        (
+            br#"{"room":"bad room","user":"u","content":"x"}"#,
+            400,
+            "room",
+        ),
+        (
+            br#"{"room":"r","user":"u","content":""}"#,
+            400,
+            "content is required",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let reply = post_raw(&server, body);
+        assert_eq!(reply.status, *status, "{}", String::from_utf8_lossy(body));
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        let error = reply.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(needle), "{error} should mention {needle}");
+    }
+    // A body over the limit: refused from its Content-Length.
+    let big = serde_json::json!({ "room": "r", "user": "u", "content": "x".repeat(2000) });
+    let reply = post_raw(&server, big.to_string().as_bytes());
+    assert_eq!(reply.status, 413);
+    assert!(reply.json()["error"].as_str().unwrap().contains("1024"));
+    assert_healthy(&server);
+}
+
+#[test]
+fn a_small_event_arrives_within_100_ms() {
+    let server = common::start();
+    let mut stream = EventStream::connected(&server, "/events?room=fast", &[]);
+    // Warm up the path once.
+    server
+        .app
+        .hub()
+        .publish(Draft::chat("fast", "u", "warm"))
+        .unwrap();
+    stream.event();
+    let mut worst = Duration::ZERO;
+    for i in 0..5 {
+        let started = Instant::now();
+        server
+            .app
+            .hub()
+            .publish(Draft::chat("fast", "u", &i.to_string()))
+            .unwrap();
+        let event = stream.event();
+        worst = worst.max(started.elapsed());
+        assert_eq!(event.json()["content"], i.to_string());
+    }
+    assert!(
+        worst < Duration::from_millis(100),
+        "slowest event took {worst:?}"
+    );
+}
+
+#[test]
+fn a_never_reading_client_is_dropped_while_a_reader_gets_all_20000() {
+    const TOTAL: usize = 20_000;
+    const BATCH: usize = 250;
+    let server = common::start_with(|c| c.write_timeout = Duration::from_secs(2));
+    let mut stalled = EventStream::connected(&server, "/events?room=flood", &[]);
+    let reader = EventStream::connected(&server, "/events?room=flood", &[]);
+    let (progress_tx, progress) = crossbeam_channel::unbounded::<usize>();
+    let reading = std::thread::spawn(move || {
+        let mut reader = reader;
+        for n in 1..=TOTAL {
+            let event = reader.event();
+            assert_eq!(event.id, Some(n.to_string()), "in order, nothing missing");
+            if n % BATCH == 0 {
+                progress_tx.send(n).unwrap();
+            }
+        }
+    });
+    // 2 KiB per message: 40 MB in all, far more than the stalled client's
+    // socket buffers hold.
+    let content = "x".repeat(2048);
+    let mut slowest = Duration::ZERO;
+    for batch in 0..TOTAL / BATCH {
+        for _ in 0..BATCH {
+            let started = Instant::now();
+            server
+                .app
+                .hub()
+                .publish(Draft::chat("flood", "p", &content))
+                .unwrap();
+            slowest = slowest.max(started.elapsed());
+        }
+        // Pace the publisher to the reader (the hub drops a subscriber
+        // whose queue fills, and this one must not be dropped).
+        let done = progress.recv_timeout(IO_TIMEOUT).expect("reader keeps up");
+        assert_eq!(done, (batch + 1) * BATCH);
+    }
+    reading.join().unwrap();
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a publish took {slowest:?}"
+    );
+    assert_eq!(
+        server.app.hub().stats().closed(CloseReason::SlowConsumer),
+        1
+    );
+    // The stalled client's stream ends once it reads what was buffered.
+    let got = stalled.until_closed();
+    assert!(got.len() < TOTAL, "the stalled client was cut off");
+    let ids: Vec<u64> = got
+        .iter()
+        .map(|e| e.id.as_ref().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] + 1 == w[1]),
+        "what it got is in order"
+    );
+    assert_healthy(&server);
+}
+
+#[test]
+fn sse_cap_answers_503_with_retry_after_and_spares_open_streams() {
+    let server = common::start_with(|c| c.max_sse_clients = 2);
+    let mut a = EventStream::connected(&server, "/events?room=cap", &[]);
+    let mut b = EventStream::connected(&server, "/events?room=cap", &[]);
+    let refused = get(&server, "/events?room=cap");
+    assert_eq!(refused.status, 503);
+    assert!(refused.header("retry-after").is_some());
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("limit 2"));
+    server
+        .app
+        .hub()
+        .publish(Draft::chat("cap", "u", "still here"))
+        .unwrap();
+    assert_eq!(a.event().json()["content"], "still here");
+    assert_eq!(b.event().json()["content"], "still here");
+    drop(a);
+    drop(b);
+    // Slots come back when streams end (noticed at the next write).
+    assert!(wait_until(IO_TIMEOUT, || {
+        server
+            .app
+            .hub()
+            .publish(Draft::chat("cap", "u", "probe"))
+            .unwrap();
+        server.app.http().unwrap().sse_streams() == 0
+    }));
+    EventStream::connected(&server, "/events?room=cap", &[]);
+}
+
+#[test]
+fn connection_cap_answers_503_with_retry_after() {
+    let server = common::start_with(|c| c.max_http_connections = 3);
+    let held: Vec<TcpStream> = (0..3).map(|_| connect(&server)).collect();
+    let http = server.app.http().unwrap();
+    assert!(wait_until(IO_TIMEOUT, || http.open_connections() == 3));
+    let refused = get(&server, "/healthz");
+    assert_eq!(refused.status, 503);
+    assert!(refused.header("retry-after").is_some());
+    drop(held);
+    assert!(wait_until(IO_TIMEOUT, || http.open_connections() == 0));
+    assert_healthy(&server);
+}
+
+#[test]
+fn every_error_status() {
+    let server = common::start_with(|c| {
+        c.http_header_timeout = Duration::from_secs(1);
+        c.max_message_bytes = 100;
+    });
+    // (request, status); the connection layer's refusals close the
+    // connection, a route's answers keep it.
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"GET /nope HTTP/1.1\r\n\r\n".to_vec(), 404),
+        (b"DELETE /events HTTP/1.1\r\n\r\n".to_vec(), 405),
+        (b"GET /messages HTTP/1.1\r\n\r\n".to_vec(), 405),
+        (b"BLAH\r\n\r\n".to_vec(), 400),
+        (b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n".to_vec(), 400),
+        (b"GET /events?room=%zz HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (b"GET /events?types=nope HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (
+            b"GET /events?last_event_id=x HTTP/1.1\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST /messages HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST /messages HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            411,
+        ),
+        (
+            b"POST /messages HTTP/1.1\r\nContent-Length: 101\r\n\r\n".to_vec(),
+            413,
+        ),
+        (
+            b"POST /messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n65\r\n".to_vec(),
+            413,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: b\r\n".repeat(65)).into_bytes(),
+            431,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "b".repeat(17 * 1024)).into_bytes(),
+            431,
+        ),
+        // An unfinished head: 408 after --http-header-timeout-secs.
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\n".to_vec(), 408),
+        // A body that never comes.
+        (
+            b"POST /messages HTTP/1.1\r\nContent-Length: 50\r\n\r\n{".to_vec(),
+            408,
+        ),
+    ];
+    for (raw, status) in cases {
+        let reply = exchange(&server, &raw);
+        assert_eq!(
+            reply.status,
+            status,
+            "{:?} -> {}",
+            String::from_utf8_lossy(&raw[..raw.len().min(60)]),
+            reply.text()
+        );
+        let from_route = matches!(status, 404 | 405) || raw.starts_with(b"GET /events?");
+        if !from_route {
+            assert_eq!(reply.header("connection"), Some("close"), "{status}");
+        }
+        assert!(
+            reply.json()["error"].is_string(),
+            "{status}: JSON error body"
+        );
+        if status == 405 {
+            assert!(reply.header("allow").unwrap().contains("OPTIONS"));
+        }
+    }
+    let counted: Vec<u16> = server
+        .app
+        .telemetry()
+        .http_responses()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    for status in [400, 404, 405, 408, 411, 413, 431] {
+        assert!(counted.contains(&status), "{status} counted in {counted:?}");
+    }
+    assert_healthy(&server);
+}
+
+#[test]
+fn chunked_bodies_are_decoded() {
+    let server = common::start();
+    let body = r#"{"room":"ch","user":"u","content":"chunked"}"#;
+    let (a, b) = body.split_at(10);
+    let raw = format!(
+        "POST /messages HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    let reply = exchange(&server, raw.as_bytes());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["seq"], 1);
+}
+
+#[test]
+fn expect_100_continue_over_a_raw_socket() {
+    let server = common::start();
+    let body = r#"{"room":"e","user":"u","content":"after continue"}"#;
+    let mut stream = connect(&server);
+    let head = format!(
+        "POST /messages HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let interim = read_head(&mut reader).unwrap();
+    assert_eq!(interim.status, 100);
+    stream.write_all(body.as_bytes()).unwrap();
+    let reply = read_reply(&mut reader, false).unwrap();
+    assert_eq!(reply.status, 200);
+}
+
+#[test]
+fn expect_100_continue_with_curl() {
+    let server = common::start();
+    let content = "y".repeat(4000);
+    let body = serde_json::json!({ "room": "curl", "user": "u", "content": content }).to_string();
+    let url = format!("http://127.0.0.1:{}/messages", server.app.http_port());
+    let started = Instant::now();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-v",
+            "--max-time",
+            "10",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args(["-H", "Expect: 100-continue", "--data-binary", &body, &url])
+        .output()
+        .expect("curl is installed");
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("HTTP/1.1 100 Continue"), "{stderr}");
+    // curl gives up waiting for the 100 after one second and sends anyway.
+    assert!(elapsed < Duration::from_millis(900), "took {elapsed:?}");
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["seq"], 1);
+}
+
+#[test]
+fn keep_alive_reuses_one_connection_and_http_1_0_closes() {
+    let server = common::start_with(|c| c.http_idle_timeout = Duration::from_secs(1));
+    let stream = connect(&server);
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    for i in 0..3 {
+        let body = format!(r#"{{"room":"ka","user":"u","content":"{i}"}}"#);
+        let raw = format!(
+            "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nPOST /messages HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // Two pipelined requests at a time.
+        writer.write_all(raw.as_bytes()).unwrap();
+        let health = read_reply(&mut reader, false).unwrap();
+        assert_eq!(health.status, 200);
+        assert_eq!(health.header("connection"), None);
+        let posted = read_reply(&mut reader, false).unwrap();
+        assert_eq!(posted.status, 200);
+        assert_eq!(posted.json()["seq"], i + 1);
+    }
+    assert_eq!(server.app.http().unwrap().open_connections(), 1);
+    // Idle past --http-idle-timeout-secs: closed.
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0);
+
+    let mut old = connect(&server);
+    old.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(old);
+    let reply = read_reply(&mut reader, false).unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    assert_eq!(
+        reader.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed after the response"
+    );
+}
+
+#[test]
+fn head_works_for_every_get() {
+    let server = common::start();
+    for target in ["/healthz", "/metrics", "/events?room=h", "/metrics/events"] {
+        let get_reply = if target.contains("events") {
+            None
+        } else {
+            Some(get(&server, target))
+        };
+        let head = request(&server, "HEAD", target);
+        assert_eq!(head.status, 200, "{target}");
+        assert!(head.body.is_empty());
+        if let Some(get_reply) = get_reply {
+            assert!(head.header("content-length").is_some(), "{target}");
+            assert_eq!(
+                head.header("content-type"),
+                get_reply.header("content-type")
+            );
+        } else {
+            assert_eq!(head.header("content-type"), Some("text/event-stream"));
+        }
+    }
+    assert_eq!(
+        server.app.hub().stats().subscribers,
+        0,
+        "HEAD opens no stream"
+    );
+}
+
+#[test]
+fn healthz_and_json_404() {
+    let server = common::start();
+    assert_healthy(&server);
+    let reply = get(&server, "/no/such/thing");
+    assert_eq!(reply.status, 404);
+    assert!(reply.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("/no/such/thing"));
+}
+
+#[test]
+fn prometheus_metrics_cover_hub_http_grpc_and_process() {
+    let server = common::start();
+    let _stream = EventStream::connected(&server, "/events?room=pm", &[]);
+    post(&server, "pm", "u", "counted");
+    send(&server.client(), "pm", "u", "via grpc").unwrap();
+    get(&server, "/nope");
+    let reply = get(&server, "/metrics");
+    assert_eq!(reply.status, 200);
+    assert!(reply
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = reply.text();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+    };
+    assert_eq!(value(r#"streamhub_subscribers{protocol="sse"}"#), 1.0);
+    assert_eq!(value(r#"streamhub_subscribers{protocol="grpc"}"#), 0.0);
+    assert_eq!(value("streamhub_messages_published_total"), 2.0);
+    assert!(value("streamhub_messages_delivered_total") >= 2.0);
+    assert_eq!(value("streamhub_rooms"), 1.0);
+    assert_eq!(
+        value(r#"streamhub_subscribers_closed_total{reason="slow_consumer"}"#),
+        0.0
+    );
+    assert!(value(r#"streamhub_http_responses_total{code="200"}"#) >= 2.0);
+    assert_eq!(value(r#"streamhub_http_responses_total{code="404"}"#), 1.0);
+    assert_eq!(
+        value(r#"streamhub_grpc_calls_total{method="SendMessage",code="OK"}"#),
+        1.0
+    );
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    assert!(value("process_threads") >= 2.0);
+    assert!(
+        value("streamhub_http_connections") >= 2.0,
+        "the stream and this request"
+    );
+    assert_eq!(value("streamhub_sse_streams"), 1.0);
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split(' ').nth(2).unwrap();
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+    }
+}
+
+#[test]
+fn metrics_events_stream_one_json_event_per_metric() {
+    let server = common::start();
+    let mut stream = EventStream::connected(
+        &server,
+        "/metrics/events?instance=i1&interval_seconds=1",
+        &[],
+    );
+    let names: Vec<String> = (0..7)
+        .map(|_| {
+            let event = stream.event();
+            assert_eq!(event.event, "metric");
+            let data = event.json();
+            assert_eq!(data["labels"]["instance"], "i1");
+            assert!(data["value"].is_number(), "{data}");
+            assert!(data["timestamp"].as_str().unwrap().ends_with('Z'));
+            data["name"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "cpu_usage",
+            "memory_usage",
+            "requests_per_second",
+            "subscribers",
+            "rooms",
+            "messages_published",
+            "subscribers_dropped"
+        ]
+    );
+    assert_eq!(
+        get(&server, "/metrics/events?interval_seconds=99999").status,
+        400
+    );
+}
+
+#[test]
+fn cors_headers_only_when_configured() {
+    let off = common::start();
+    let reply = exchange(
+        &off,
+        b"GET /healthz HTTP/1.1\r\nOrigin: http://a.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+    let preflight = b"OPTIONS /messages HTTP/1.1\r\nOrigin: http://a.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\nConnection: close\r\n\r\n";
+    let reply = exchange(&off, preflight);
+    assert_eq!(reply.status, 204);
+    assert_eq!(reply.header("allow"), Some("POST, OPTIONS"));
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+
+    let on = common::start_with(|c| c.cors_origins = vec!["http://a.example".into()]);
+    let reply = exchange(&on, preflight);
+    assert_eq!(reply.status, 204);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("http://a.example")
+    );
+    assert!(reply
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    assert!(reply
+        .header("access-control-allow-headers")
+        .unwrap()
+        .to_ascii_lowercase()
+        .contains("content-type"));
+    let stream = EventStream::open(&on, "/events?room=c", &[("Origin", "http://a.example")]);
+    assert_eq!(
+        stream.head.header("access-control-allow-origin"),
+        Some("http://a.example")
+    );
+    let reply = exchange(
+        &on,
+        b"GET /healthz HTTP/1.1\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn shutdown_ends_streams_with_a_system_event_after_queued_messages() {
+    let server = common::start();
+    let mut stream = EventStream::connected(&server, "/events?room=bye", &[]);
+    server
+        .app
+        .hub()
+        .publish(Draft::chat("bye", "u", "last words"))
+        .unwrap();
+    let Server { app, .. } = server;
+    let stopping = std::thread::spawn(move || app.shutdown());
+    let events = stream.until_closed();
+    stopping.join().unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].json()["content"], "last words");
+    assert_eq!(events[1].event, "system");
+    assert_eq!(
+        events[1].id, None,
+        "the client resumes from the last message"
+    );
+    assert_eq!(events[1].json()["content"], "server shutting down");
+}
+
+#[test]
+fn random_bytes_get_400_or_a_close_and_the_server_stays_healthy() {
+    let server = common::start();
+    for seed in 1..=3u64 {
+        let mut stream = connect(&server);
+        // The server may close before taking everything: a failed write is
+        // a fine outcome.
+        let _ = stream.write_all(&random_bytes(64 * 1024, seed));
+        let mut reader = BufReader::new(stream);
+        if let Ok(reply) = read_reply(&mut reader, false) {
+            assert!(matches!(reply.status, 400 | 431), "{reply:?}");
+        }
+        assert_healthy(&server);
+    }
+}
+
+#[test]
+fn an_unterminated_200_mib_header_is_cut_off_and_memory_stays_flat() {
+    run_alone("sse::alone_unterminated_header");
+}
+
+#[test]
+#[ignore = "run by an_unterminated_200_mib_header_is_cut_off_and_memory_stays_flat in a fresh process"]
+fn alone_unterminated_header() {
+    let server = common::start();
+    assert_healthy(&server);
+    let chunk = vec![b'a'; 64 * 1024];
+    let before = statm_resident_bytes();
+    let mut stream = connect(&server);
+    stream.write_all(b"GET / HTTP/1.1\r\nX-Endless: ").unwrap();
+    let mut sent: u64 = 0;
+    let outcome = loop {
+        if sent >= 200 << 20 {
+            break None;
+        }
+        match stream.write(&chunk) {
+            Ok(n) => sent += n as u64,
+            Err(e) => break Some(e),
+        }
+    };
+    let grown = statm_resident_bytes().saturating_sub(before);
+    assert!(outcome.is_some(), "the server took all 200 MiB");
+    assert!(
+        sent < 32 << 20,
+        "the server read {sent} bytes before closing"
+    );
+    assert!(grown < 1 << 20, "resident memory grew by {grown} bytes");
+    assert_healthy(&server);
+}
+
+#[test]
+fn a_thousand_unfinished_requests_are_closed_at_the_deadline_without_threads() {
+    run_alone("sse::alone_thousand_unfinished_requests");
+}
+
+#[test]
+#[ignore = "run by a_thousand_unfinished_requests_are_closed_at_the_deadline_without_threads in a fresh process"]
+fn alone_thousand_unfinished_requests() {
+    let server = common::start_with(|c| c.http_header_timeout = Duration::from_secs(2));
+    assert_healthy(&server);
+    let baseline = process_threads();
+    let started = Instant::now();
+    let mut clients: Vec<TcpStream> = (0..1000)
+        .map(|i| {
+            let mut s = connect(&server);
+            if i % 2 == 0 {
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+                    .unwrap();
+            }
+            s
+        })
+        .collect();
+    let http = server.app.http().unwrap();
+    assert!(wait_until(IO_TIMEOUT, || http.open_connections() == 1000));
+    assert!(
+        process_threads() <= baseline,
+        "{} threads with 1000 pending connections, {baseline} before",
+        process_threads()
+    );
+    for client in &mut clients {
+        let mut reader = BufReader::new(&*client);
+        let reply = read_reply(&mut reader, false).expect("a 408, then the close");
+        assert_eq!(reply.status, 408);
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(2),
+        "closed before the deadline: {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(8), "closed late: {elapsed:?}");
+    drop(clients);
+    assert!(wait_until(IO_TIMEOUT, || http.open_connections() == 0));
+    assert!(wait_until(IO_TIMEOUT, || process_threads() <= baseline));
+    assert_healthy(&server);
+}
