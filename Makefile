@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV := .venv
 BIN := target/release/streamhub
 
-.PHONY: run test build deps py-deps fmt clippy clean-venv
+.PHONY: run test build deps py-deps fmt clippy install uninstall
 
 # cmake builds the gRPC C core; g++ compiles it. Installed only when missing.
 deps:
@@ -46,3 +46,23 @@ fmt:
 
 clippy:
 	$(CARGO) clippy --release --all-targets -- -D warnings
+
+# Installs the binary, the systemd unit and the settings file. Honours
+# PREFIX (default /usr/local) and DESTDIR. An existing settings file is kept.
+UNITDIR ?= /etc/systemd/system
+ENVFILE ?= /etc/default/streamhub
+install: build
+	install -Dm755 $(BIN) $(DESTDIR)$(PREFIX)/bin/streamhub
+	install -d $(DESTDIR)$(UNITDIR)
+	sed -e 's#/usr/local/bin/streamhub#$(PREFIX)/bin/streamhub#' \
+	    -e 's#/usr/local/share/doc#$(PREFIX)/share/doc#' \
+	    systemd/streamhub.service > $(DESTDIR)$(UNITDIR)/streamhub.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/streamhub.service
+	[ -e $(DESTDIR)$(ENVFILE) ] || install -Dm644 systemd/streamhub.env $(DESTDIR)$(ENVFILE)
+	install -Dm644 README.md $(DESTDIR)$(PREFIX)/share/doc/streamhub/README.md
+	@echo "installed; now: sudo systemctl daemon-reload && sudo systemctl enable --now streamhub"
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/streamhub $(DESTDIR)$(UNITDIR)/streamhub.service \
+	      $(DESTDIR)$(ENVFILE) $(DESTDIR)$(PREFIX)/share/doc/streamhub/README.md
+	-rmdir $(DESTDIR)$(PREFIX)/share/doc/streamhub 2>/dev/null

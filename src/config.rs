@@ -481,21 +481,40 @@ impl Config {
     }
 }
 
-/// The effective settings as `--print-config` shows them: one
-/// `STREAMHUB_X=value  # from flag|env|default` line per option.
+/// The effective settings as `--print-config` shows them, in the
+/// `EnvironmentFile` format: for each option a comment naming its flag and
+/// where the value came from, then `STREAMHUB_X=value`.
 pub fn print_config(raw: &RawArgs) -> String {
     let mut out = String::new();
     for spec in SERVE_OPTIONS.iter().filter(|s| !s.env.is_empty()) {
         let source = match raw.source(spec.flag) {
             Source::Default => "default",
-            Source::Env => "env",
+            Source::Env => "environment",
             Source::Flag => "flag",
         };
         out.push_str(&format!(
-            "{}={}  # --{}, from {source}\n",
+            "# --{} (from {source})\n{}={}\n",
+            spec.flag,
             spec.env,
-            raw.list(spec.flag).join(","),
-            spec.flag
+            raw.list(spec.flag).join(",")
+        ));
+    }
+    out
+}
+
+/// The text of `systemd/streamhub.env`: every setting, commented out at its
+/// default, with its help line.
+pub fn env_template() -> String {
+    let mut out = String::from(
+        "# streamhub settings, read by systemd from /etc/default/streamhub.\n\
+         # Every line shows the default; uncomment and change what you need.\n\
+         # Each variable is also a flag of `streamhub serve` (flags win);\n\
+         # `streamhub serve --print-config` shows the effective values.\n",
+    );
+    for spec in SERVE_OPTIONS.iter().filter(|s| !s.env.is_empty()) {
+        out.push_str(&format!(
+            "\n# {} (--{})\n#{}={}\n",
+            spec.help, spec.flag, spec.env, spec.default
         ));
     }
     out
@@ -522,9 +541,27 @@ mod tests {
         assert_eq!(config.hub.subscriber_queue, 9);
         assert_eq!(config.hub.max_rooms, 10_000);
         let printed = print_config(&raw);
-        assert!(printed.contains("STREAMHUB_HISTORY=3  # --history, from flag"));
-        assert!(printed.contains("STREAMHUB_SUBSCRIBER_QUEUE=9  # --subscriber-queue, from env"));
-        assert!(printed.contains("STREAMHUB_MAX_ROOMS=10000  # --max-rooms, from default"));
+        assert!(printed.contains("# --history (from flag)\nSTREAMHUB_HISTORY=3\n"));
+        assert!(printed
+            .contains("# --subscriber-queue (from environment)\nSTREAMHUB_SUBSCRIBER_QUEUE=9\n"));
+        assert!(printed.contains("# --max-rooms (from default)\nSTREAMHUB_MAX_ROOMS=10000\n"));
+    }
+
+    #[test]
+    fn env_file_lists_every_setting_at_its_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/streamhub.env");
+        if std::env::var_os("STREAMHUB_WRITE_ENV_TEMPLATE").is_some() {
+            std::fs::write(path, env_template()).unwrap();
+        }
+        let file = std::fs::read_to_string(path).unwrap();
+        assert_eq!(
+            file,
+            env_template(),
+            "regenerate with STREAMHUB_WRITE_ENV_TEMPLATE=1 cargo test --release env_file"
+        );
+        for spec in SERVE_OPTIONS.iter().filter(|s| !s.env.is_empty()) {
+            assert!(file.contains(&format!("#{}={}\n", spec.env, spec.default)));
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod proto;
+pub mod systemd;
 pub mod threads;
 
 use std::sync::Arc;
@@ -111,6 +112,28 @@ impl App {
     pub fn stream_threads(&self) -> usize {
         let service = self.http.as_ref().map_or(0, |h| h.service_threads());
         self.threads.live().saturating_sub(service)
+    }
+
+    /// Calls `ping` every `every` from a `watchdog` thread, after checking
+    /// that the hub answers (a deadlocked hub stops the pings, and systemd
+    /// restarts the service). Stops when shutdown begins.
+    pub fn start_watchdog(
+        &self,
+        every: Duration,
+        ping: impl Fn() + Send + 'static,
+    ) -> Result<(), Error> {
+        let hub = self.hub.clone();
+        let stopping = self.stopping.clone();
+        self.threads.spawn("watchdog".into(), None, move || loop {
+            let _ = hub.stats();
+            ping();
+            if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) =
+                stopping.recv_timeout(every)
+            {
+                break;
+            }
+        })?;
+        Ok(())
     }
 
     /// A receiver that disconnects when shutdown begins.

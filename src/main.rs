@@ -2,8 +2,9 @@
 //! run a client command), wait for a signal, exit. Errors become exit codes
 //! here and nowhere else: 0 success, 1 runtime failure, 2 bad usage.
 
-use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -11,6 +12,7 @@ use signal_hook::iterator::Signals;
 use streamhub::config::{self, Config, RawArgs, SERVE_OPTIONS};
 use streamhub::error::Error;
 use streamhub::grpc::client;
+use streamhub::systemd::{self, Notifier};
 use streamhub::App;
 
 fn top_help() -> String {
@@ -23,23 +25,6 @@ fn top_help() -> String {
     }
     out.push_str("\nRun 'streamhub <COMMAND> --help' for the options of a command.\n");
     out
-}
-
-fn init_logging() {
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    builder.format(|buf, record| {
-        let thread = std::thread::current();
-        writeln!(
-            buf,
-            "{} {:<5} [{}] {}",
-            buf.timestamp_millis(),
-            record.level(),
-            thread.name().unwrap_or("?"),
-            record.args()
-        )
-    });
-    builder.init();
 }
 
 fn serve(args: &[String]) -> Result<(), Error> {
@@ -59,12 +44,25 @@ fn serve(args: &[String]) -> Result<(), Error> {
         print!("{}", config::print_config(&raw));
         return Ok(());
     }
-    init_logging();
+    systemd::init_logging();
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let (grpc_addr, http_addr) = (config.grpc_addr, config.http_addr);
     let app = App::start(config)?;
+    let notifier = Notifier::from_env();
+    if notifier.enabled() {
+        // READY only once both ports really accept connections.
+        accepts(grpc_addr, app.grpc_port())?;
+        accepts(http_addr, app.http_port())?;
+        notifier.notify("READY=1");
+        if let Some(every) = systemd::watchdog_interval() {
+            let watchdog = Notifier::from_env();
+            app.start_watchdog(every, move || watchdog.notify("WATCHDOG=1"))?;
+        }
+    }
     if let Some(signal) = signals.forever().next() {
         log::info!("received signal {signal}");
     }
+    notifier.notify("STOPPING=1");
     // A second signal while draining means "now".
     std::thread::Builder::new()
         .name("signals".into())
@@ -76,6 +74,22 @@ fn serve(args: &[String]) -> Result<(), Error> {
         })?;
     app.shutdown();
     Ok(())
+}
+
+/// Connects once to a port this process listens on.
+fn accepts(bound: SocketAddr, port: u16) -> Result<(), Error> {
+    let mut addr = bound;
+    addr.set_port(port);
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map(drop)
+        .map_err(|e| Error::Io(format!("{addr} does not accept connections: {e}")))
 }
 
 fn main() -> ExitCode {

@@ -225,3 +225,208 @@ fn cli_upload_reads_stdin_lines() {
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut printed).unwrap();
     assert!(printed.contains("uploaded 3 messages"), "{printed}");
 }
+
+fn serve_with_env(extra: &[&str], env: &[(&str, &str)]) -> Serve {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ])
+    .args(extra)
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary starts");
+    let stderr: ChildStderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let grpc_addr = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server logs its gRPC address");
+        if let Some(addr) = line.split("gRPC listening on ").nth(1) {
+            break addr.trim().to_string();
+        }
+    };
+    Serve {
+        child,
+        grpc_addr,
+        logs: rx,
+    }
+}
+
+fn http_addr_from_logs(server: &Serve) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = server
+            .logs
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server logs its HTTP address");
+        if let Some(addr) = line.split("HTTP listening on ").nth(1) {
+            return addr.trim().to_string();
+        }
+    }
+}
+
+#[test]
+fn systemd_notify_ready_after_both_ports_answer_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let path = std::env::temp_dir().join(format!("streamhub-notify-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut server = serve_with_env(
+        &[],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let http_addr = http_addr_from_logs(&server);
+    let recv = |socket: &UnixDatagram| {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(recv(&socket), "READY=1");
+    // READY means both ports already accept.
+    for addr in [&server.grpc_addr, &http_addr] {
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("port answers");
+    }
+    // Half of WATCHDOG_USEC: at least two pings arrive quickly.
+    assert_eq!(recv(&socket), "WATCHDOG=1");
+    assert_eq!(recv(&socket), "WATCHDOG=1");
+    signal(&server.child, "TERM");
+    let stopping = loop {
+        let m = recv(&socket);
+        if m != "WATCHDOG=1" {
+            break m;
+        }
+    };
+    assert_eq!(stopping, "STOPPING=1");
+    let status = wait_exit(&mut server.child, Duration::from_secs(10)).expect("exits");
+    assert!(status.success());
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn print_config_takes_flags_over_env_over_defaults() {
+    let out = Command::new(BIN)
+        .args(["serve", "--print-config", "--subscriber-queue", "9"])
+        .env("STREAMHUB_SUBSCRIBER_QUEUE", "5")
+        .env("STREAMHUB_HISTORY", "7")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("# --subscriber-queue (from flag)\nSTREAMHUB_SUBSCRIBER_QUEUE=9\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# --history (from environment)\nSTREAMHUB_HISTORY=7\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# --max-rooms (from default)\nSTREAMHUB_MAX_ROOMS=10000\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn journald_logs_have_priorities_and_no_timestamps() {
+    let mut server = serve_with_env(&[], &[("JOURNAL_STREAM", "8:1234")]);
+    let line = http_addr_line(&server);
+    assert!(line.starts_with("<6>["), "{line}");
+    signal(&server.child, "TERM");
+    assert!(wait_exit(&mut server.child, Duration::from_secs(10))
+        .expect("exits")
+        .success());
+}
+
+fn http_addr_line(server: &Serve) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = server
+            .logs
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a log line");
+        if line.contains("HTTP listening on") {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("SKIPPED: systemd-analyze is not installed (Debian package 'systemd')");
+        return;
+    };
+    assert!(probe.status.success());
+    let unit = std::fs::read_to_string(format!("{root}/systemd/streamhub.service")).unwrap();
+    // verify checks that ExecStart exists: point it at the built binary.
+    let unit = unit.replace("/usr/local/bin/streamhub", BIN);
+    let dir = std::env::temp_dir().join(format!("streamhub-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("streamhub.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn make_install_and_uninstall_honour_destdir_and_prefix() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dest = std::env::temp_dir().join(format!("streamhub-dest-{}", std::process::id()));
+    let make = |target: &str| {
+        // -o build: the binary under test is already built.
+        Command::new("make")
+            .args(["-s", "-C", root, "-o", "build", target, "PREFIX=/usr"])
+            .arg(format!("DESTDIR={}", dest.display()))
+            .output()
+            .unwrap()
+    };
+    let out = make("install");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string(dest.join("etc/systemd/system/streamhub.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/streamhub serve"));
+    assert!(dest.join("usr/bin/streamhub").exists());
+    assert!(dest.join("etc/default/streamhub").exists());
+    let out = make("uninstall");
+    assert!(out.status.success());
+    assert!(!dest.join("usr/bin/streamhub").exists());
+    assert!(!dest.join("etc/systemd/system/streamhub.service").exists());
+    assert!(!dest.join("etc/default/streamhub").exists());
+    let _ = std::fs::remove_dir_all(&dest);
+}
