@@ -20,6 +20,17 @@ use protobuf::descriptor::{
 };
 use protobuf::Message as _;
 
+/// Server-side response types that replace the generated message type for
+/// one method: `(full method name, Rust type)`. The type must provide
+/// `fn ser(&T, &mut GrpcSlice) -> grpcio::Result<()>` and
+/// `fn de(MessageReader) -> grpcio::Result<T>`. SubscribeMessages sends
+/// messages that are encoded once at publish time and shared by every
+/// subscriber, instead of encoding each one per subscriber.
+const SERVER_RESPONSE_OVERRIDES: &[(&str, &str)] = &[(
+    "/chat.ChatService/SubscribeMessages",
+    "crate::grpc::wire::Outbound",
+)];
+
 /// The `.proto` files compiled into the binary, relative to `proto/`.
 const PROTOS: &[&str] = &[
     "chat.proto",
@@ -187,19 +198,34 @@ fn generate_service(
         req: String,
         resp: String,
         kind: &'static str,
+        /// The const and response type the server side registers.
+        server_konst: String,
+        server_resp: String,
     }
     let rpcs: Vec<Rpc> = service
         .method
         .iter()
         .map(|m| {
             let snake = snake_case(m.name());
+            let konst = format!("METHOD_{service_upper}_{}", snake.to_uppercase());
+            let resp = lookup(m.output_type());
+            let full = format!("/{full_service}/{}", m.name());
+            let (server_konst, server_resp) = match SERVER_RESPONSE_OVERRIDES
+                .iter()
+                .find(|(name, _)| *name == full)
+            {
+                Some((_, ty)) => (format!("SERVER_{konst}"), ty.to_string()),
+                None => (konst.clone(), resp.clone()),
+            };
             Rpc {
                 name: m.name().to_string(),
-                konst: format!("METHOD_{service_upper}_{}", snake.to_uppercase()),
+                konst,
                 snake,
                 req: lookup(m.input_type()),
-                resp: lookup(m.output_type()),
+                resp,
                 kind: method_kind(m),
+                server_konst,
+                server_resp,
             }
         })
         .collect();
@@ -217,6 +243,20 @@ fn generate_service(
             kind = rpc.kind,
             name = rpc.name,
         );
+        if rpc.server_konst != rpc.konst {
+            let _ = writeln!(
+                out,
+                "\npub const {sk}: ::grpcio::Method<{req}, {sresp}> = ::grpcio::Method {{\n    \
+                 ty: ::grpcio::MethodType::{kind},\n    name: \"/{full_service}/{name}\",\n    \
+                 req_mar: ::grpcio::Marshaller {{ ser: ::grpcio::pb_ser, de: ::grpcio::pb_de }},\n    \
+                 resp_mar: ::grpcio::Marshaller {{ ser: {sresp}::ser, de: {sresp}::de }},\n}};",
+                sk = rpc.server_konst,
+                req = rpc.req,
+                sresp = rpc.server_resp,
+                kind = rpc.kind,
+                name = rpc.name,
+            );
+        }
     }
 
     // Client.
@@ -263,7 +303,7 @@ fn generate_service(
     // Server trait.
     let _ = writeln!(out, "\npub trait {service_name} {{");
     for rpc in &rpcs {
-        let (s, req, resp) = (&rpc.snake, &rpc.req, &rpc.resp);
+        let (s, req, resp) = (&rpc.snake, &rpc.req, &rpc.server_resp);
         let sig = match rpc.kind {
             "Unary" => format!("req: {req}, sink: ::grpcio::UnarySink<{resp}>"),
             "ServerStreaming" => format!("req: {req}, sink: ::grpcio::ServerStreamingSink<{resp}>"),
@@ -296,7 +336,7 @@ fn generate_service(
             out,
             "    let mut instance = s.clone();\n    \
              builder = builder.{add}(&{k}, move |ctx, req, resp| instance.{s}(ctx, req, resp));",
-            k = rpc.konst,
+            k = rpc.server_konst,
             s = rpc.snake,
         );
     }

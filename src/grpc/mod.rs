@@ -12,6 +12,7 @@ mod convert;
 mod driver;
 pub mod health;
 pub mod reflection;
+pub mod wire;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use crate::metrics::{MetricsSampler, Telemetry};
 use crate::proto::chat;
 use crate::proto::services::{create_chat_service, ChatService};
 use crate::threads::Threads;
-use convert::{code_name, status, system_message, to_proto};
+use convert::{code_name, status, system_message};
 use driver::{Driver, Interrupted, StreamSink, WriteError};
 
 /// Most messages written in one burst by a subscriber thread that finds a
@@ -297,7 +298,7 @@ impl ChatService for ChatServiceImpl {
         &mut self,
         ctx: RpcContext,
         req: chat::SubscribeRequest,
-        sink: ServerStreamingSink<chat::Message>,
+        sink: ServerStreamingSink<wire::Outbound>,
     ) {
         const METHOD: &str = "SubscribeMessages";
         let shared = self.shared.clone();
@@ -482,7 +483,7 @@ fn run_subscriber(
     shared: &Shared,
     sub: Subscription,
     user: String,
-    mut sink: ServerStreamingSink<chat::Message>,
+    mut sink: ServerStreamingSink<wire::Outbound>,
     peer: String,
     deadline: grpcio::Deadline,
 ) {
@@ -500,7 +501,7 @@ fn run_subscriber(
         &room,
         format!("Welcome to room {room}, {user}!"),
     );
-    let mut reason = match driver.send_all(&mut sink, [welcome], timeout) {
+    let mut reason = match driver.send_all(&mut sink, [wire::Outbound::Own(welcome)], timeout) {
         Ok(()) => None,
         Err(_) => Some(CloseReason::ClientClosed),
     };
@@ -508,9 +509,9 @@ fn run_subscriber(
         crossbeam_channel::select! {
             recv(sub.receiver()) -> first => match first {
                 Ok(first) => {
-                    let burst: Vec<chat::Message> = std::iter::once(first)
+                    let burst: Vec<wire::Outbound> = std::iter::once(first)
                         .chain(sub.receiver().try_iter().take(MAX_BURST - 1))
-                        .map(|m| to_proto(&m))
+                        .map(wire::Outbound::Shared)
                         .collect();
                     reason = match driver.send_all(&mut sink, burst, timeout) {
                         Ok(()) => None,
@@ -545,7 +546,12 @@ fn run_subscriber(
             );
             RpcStatusCode::RESOURCE_EXHAUSTED
         }
-        CloseReason::Shutdown => say_goodbye(shared, &mut driver, sink, shutdown_notice(&room)),
+        CloseReason::Shutdown => say_goodbye(
+            shared,
+            &mut driver,
+            sink,
+            wire::Outbound::Own(shutdown_notice(&room)),
+        ),
         CloseReason::DeadlineExceeded => RpcStatusCode::DEADLINE_EXCEEDED,
         // Dropping the sink cancels what is left of the call.
         _ => RpcStatusCode::CANCELLED,
