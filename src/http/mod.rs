@@ -27,7 +27,6 @@
 //! Pure protocol logic lives in [`request`], [`response`], [`routes`],
 //! [`sse`] and [`prometheus`]; `server` and `stream` are the I/O around it.
 
-mod poll;
 pub mod prometheus;
 pub mod request;
 pub mod response;
@@ -35,6 +34,7 @@ pub mod routes;
 mod server;
 pub mod sse;
 mod stream;
+mod sys;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -121,6 +121,7 @@ impl HttpServer {
         let listener = TcpListener::bind(config.http_addr)
             .map_err(|e| Error::Io(format!("cannot listen on {} (HTTP): {e}", config.http_addr)))?;
         listener.set_nonblocking(true)?;
+        sys::set_backlog(&listener, config.max_http_connections)?;
         let port = listener.local_addr()?.port();
         let (wake_tx, wake_rx) = UnixStream::pair()?;
         wake_tx.set_nonblocking(true)?;

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::poll::PollSet;
 use super::prometheus;
 use super::request::{
     framing, head_may_be_complete, parse_head, ChunkedDecoder, Framing, Rejection, Request,
@@ -27,6 +26,7 @@ use super::request::{
 use super::response::Response;
 use super::routes::{self, Action};
 use super::stream;
+use super::sys::PollSet;
 use super::Shared;
 
 /// Longest `http-accept` sleeps without checking for shutdown.
@@ -535,7 +535,8 @@ fn serve(shared: &Arc<Shared>, job: Job, back: &GiveBack) {
         Ok(Outcome::Respond(response)) => response,
         Ok(Outcome::Stream(kind)) => match stream::open(shared, conn, kind, cors.clone()) {
             Ok(()) => return,
-            Err((returned, response)) => {
+            Err(refused) => {
+                let (returned, response) = *refused;
                 conn = returned;
                 response
             }

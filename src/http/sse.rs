@@ -239,9 +239,12 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// An event as a client sees it: id, event name, data.
+    type Parsed = (Option<String>, String, String);
+
     /// The WHATWG event stream parser, reduced to what the tests need:
     /// returns (id, event, data) per dispatched event and the comments.
-    fn parse(stream: &str) -> (Vec<(Option<String>, String, String)>, Vec<String>) {
+    fn parse(stream: &str) -> (Vec<Parsed>, Vec<String>) {
         let mut events = Vec::new();
         let mut comments = Vec::new();
         let (mut id, mut name, mut data) = (None, String::new(), String::new());

@@ -60,6 +60,9 @@ struct Opened {
     subscription: Option<(Subscription, Replay)>,
 }
 
+/// A stream that could not open: its connection and what to answer.
+pub(super) type Refused = Box<(Conn, Response)>;
+
 /// Runs on a worker: checks the cap, subscribes (so that the subscription
 /// is registered before the client hears anything) and starts the stream's
 /// thread. On refusal the connection comes back with the response to send.
@@ -68,19 +71,22 @@ pub(super) fn open(
     conn: Conn,
     kind: Kind,
     cors: Vec<(&'static str, String)>,
-) -> Result<(), (Conn, Response)> {
+) -> Result<(), Refused> {
     if shared.is_stopping() {
-        return Err((conn, Response::unavailable("server shutting down", 1)));
+        return Err(Box::new((
+            conn,
+            Response::unavailable("server shutting down", 1),
+        )));
     }
     let Some(permit) = StreamPermit::take(shared) else {
         let limit = shared.config.max_sse_clients;
         let message = format!("too many event streams (limit {limit})");
-        return Err((conn, Response::unavailable(&message, 5)));
+        return Err(Box::new((conn, Response::unavailable(&message, 5))));
     };
     let subscription = match &kind {
         Kind::Events(p) => match shared.hub.subscribe(&p.room, p.after_seq, Protocol::Sse) {
             Ok(subscribed) => Some(subscribed),
-            Err(e) => return Err((conn, error_response(&e))),
+            Err(e) => return Err(Box::new((conn, error_response(&e)))),
         },
         Kind::Metrics(_) => None,
     };
@@ -127,7 +133,7 @@ pub(super) fn open(
             log::warn!("cannot start an event stream thread: {e}");
             let opened = slot.lock().take().expect("the thread never started");
             let response = Response::unavailable("cannot start a stream thread", 1);
-            Err((opened.conn, response))
+            Err(Box::new((opened.conn, response)))
         }
     }
 }

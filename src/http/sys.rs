@@ -1,13 +1,18 @@
-//! Readiness of many sockets at once through poll(2).
-//!
-//! The standard library has no readiness API, and the one thread that
-//! accepts connections also waits for request heads on every connection that
-//! has not finished one (so a thousand slow clients cost no threads). poll(2)
-//! is in the C library std already links; declaring it here saves a crate.
+//! The two system calls the HTTP layer needs that std does not offer, from
+//! the C library std already links (declaring them here saves a crate).
 //! This is the only `unsafe` in streamhub's HTTP layer.
+//!
+//! - poll(2): the one thread that accepts connections also waits for request
+//!   heads on every connection that has not finished one, so a thousand slow
+//!   clients cost no threads.
+//! - listen(2) again, with a longer queue: std listens with a backlog of 128,
+//!   and when that many connections arrive at once (every EventSource of a
+//!   page reconnecting after a restart) the kernel drops the rest of the
+//!   handshakes, which the clients retry only after a second.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::raw::{c_int, c_short, c_ulong};
 use std::time::Duration;
 
@@ -28,6 +33,19 @@ struct PollFd {
 extern "C" {
     // `nfds_t` is `unsigned long` in glibc and musl.
     fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
+    fn listen(fd: c_int, backlog: c_int) -> c_int;
+}
+
+/// Sets the accept queue of a listening socket to `backlog` connections
+/// (the kernel caps it at `net.core.somaxconn`).
+pub fn set_backlog(listener: &TcpListener, backlog: usize) -> io::Result<()> {
+    let backlog = backlog.min(c_int::MAX as usize) as c_int;
+    // SAFETY: a plain integer call on a descriptor `listener` owns and keeps
+    // open for the duration of the call.
+    if unsafe { listen(listener.as_raw_fd(), backlog) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A reusable set of descriptors to wait on for readability.
@@ -85,7 +103,6 @@ impl PollSet {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
     #[test]
@@ -106,5 +123,30 @@ mod tests {
         set.push(a.as_raw_fd());
         set.wait(Duration::from_secs(5)).unwrap();
         assert!(set.ready(1), "end of file counts as readable");
+    }
+}
+
+#[cfg(test)]
+mod backlog_tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    #[test]
+    fn a_longer_backlog_takes_a_burst_of_connections_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        set_backlog(&listener, 1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let started = std::time::Instant::now();
+        // Nobody accepts: with std's 128 the 130th connect would wait for a
+        // retransmitted handshake, a second later.
+        let held: Vec<TcpStream> = (0..300)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(held.len(), 300);
     }
 }
