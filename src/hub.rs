@@ -460,6 +460,28 @@ impl Hub {
         message
     }
 
+    /// Publishes a JOIN or LEAVE for a stream opened with a user name (no-op
+    /// without one). Failure (say, the room limit) only costs the notice.
+    pub fn announce(&self, room: &str, user: &str, kind: MessageKind) {
+        if user.is_empty() {
+            return;
+        }
+        let verb = if kind == MessageKind::Join {
+            "joined"
+        } else {
+            "left"
+        };
+        let draft = Draft {
+            room: room.to_string(),
+            user: user.to_string(),
+            content: format!("{user} {verb} the room"),
+            kind,
+        };
+        if let Err(e) = self.publish(draft) {
+            log::debug!("cannot announce {user} in {room}: {e}");
+        }
+    }
+
     /// Registers a subscriber on `room` ("" means the default room). With
     /// `after_seq`, the retained messages with a larger sequence come back in
     /// the [`Replay`]; registration and the replay cut happen under one lock,

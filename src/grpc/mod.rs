@@ -419,27 +419,6 @@ impl ChatService for ChatServiceImpl {
     }
 }
 
-/// Publishes a JOIN or LEAVE for `user` (streams opened with a user name).
-fn announce(hub: &Hub, room: &str, user: &str, kind: MessageKind) {
-    if user.is_empty() {
-        return;
-    }
-    let verb = if kind == MessageKind::Join {
-        "joined"
-    } else {
-        "left"
-    };
-    let draft = Draft {
-        room: room.to_string(),
-        user: user.to_string(),
-        content: format!("{user} {verb} the room"),
-        kind,
-    };
-    if let Err(e) = hub.publish(draft) {
-        log::debug!("cannot announce {user} in {room}: {e}");
-    }
-}
-
 /// Ends a stream because the server is stopping: a last SYSTEM notice, then
 /// UNAVAILABLE so that clients retry elsewhere.
 fn say_goodbye<T, S: StreamSink<T>>(
@@ -494,7 +473,7 @@ fn run_subscriber(
     // accepted before it: a write must not be cut short by it.
     driver.ignore_stopping();
     let timeout = shared.write_timeout();
-    announce(&shared.hub, &room, &user, MessageKind::Join);
+    shared.hub.announce(&room, &user, MessageKind::Join);
     let welcome = system_message(
         "system".into(),
         "System",
@@ -558,7 +537,7 @@ fn run_subscriber(
     };
     sub.set_close_reason(reason);
     drop(sub);
-    announce(&shared.hub, &room, &user, MessageKind::Leave);
+    shared.hub.announce(&room, &user, MessageKind::Leave);
     shared.done("SubscribeMessages", code);
     log::info!("SubscribeMessages closed: room={room} user={user:?} reason={reason}");
 }
@@ -676,7 +655,9 @@ fn run_chat(
                         Ok(published) => {
                             if joined.is_none() {
                                 joined = Some((published.room.to_string(), m.user.clone()));
-                                announce(&shared.hub, &published.room, &m.user, MessageKind::Join);
+                                shared
+                                    .hub
+                                    .announce(&published.room, &m.user, MessageKind::Join);
                             }
                             let id = if m.id.is_empty() {
                                 &published.id
@@ -746,7 +727,7 @@ fn run_chat(
         }
     };
     if let Some((room, user)) = &joined {
-        announce(&shared.hub, room, user, MessageKind::Leave);
+        shared.hub.announce(room, user, MessageKind::Leave);
     }
     shared.done(METHOD, code);
     log::info!(
