@@ -1226,3 +1226,230 @@ fn alone_thousand_unfinished_requests() {
     assert!(wait_until(IO_TIMEOUT, || process_threads() <= baseline));
     assert_healthy(&server);
 }
+
+/// Chromium for the browser test: `$STREAMHUB_CHROMIUM`, else `chromium` or
+/// `chromium-browser` on the PATH.
+fn find_chromium() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("STREAMHUB_CHROMIUM") {
+        return Some(path.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A headless Chromium in its own process group, ended (group and all)
+/// when dropped.
+struct Browser {
+    child: std::process::Child,
+    profile: std::path::PathBuf,
+}
+
+impl Browser {
+    fn open(binary: &std::path::Path, url: &str) -> Browser {
+        use std::os::unix::process::CommandExt;
+        let profile = std::env::temp_dir().join(format!(
+            "streamhub-chromium-{}-{}",
+            std::process::id(),
+            server_unique()
+        ));
+        let child = Command::new(binary)
+            .args(["--headless", "--no-sandbox", "--disable-gpu"])
+            .args([
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-extensions",
+            ])
+            .args(["--disable-background-networking", "--disable-dev-shm-usage"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start chromium");
+        Browser { child, profile }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Asked politely, the browser ends its helper processes and reaps
+        // them; whatever is left goes with the group (whose id is the
+        // child's pid, so nothing else is reached).
+        let pid = self.child.id().to_string();
+        let group = format!("-{pid}");
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+fn server_unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Serves `page` to every GET on a local port until dropped (the page must
+/// come from an http origin: Chromium treats file:// pages as opaque).
+struct PageServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PageServer {
+    fn start(page: &'static [u8]) -> PageServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                let Ok(mut stream) = stream else { continue };
+                stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let Ok(head) = read_head_lines(&mut reader) else {
+                    continue;
+                };
+                let found = head.starts_with("GET / ") || head.starts_with("GET /?");
+                let (status, body): (&str, &[u8]) = if found {
+                    ("200 OK", page)
+                } else {
+                    ("404 Not Found", b"")
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(body);
+            }
+        });
+        PageServer { port, stop }
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        // Wakes the accept so the thread sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// A request head as text (bounded).
+fn read_head_lines(r: &mut impl BufRead) -> io::Result<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 || head.len() > 64 * 1024 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if line.trim_end().is_empty() {
+            return Ok(head);
+        }
+        head.push_str(&line);
+    }
+}
+
+/// Waits for a message in `reports` whose content starts with `prefix`.
+fn next_report(reports: &streamhub::hub::Subscription, prefix: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = reports
+            .receiver()
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("the page did not report '{prefix}' within {timeout:?}"));
+        if m.content.starts_with(prefix) {
+            return m.content.clone();
+        }
+    }
+}
+
+#[test]
+fn browser_eventsource_gets_grpc_messages_and_resumes_after_the_server_closes_the_stream() {
+    let Some(chromium) = find_chromium() else {
+        assert!(
+            std::env::var_os("STREAMHUB_REQUIRE_BROWSER").is_none(),
+            "STREAMHUB_REQUIRE_BROWSER is set but chromium is not installed"
+        );
+        eprintln!("skipped: chromium is not installed (make test installs it)");
+        return;
+    };
+    // A tiny queue, so that a burst makes the hub drop the browser's
+    // subscription: the server closes the stream mid-flow.
+    let server = common::start_with(|c| {
+        c.cors_origins = vec!["*".into()];
+        c.sse_retry_ms = 200;
+        c.hub.subscriber_queue = 4;
+    });
+    let hub = server.app.hub().clone();
+    let (reports, _) = hub
+        .subscribe("browser-report", None, streamhub::hub::Protocol::Grpc)
+        .unwrap();
+    let page = PageServer::start(include_bytes!("browser/eventsource.html"));
+    let url = format!(
+        "http://127.0.0.1:{}/?base=http://127.0.0.1:{}&room=browser&report=browser-report",
+        page.port,
+        server.app.http_port()
+    );
+    let browser = Browser::open(&chromium, &url);
+    next_report(&reports, "open 1", Duration::from_secs(60));
+
+    let client = server.client();
+    let mut expected: Vec<String> = Vec::new();
+    for i in 1..=5 {
+        let content = format!("m{i}");
+        send(&client, "browser", "grpc", &content).unwrap();
+        expected.push(content);
+    }
+    let mut burst = 0;
+    while hub.stats().closed(CloseReason::SlowConsumer) == 0 {
+        assert!(
+            burst < 800,
+            "the hub never dropped the browser's subscription"
+        );
+        for _ in 0..20 {
+            burst += 1;
+            let content = format!("b{burst}");
+            hub.publish(Draft::chat("browser", "burst", &content))
+                .unwrap();
+            expected.push(content);
+        }
+    }
+    next_report(&reports, "open 2", Duration::from_secs(30));
+    for content in ["m6", "m7", "m8", "done"] {
+        send(&client, "browser", "grpc", content).unwrap();
+        expected.push(content.to_string());
+    }
+    let summary: Value =
+        serde_json::from_str(&next_report(&reports, "{", Duration::from_secs(30))).unwrap();
+    drop(browser);
+    let seqs: Vec<u64> = serde_json::from_value(summary["seqs"].clone()).unwrap();
+    let contents: Vec<String> = serde_json::from_value(summary["contents"].clone()).unwrap();
+    assert_eq!(
+        seqs,
+        (1..=expected.len() as u64).collect::<Vec<_>>(),
+        "every message once, in order: {summary}"
+    );
+    assert_eq!(contents, expected);
+    assert_eq!(summary["idMismatches"], 0);
+    assert!(summary["opens"].as_u64().unwrap() >= 2, "{summary}");
+    assert!(summary["errors"].as_u64().unwrap() >= 1, "{summary}");
+}
