@@ -16,9 +16,7 @@ use super::routes::{error_response, EventsParams, MetricsParams};
 use super::server::Conn;
 use super::sse;
 use super::Shared;
-use crate::hub::{
-    CloseReason, Draft, Hub, Message, MessageKind, Protocol, Replay, Subscription, Wire,
-};
+use crate::hub::{CloseReason, Message, MessageKind, Protocol, Replay, Subscription, Wire};
 use crate::metrics::MetricsSampler;
 
 /// Most messages taken from the queue for one write: bounds the time
@@ -212,27 +210,6 @@ fn preamble(shared: &Shared, cors: &[(&'static str, String)]) -> Vec<u8> {
     out
 }
 
-/// Publishes a JOIN or LEAVE for a stream opened with `?user=`.
-fn announce(hub: &Hub, room: &str, user: &str, kind: MessageKind) {
-    if user.is_empty() {
-        return;
-    }
-    let verb = if kind == MessageKind::Join {
-        "joined"
-    } else {
-        "left"
-    };
-    let draft = Draft {
-        room: room.to_string(),
-        user: user.to_string(),
-        content: format!("{user} {verb} the room"),
-        kind,
-    };
-    if let Err(e) = hub.publish(draft) {
-        log::debug!("cannot announce {user} in {room}: {e}");
-    }
-}
-
 /// The notice that comes before a replay with a gap in it.
 fn replay_notice(room: &str, after: Option<u64>, replay: &Replay) -> Option<Vec<u8>> {
     if replay.unknown_position {
@@ -299,7 +276,7 @@ fn run_events(
     drop(pieces);
     drop(replay);
     if reason.is_none() {
-        announce(&shared.hub, &room, user, MessageKind::Join);
+        shared.hub.announce(&room, user, MessageKind::Join);
     }
     let keepalive = shared.config.sse_keepalive;
     let mut next_beat = Instant::now() + keepalive;
@@ -350,7 +327,7 @@ fn run_events(
     }
     sub.set_close_reason(reason);
     drop(sub);
-    announce(&shared.hub, &room, user, MessageKind::Leave);
+    shared.hub.announce(&room, user, MessageKind::Leave);
     let _ = stream.shutdown(Shutdown::Both);
     log::info!("SSE closed: room={room} user={user:?} reason={reason}");
 }
@@ -499,12 +476,13 @@ mod tests {
 
     #[test]
     fn replay_notice_counts_what_was_missed() {
-        let hub = Arc::new(Hub::new(crate::hub::HubConfig {
+        let hub = Arc::new(crate::hub::Hub::new(crate::hub::HubConfig {
             history: 3,
             ..Default::default()
         }));
         for i in 0..10 {
-            hub.publish(Draft::chat("r", "u", &i.to_string())).unwrap();
+            hub.publish(crate::hub::Draft::chat("r", "u", &i.to_string()))
+                .unwrap();
         }
         let (_s, replay) = hub.subscribe("r", Some(2), Protocol::Sse).unwrap();
         let text = String::from_utf8(replay_notice("r", Some(2), &replay).unwrap()).unwrap();
