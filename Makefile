@@ -9,21 +9,24 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV := .venv
 BIN := target/release/streamhub
 
-.PHONY: run test build deps py-deps fmt clippy install uninstall
+.PHONY: run test build deps test-deps apt-install py-deps fmt clippy install uninstall
 
-# cmake builds the gRPC C core; g++ compiles it; the tests use curl, a Python
-# venv and Chromium. Each is installed only when missing.
+# cmake builds the gRPC C core; g++ compiles it. Installed only when missing.
 deps:
-	@missing=""; \
-	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
-	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
-	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
-	python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
-	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
+	@$(MAKE) -s apt-install PKGS="$$(command -v cmake >/dev/null 2>&1 || echo cmake) \
+		$$(command -v g++ >/dev/null 2>&1 || echo g++)"
+
+# The tests also use curl, a Python venv (for Python's grpcio) and Chromium.
+test-deps:
+	@$(MAKE) -s apt-install PKGS="$$(command -v curl >/dev/null 2>&1 || echo curl) \
+		$$(python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || echo python3-venv) \
+		$$(command -v chromium >/dev/null 2>&1 || echo chromium)"
+
+apt-install:
+	@pkgs="$$(echo $(PKGS))"; if [ -n "$$pkgs" ]; then \
+		echo "installing: $$pkgs"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$pkgs >/dev/null; \
 	fi
 
 build: deps
@@ -33,7 +36,7 @@ run: build
 	$(BIN) serve
 
 # Python's grpcio client proves that a client nobody here wrote works.
-$(VENV)/.ready: tests/py/requirements.txt
+$(VENV)/.ready: tests/py/requirements.txt | test-deps
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r tests/py/requirements.txt
 	touch $@
@@ -41,7 +44,7 @@ $(VENV)/.ready: tests/py/requirements.txt
 py-deps: $(VENV)/.ready
 
 # The browser test (headless Chromium's EventSource) must run here, not skip.
-test: deps py-deps
+test: deps test-deps py-deps
 	STREAMHUB_REQUIRE_BROWSER=1 $(CARGO) test --release -- --test-threads=2
 
 fmt:
