@@ -23,6 +23,7 @@ fn top_help() -> String {
     for (name, summary, _) in client::COMMANDS {
         out.push_str(&format!("  {name:<10} {summary}\n"));
     }
+    out.push_str(&format!("  {:<10} {}\n", "bench", streamhub::bench::SUMMARY));
     out.push_str("\nRun 'streamhub <COMMAND> --help' for the options of a command.\n");
     out
 }
@@ -101,6 +102,7 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match command.as_str() {
         "serve" => serve(rest),
+        "bench" => streamhub::bench::run(rest),
         "-h" | "--help" | "help" => {
             print!("{}", top_help());
             Ok(())

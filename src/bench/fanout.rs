@@ -1,0 +1,1022 @@
+//! `bench fanout`: subscribers on one or more rooms, publishers sending to
+//! them, and an exact account of what every subscriber received.
+//!
+//! Every message's content carries a [`Probe`]: run, publisher, sequence
+//! number (per publisher and room) and send time. A subscriber records each
+//! probe in one [`SeqTracker`] per publisher, so at the end it knows which
+//! messages it lost, got twice or got out of order, and the
+//! publish-to-receive latency of each. Publisher and subscribers share this
+//! process's monotonic clock, so no clock synchronisation is needed.
+//!
+//! Flat out (`--rate 0`) with a `--window`, publishers pause while the
+//! slowest live subscriber is that many messages behind: the result is the
+//! highest rate every subscriber keeps up with, instead of a rate at which
+//! the server must drop slow subscribers (streamhub disconnects a subscriber
+//! whose queue fills up; such subscribers are reported as dropped and
+//! left out of the loss count).
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use futures_executor::block_on;
+use futures_util::stream::{abortable, AbortHandle, StreamExt};
+use grpcio::CallOption;
+use parking_lot::Mutex;
+
+use super::http::{self, BodyFormat, HttpPublisher, HttpUrl};
+use super::report::{row, Progress, Report};
+use super::sse::{EventStream, OpenError};
+use super::stats::{self, Histogram, LatencySummary, Probe, SeqTracker};
+use super::{grpc, secs};
+use crate::config::RawArgs;
+use crate::error::Error;
+use crate::proto::services::ChatServiceClient;
+
+/// Subscribers connecting at once: a burst of thousands would overflow the
+/// server's accept backlog and wait out SYN retransmits.
+const CONNECTING_AT_ONCE: usize = 64;
+/// Stack of a publisher thread (serde_json for HTTP bodies).
+const PUBLISHER_STACK: usize = 256 * 1024;
+/// How often the window and the progress line look at the subscribers.
+const PACER_TICK: Duration = Duration::from_millis(1);
+
+/// How publishers publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PublishVia {
+    /// SendMessage to the gRPC server.
+    Grpc,
+    /// POST to a URL template (`{room}` replaced).
+    Http { url: String, format: BodyFormat },
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct FanoutPlan {
+    pub grpc_subscribers: usize,
+    pub sse_subscribers: usize,
+    /// gRPC address, for gRPC subscribers and publishers.
+    pub server: String,
+    /// Event stream URL template, for SSE subscribers.
+    pub sse_url: String,
+    pub publish: PublishVia,
+    pub rooms: usize,
+    pub room_prefix: String,
+    pub publishers: usize,
+    /// Messages per second from all publishers; 0: flat out.
+    pub rate: f64,
+    /// Flat out: most messages the slowest subscriber may be behind (0: no
+    /// limit).
+    pub window: u64,
+    /// Messages per publisher; 0: publish for `duration`.
+    pub messages: u64,
+    pub duration: Duration,
+    pub size: usize,
+    /// gRPC connections for the subscribers; 0: one per 100.
+    pub connections: usize,
+    pub drain: Duration,
+    pub timeout: Duration,
+    pub client_threads: usize,
+    pub stack: usize,
+    pub progress: bool,
+}
+
+impl FanoutPlan {
+    pub fn from_raw(raw: &RawArgs) -> Result<FanoutPlan, Error> {
+        let subscribers = raw.number("subscribers", 1, 1_000_000)? as usize;
+        let protocol = raw.string("protocol");
+        let (grpc_subscribers, sse_subscribers) = match protocol.as_str() {
+            "grpc" => (subscribers, 0),
+            "sse" => (0, subscribers),
+            other => {
+                return Err(Error::Config(format!(
+                    "--protocol: expected grpc or sse, got '{other}'"
+                )))
+            }
+        };
+        let sse_url = raw.string("sse-url");
+        if sse_subscribers > 0 {
+            HttpUrl::parse(&sse_url).map_err(|e| Error::Config(format!("--sse-url: {e}")))?;
+        }
+        let publish = match raw.string("publish-via").as_str() {
+            "grpc" => PublishVia::Grpc,
+            "http" => {
+                let url = raw.string("publish-url");
+                HttpUrl::parse(&url).map_err(|e| Error::Config(format!("--publish-url: {e}")))?;
+                let format = match raw.string("publish-body").as_str() {
+                    "json" => BodyFormat::Json,
+                    "raw" => BodyFormat::Raw,
+                    other => {
+                        return Err(Error::Config(format!(
+                            "--publish-body: expected json or raw, got '{other}'"
+                        )))
+                    }
+                };
+                PublishVia::Http { url, format }
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "--publish-via: expected grpc or http, got '{other}'"
+                )))
+            }
+        };
+        let rate: f64 = raw
+            .string("rate")
+            .trim()
+            .parse()
+            .ok()
+            .filter(|r: &f64| r.is_finite() && *r >= 0.0)
+            .ok_or_else(|| {
+                Error::Config("--rate: expected messages per second, 0 or more".into())
+            })?;
+        Ok(FanoutPlan {
+            grpc_subscribers,
+            sse_subscribers,
+            server: raw.string("server"),
+            sse_url,
+            publish,
+            rooms: raw.number("rooms", 1, 100_000)? as usize,
+            room_prefix: raw.string("room-prefix"),
+            publishers: raw.number("publishers", 1, 10_000)? as usize,
+            rate,
+            window: raw.number("window", 0, u64::MAX)?,
+            messages: raw.number("messages", 0, u64::MAX)?,
+            duration: secs(raw, "duration-secs", 1)?,
+            size: raw.number("size", 1, 64 << 20)? as usize,
+            connections: raw.number("connections", 0, 100_000)? as usize,
+            drain: secs(raw, "drain-secs", 0)?,
+            timeout: secs(raw, "timeout-secs", 1)?,
+            client_threads: raw.number("client-threads", 1, 64)? as usize,
+            stack: raw.number("stack-kib", 16, 16 * 1024)? as usize * 1024,
+            progress: !raw.switch("quiet"),
+        })
+    }
+
+    /// A plan with the CLI defaults, for callers that set fields directly
+    /// (the stress tests).
+    pub fn defaults() -> FanoutPlan {
+        let raw = RawArgs::parse(super::FANOUT_OPTIONS, &[], |_| None).expect("defaults parse");
+        FanoutPlan::from_raw(&raw).expect("defaults are valid")
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.grpc_subscribers + self.sse_subscribers
+    }
+
+    /// Sockets this process opens, roughly.
+    pub fn sockets(&self) -> usize {
+        self.sse_subscribers + self.grpc_connections() + self.publishers + 64
+    }
+
+    fn grpc_connections(&self) -> usize {
+        match self.connections {
+            0 => self.grpc_subscribers.div_ceil(100),
+            n => n.min(self.grpc_subscribers.max(1)),
+        }
+    }
+
+    pub fn room(&self, index: usize) -> String {
+        format!("{}-{index}", self.room_prefix)
+    }
+
+    fn protocol_name(&self) -> &'static str {
+        match (self.grpc_subscribers, self.sse_subscribers) {
+            (_, 0) => "grpc",
+            (0, _) => "sse",
+            _ => "grpc+sse",
+        }
+    }
+}
+
+/// One subscriber's account.
+#[derive(Clone, Debug)]
+pub struct SubscriberResult {
+    pub protocol: &'static str,
+    pub room: usize,
+    /// Why it could not subscribe (`HTTP 503`, `RESOURCE_EXHAUSTED`, ...).
+    pub open_error: Option<String>,
+    /// Why it ended before the run did; `None`: it stayed to the end.
+    pub ended: Option<String>,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+}
+
+impl SubscriberResult {
+    /// Subscribed and stayed connected to the end.
+    pub fn kept_up(&self) -> bool {
+        self.open_error.is_none() && self.ended.is_none()
+    }
+
+    fn clean(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.out_of_order == 0
+    }
+}
+
+/// What was measured.
+#[derive(Clone, Debug)]
+pub struct FanoutResult {
+    pub plan: FanoutPlan,
+    /// Messages the server accepted, per room.
+    pub published: Vec<u64>,
+    pub publish_errors: BTreeMap<String, u64>,
+    /// From the first publish to the last publish.
+    pub publish_time: Duration,
+    /// From the first publish to the last delivery.
+    pub delivery_time: Duration,
+    pub deliveries: u64,
+    /// Publish-to-receive, microseconds, over every delivery.
+    pub latency: LatencySummary,
+    pub subscribers: Vec<SubscriberResult>,
+    /// Every live subscriber had everything before the drain time ran out.
+    pub drained: bool,
+}
+
+impl FanoutResult {
+    pub fn published_total(&self) -> u64 {
+        self.published.iter().sum()
+    }
+
+    pub fn deliveries_per_sec(&self) -> f64 {
+        self.deliveries as f64 / self.delivery_time.as_secs_f64().max(1e-9)
+    }
+
+    pub fn kept_up(&self) -> usize {
+        self.subscribers.iter().filter(|s| s.kept_up()).count()
+    }
+
+    /// Sums of (lost, duplicated, out of order) over subscribers that kept up.
+    pub fn anomalies(&self) -> (u64, u64, u64) {
+        self.subscribers
+            .iter()
+            .filter(|s| s.kept_up())
+            .fold((0, 0, 0), |(l, d, o), s| {
+                (l + s.lost, d + s.duplicated, o + s.out_of_order)
+            })
+    }
+
+    fn reasons(
+        &self,
+        pick: impl Fn(&SubscriberResult) -> Option<&String>,
+    ) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for reason in self.subscribers.iter().filter_map(pick) {
+            *out.entry(reason.clone()).or_default() += 1;
+        }
+        out
+    }
+
+    pub fn report(&self) -> Report {
+        let p = &self.plan;
+        let (lost, duplicated, out_of_order) = self.anomalies();
+        let failed_open = self.reasons(|s| s.open_error.as_ref());
+        let dropped = self.reasons(|s| s.ended.as_ref());
+        let rate = if p.rate > 0.0 {
+            format!("{} msg/s", p.rate)
+        } else if p.window > 0 {
+            format!("flat out (window {})", p.window)
+        } else {
+            "flat out (no window)".into()
+        };
+        let publish_via = match &p.publish {
+            PublishVia::Grpc => "grpc".to_string(),
+            PublishVia::Http { url, .. } => url.clone(),
+        };
+        let publish_rate =
+            self.published_total() as f64 / self.publish_time.as_secs_f64().max(1e-9);
+        let anomalous: Vec<serde_json::Value> = self
+            .subscribers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.kept_up() || !s.clean())
+            .take(100)
+            .map(|(i, s)| {
+                serde_json::json!({
+                    "index": i, "protocol": s.protocol, "room": p.room(s.room),
+                    "open_error": s.open_error, "ended": s.ended, "received": s.received,
+                    "lost": s.lost, "duplicated": s.duplicated, "out_of_order": s.out_of_order,
+                })
+            })
+            .collect();
+        let mut report = Report::new(
+            format!(
+                "fanout over {}: {} subscribers on {} room(s), {} publisher(s) via {publish_via}, {rate}, {} bytes",
+                p.protocol_name(),
+                p.subscribers(),
+                p.rooms,
+                p.publishers,
+                p.size
+            ),
+            serde_json::json!({
+                "scenario": "fanout",
+                "protocol": p.protocol_name(),
+                "subscribers": p.subscribers(),
+                "rooms": p.rooms,
+                "publishers": p.publishers,
+                "publish_via": publish_via,
+                "rate": p.rate,
+                "window": p.window,
+                "size": p.size,
+                "published": self.published_total(),
+                "publish_errors": self.publish_errors,
+                "publish_secs": stats::secs(self.publish_time),
+                "publish_per_sec": publish_rate.round(),
+                "deliveries": self.deliveries,
+                "delivery_secs": stats::secs(self.delivery_time),
+                "deliveries_per_sec": self.deliveries_per_sec().round(),
+                "latency": self.latency.to_json(),
+                "kept_up": self.kept_up(),
+                "failed_to_subscribe": failed_open,
+                "dropped": dropped,
+                "drained": self.drained,
+                "lost": lost,
+                "duplicated": duplicated,
+                "out_of_order": out_of_order,
+                "anomalous_subscribers": anomalous,
+            }),
+        );
+        report.section(
+            "publishing",
+            vec![
+                row("messages published", self.published_total()),
+                row("publish errors", self.publish_errors.values().sum::<u64>()),
+                row("messages/s", stats::rate(publish_rate)),
+            ],
+        );
+        report.section(
+            "delivery",
+            vec![
+                row("deliveries", self.deliveries),
+                row("deliveries/s", stats::rate(self.deliveries_per_sec())),
+                row("latency p50", stats::micros(self.latency.p50)),
+                row("latency p99", stats::micros(self.latency.p99)),
+                row("latency max", stats::micros(self.latency.max)),
+            ],
+        );
+        let mut subs = vec![
+            row(
+                "kept up",
+                format!("{} of {}", self.kept_up(), p.subscribers()),
+            ),
+            row("lost (kept up)", lost),
+            row("duplicated (kept up)", duplicated),
+            row("out of order (kept up)", out_of_order),
+            row(
+                "all delivered",
+                if self.drained {
+                    "yes"
+                } else {
+                    "no (drain timed out)"
+                },
+            ),
+        ];
+        for (reason, n) in &failed_open {
+            subs.push(row(&format!("failed to subscribe: {reason}"), n));
+        }
+        for (reason, n) in &dropped {
+            subs.push(row(&format!("ended early: {reason}"), n));
+        }
+        report.section("subscribers", subs);
+        if !self.publish_errors.is_empty() {
+            report.section(
+                "publish errors by status",
+                self.publish_errors.iter().map(|(k, v)| row(k, v)).collect(),
+            );
+        }
+        report
+    }
+}
+
+/// A subscriber's life, as the pacer and the progress line see it.
+const CONNECTING: u8 = 0;
+const READY: u8 = 1;
+const ENDED: u8 = 2;
+const FAILED: u8 = 3;
+
+struct Slot {
+    room: usize,
+    /// Probes of this run received.
+    received: AtomicU64,
+    state: AtomicU8,
+}
+
+/// What all threads of a run share.
+struct Shared {
+    run: u32,
+    publishers: usize,
+    stop: AtomicBool,
+    /// Messages sent per room (accepted or not).
+    sent: Vec<AtomicU64>,
+    slots: Vec<Slot>,
+    /// Most messages any live subscriber is behind.
+    max_lag: AtomicU64,
+    sse_sockets: Mutex<Vec<TcpStream>>,
+    grpc_streams: Mutex<Vec<AbortHandle>>,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Ends every subscriber's blocking read.
+    fn stop_subscribers(&self) {
+        self.stop.store(true, Ordering::Release);
+        for socket in self.sse_sockets.lock().drain(..) {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+        for handle in self.grpc_streams.lock().drain(..) {
+            handle.abort();
+        }
+    }
+
+    /// (live subscribers, settled subscribers, largest lag)
+    fn survey(&self) -> (usize, usize, u64) {
+        let (mut live, mut settled, mut lag) = (0, 0, 0);
+        for slot in &self.slots {
+            match slot.state.load(Ordering::Acquire) {
+                READY => {
+                    live += 1;
+                    settled += 1;
+                    let sent = self.sent[slot.room].load(Ordering::Acquire);
+                    lag = lag.max(sent.saturating_sub(slot.received.load(Ordering::Acquire)));
+                }
+                CONNECTING => {}
+                _ => settled += 1,
+            }
+        }
+        (live, settled, lag)
+    }
+}
+
+/// What a subscriber thread takes note of.
+struct Recorder<'a> {
+    shared: &'a Shared,
+    slot: &'a Slot,
+    trackers: Vec<SeqTracker>,
+    latency: Histogram,
+    received: u64,
+    last_micros: u64,
+}
+
+impl Recorder<'_> {
+    fn new<'a>(shared: &'a Shared, slot: &'a Slot) -> Recorder<'a> {
+        Recorder {
+            shared,
+            slot,
+            trackers: vec![SeqTracker::default(); shared.publishers],
+            latency: Histogram::new(),
+            received: 0,
+            last_micros: 0,
+        }
+    }
+
+    fn ready(&self) {
+        let _ = self.slot.state.compare_exchange(
+            CONNECTING,
+            READY,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Takes note of one message's content (or of the SSE data holding it).
+    fn content(&mut self, text: &[u8]) {
+        let Some(probe) = Probe::find(text, self.shared.run) else {
+            return;
+        };
+        let Some(tracker) = self.trackers.get_mut(probe.publisher as usize) else {
+            return;
+        };
+        let now = stats::now_micros();
+        tracker.record(probe.seq);
+        self.latency.record(now.saturating_sub(probe.sent_micros));
+        self.received += 1;
+        self.last_micros = now;
+        self.slot.received.fetch_add(1, Ordering::Release);
+    }
+
+    fn finish(
+        self,
+        protocol: &'static str,
+        open_error: Option<String>,
+        ended: Option<String>,
+    ) -> Outcome {
+        let state = if open_error.is_some() { FAILED } else { ENDED };
+        self.slot.state.store(state, Ordering::Release);
+        Outcome {
+            protocol,
+            room: self.slot.room,
+            open_error,
+            ended,
+            trackers: self.trackers,
+            latency: self.latency,
+            received: self.received,
+            last_micros: self.last_micros,
+        }
+    }
+}
+
+/// A subscriber thread's result.
+struct Outcome {
+    protocol: &'static str,
+    room: usize,
+    open_error: Option<String>,
+    ended: Option<String>,
+    trackers: Vec<SeqTracker>,
+    latency: Histogram,
+    received: u64,
+    last_micros: u64,
+}
+
+/// Runs on `bench-sse-N` until the server ends the stream or the run stops.
+fn sse_subscriber(shared: &Shared, slot: &Slot, url: &HttpUrl, timeout: Duration) -> Outcome {
+    let mut rec = Recorder::new(shared, slot);
+    let mut stream = match EventStream::open(url, &[], timeout) {
+        Ok(stream) => stream,
+        Err(e) => {
+            let reason = match e {
+                OpenError::Status(s) => format!("HTTP {s}"),
+                other => other.to_string(),
+            };
+            return rec.finish("sse", Some(reason), None);
+        }
+    };
+    match stream.socket() {
+        Ok(socket) => shared.sse_sockets.lock().push(socket),
+        Err(e) => return rec.finish("sse", Some(e.to_string()), None),
+    }
+    // streamhub registers the subscription before it answers: the head
+    // means the subscriber is in the room.
+    rec.ready();
+    let ended = loop {
+        if shared.stopping() {
+            break None;
+        }
+        match stream.read(|event| rec.content(event.data)) {
+            Ok(true) => {}
+            Ok(false) if shared.stopping() => break None,
+            Ok(false) => break Some("closed by server".to_string()),
+            Err(_) if shared.stopping() => break None,
+            Err(e) => break Some(format!("{:?}", e.kind())),
+        }
+    };
+    rec.finish("sse", None, ended)
+}
+
+/// Runs on `bench-grpc-N` until the server ends the stream or the run stops.
+fn grpc_subscriber(
+    shared: &Shared,
+    slot: &Slot,
+    client: &ChatServiceClient,
+    room: &str,
+) -> Outcome {
+    let mut rec = Recorder::new(shared, slot);
+    let receiver = match client
+        .subscribe_messages_opt(&grpc::subscribe_request(room, ""), CallOption::default())
+    {
+        Ok(r) => r,
+        Err(e) => return rec.finish("grpc", Some(grpc::error_name(&e)), None),
+    };
+    let (mut stream, handle) = abortable(receiver);
+    shared.grpc_streams.lock().push(handle);
+    if shared.stopping() {
+        return rec.finish("grpc", None, None);
+    }
+    let mut first = true;
+    let ended = loop {
+        match block_on(stream.next()) {
+            Some(Ok(message)) => {
+                // The first message (streamhub's welcome) shows the call
+                // is registered.
+                if first {
+                    first = false;
+                    rec.ready();
+                }
+                rec.content(message.content.as_bytes());
+            }
+            Some(Err(e)) if first => {
+                return rec.finish("grpc", Some(grpc::error_name(&e)), None);
+            }
+            Some(Err(_)) | None if shared.stopping() => break None,
+            Some(Err(e)) => break Some(grpc::error_name(&e)),
+            None => break Some("closed by server".to_string()),
+        }
+    };
+    rec.finish("grpc", None, ended)
+}
+
+/// What one publisher sent, per room: how many sequence numbers it used
+/// and which of them failed to publish.
+struct SendLog {
+    sent: Vec<u64>,
+    failed: Vec<Vec<u64>>,
+}
+
+/// A publisher's result.
+struct Published {
+    /// Messages the server accepted, per room.
+    ok: Vec<u64>,
+    /// Sequence numbers whose publish failed, per room: they may or may not
+    /// have been delivered, so they count neither as sent nor as lost.
+    failed: Vec<Vec<u64>>,
+    errors: BTreeMap<String, u64>,
+    /// Sequence numbers used per room.
+    sent: Vec<u64>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+enum Sender {
+    Grpc(ChatServiceClient, Duration),
+    Http(HttpPublisher),
+}
+
+impl Sender {
+    fn send(&mut self, room: &str, user: &str, content: String) -> Result<(), String> {
+        match self {
+            Sender::Grpc(client, timeout) => client
+                .send_message_opt(
+                    &grpc::send_request(room, user, content),
+                    CallOption::default().timeout(*timeout),
+                )
+                .map(drop)
+                .map_err(|e| grpc::error_name(&e)),
+            Sender::Http(publisher) => match publisher.publish(room, user, &content) {
+                Ok(status) if (200..300).contains(&status) => Ok(()),
+                Ok(status) => Err(format!("HTTP {status}")),
+                Err(e) => Err(format!("I/O: {e}")),
+            },
+        }
+    }
+}
+
+/// Runs on `bench-pub-N`.
+fn publisher(
+    shared: &Shared,
+    plan: &FanoutPlan,
+    index: usize,
+    mut sender: Sender,
+    started: Instant,
+) -> Published {
+    let rooms = plan.rooms;
+    let mut out = Published {
+        ok: vec![0; rooms],
+        failed: vec![Vec::new(); rooms],
+        errors: BTreeMap::new(),
+        sent: vec![0; rooms],
+        first: None,
+        last: None,
+    };
+    let user = format!("bench-pub-{index}");
+    let end = started + plan.duration;
+    // Each publisher's share of the rate, its sends staggered against the
+    // others'.
+    let interval =
+        (plan.rate > 0.0).then(|| Duration::from_secs_f64(plan.publishers as f64 / plan.rate));
+    let offset = interval.map(|i| i.mul_f64(index as f64 / plan.publishers as f64));
+    let mut k: u64 = 0;
+    loop {
+        if shared.stopping()
+            || (plan.messages > 0 && k >= plan.messages)
+            || (plan.messages == 0 && Instant::now() >= end)
+        {
+            break;
+        }
+        match (interval, offset) {
+            (Some(interval), Some(offset)) => {
+                stats::sleep_until(started + offset + interval.mul_f64(k as f64))
+            }
+            _ if plan.window > 0 => {
+                while shared.max_lag.load(Ordering::Acquire) >= plan.window && !shared.stopping() {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+            _ => {}
+        }
+        let room = (index + k as usize) % rooms;
+        let seq = out.sent[room];
+        out.sent[room] += 1;
+        shared.sent[room].fetch_add(1, Ordering::AcqRel);
+        let probe = Probe {
+            run: shared.run,
+            publisher: index as u32,
+            seq,
+            sent_micros: stats::now_micros(),
+        };
+        let now = Instant::now();
+        out.first.get_or_insert(now);
+        match sender.send(&plan.room(room), &user, probe.content(plan.size)) {
+            Ok(()) => out.ok[room] += 1,
+            Err(code) => {
+                out.failed[room].push(seq);
+                *out.errors.entry(code).or_default() += 1;
+            }
+        }
+        out.last = Some(Instant::now());
+        k += 1;
+    }
+    out
+}
+
+fn spawn<T: Send + 'static>(
+    name: String,
+    stack: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, Error> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .stack_size(stack)
+        .spawn(f)
+        .map_err(|e| Error::Io(format!("cannot start thread {name}: {e}")))
+}
+
+/// A run identifier unlikely to repeat, so that messages of an earlier run
+/// still in a room's history are not counted.
+fn run_id() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    (nanos ^ std::process::id().rotate_left(16)) % 1_000_000_000
+}
+
+/// Runs the plan.
+pub fn run(plan: &FanoutPlan) -> Result<FanoutResult, Error> {
+    let total = plan.subscribers();
+    if total == 0 {
+        return Err(Error::Config(
+            "--subscribers: at least one is needed".into(),
+        ));
+    }
+    stats::epoch();
+    let shared = Arc::new(Shared {
+        run: run_id(),
+        publishers: plan.publishers,
+        stop: AtomicBool::new(false),
+        sent: (0..plan.rooms).map(|_| AtomicU64::new(0)).collect(),
+        slots: (0..total)
+            .map(|i| Slot {
+                room: i % plan.rooms,
+                received: AtomicU64::new(0),
+                state: AtomicU8::new(CONNECTING),
+            })
+            .collect(),
+        max_lag: AtomicU64::new(0),
+        sse_sockets: Mutex::new(Vec::new()),
+        grpc_streams: Mutex::new(Vec::new()),
+    });
+    let env = grpc::environment(plan.client_threads);
+    let connections: Vec<ChatServiceClient> = (0..plan.grpc_connections())
+        .map(|_| grpc::connect(&env, &plan.server))
+        .collect();
+    let mut progress = Progress::new(plan.progress);
+    let result = subscribe_and_publish(plan, &shared, &env, &connections, &mut progress);
+    shared.stop_subscribers();
+    progress.done();
+    result
+}
+
+fn subscribe_and_publish(
+    plan: &FanoutPlan,
+    shared: &Arc<Shared>,
+    env: &Arc<grpcio::Environment>,
+    connections: &[ChatServiceClient],
+    progress: &mut Progress,
+) -> Result<FanoutResult, Error> {
+    let total = plan.subscribers();
+    // Subscribers: gRPC first, then SSE; at most CONNECTING_AT_ONCE at a time.
+    let mut subscribers = Vec::with_capacity(total);
+    let open_deadline = |since: Instant| since + plan.timeout + Duration::from_secs(1);
+    for i in 0..total {
+        let mut waiting_since = Instant::now();
+        loop {
+            let (_, settled, _) = shared.survey();
+            if i < settled + CONNECTING_AT_ONCE {
+                break;
+            }
+            if Instant::now() > open_deadline(waiting_since) {
+                // A server that sends nothing on subscribing (no welcome):
+                // count those as subscribed and go on.
+                for slot in &shared.slots[..i] {
+                    let _ = slot.state.compare_exchange(
+                        CONNECTING,
+                        READY,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
+                waiting_since = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            progress.tick(|| format!("subscribing: {settled} of {total}"));
+        }
+        let thread_shared = shared.clone();
+        let room = plan.room(i % plan.rooms);
+        let handle = if i < plan.grpc_subscribers {
+            let client = connections[i % connections.len()].clone();
+            spawn(format!("bench-grpc-{i}"), plan.stack, move || {
+                let slot = &thread_shared.slots[i];
+                grpc_subscriber(&thread_shared, slot, &client, &room)
+            })?
+        } else {
+            let url = HttpUrl::parse(&http::expand(&plan.sse_url, &room)).map_err(Error::Config)?;
+            let timeout = plan.timeout;
+            spawn(format!("bench-sse-{i}"), plan.stack, move || {
+                let slot = &thread_shared.slots[i];
+                sse_subscriber(&thread_shared, slot, &url, timeout)
+            })?
+        };
+        subscribers.push(handle);
+    }
+    let since = Instant::now();
+    loop {
+        let (_, settled, _) = shared.survey();
+        if settled == total {
+            break;
+        }
+        if Instant::now() > open_deadline(since) {
+            for slot in &shared.slots {
+                let _ = slot.state.compare_exchange(
+                    CONNECTING,
+                    READY,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        progress.tick(|| format!("subscribing: {settled} of {total}"));
+    }
+    let (live, _, _) = shared.survey();
+    if live == 0 {
+        let outcomes = join_subscribers(shared, subscribers)?;
+        let reason = outcomes
+            .iter()
+            .find_map(|o| o.open_error.clone().or(o.ended.clone()))
+            .unwrap_or_default();
+        return Err(Error::Io(format!(
+            "no subscriber could subscribe: {reason}"
+        )));
+    }
+
+    // Publishers.
+    let started = Instant::now() + Duration::from_millis(10);
+    let mut publishers = Vec::with_capacity(plan.publishers);
+    for index in 0..plan.publishers {
+        let sender = match &plan.publish {
+            PublishVia::Grpc => Sender::Grpc(grpc::connect(env, &plan.server), plan.timeout),
+            PublishVia::Http { url, format } => {
+                Sender::Http(HttpPublisher::new(url, *format, plan.timeout))
+            }
+        };
+        let (thread_shared, thread_plan) = (shared.clone(), plan.clone());
+        publishers.push(spawn(
+            format!("bench-pub-{index}"),
+            PUBLISHER_STACK,
+            move || {
+                stats::sleep_until(started);
+                publisher(&thread_shared, &thread_plan, index, sender, started)
+            },
+        )?);
+    }
+    let sent_total = || {
+        shared
+            .sent
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let received_total = || {
+        shared
+            .slots
+            .iter()
+            .map(|s| s.received.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let line = |phase: &str| {
+        let (live, _, lag) = shared.survey();
+        let elapsed = started.elapsed().as_secs_f64().max(1e-3);
+        format!(
+            "{phase}: sent {} ({}/s), delivered {} ({}/s), live {live}/{total}, max lag {lag}",
+            sent_total(),
+            stats::rate(sent_total() as f64 / elapsed),
+            received_total(),
+            stats::rate(received_total() as f64 / elapsed),
+        )
+    };
+    while !publishers.iter().all(|p| p.is_finished()) {
+        let (_, _, lag) = shared.survey();
+        shared.max_lag.store(lag, Ordering::Release);
+        std::thread::sleep(PACER_TICK);
+        progress.tick(|| line("publishing"));
+    }
+    let mut published = vec![0u64; plan.rooms];
+    let mut logs: Vec<SendLog> = Vec::with_capacity(plan.publishers);
+    let mut publish_errors = BTreeMap::new();
+    let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
+    for handle in publishers {
+        let p = handle
+            .join()
+            .map_err(|_| Error::Io("a publisher thread panicked".into()))?;
+        for (room, n) in p.ok.iter().enumerate() {
+            published[room] += n;
+        }
+        for (code, n) in p.errors {
+            *publish_errors.entry(code).or_default() += n;
+        }
+        first = match (first, p.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        last = last.max(p.last);
+        logs.push(SendLog {
+            sent: p.sent,
+            failed: p.failed,
+        });
+    }
+
+    // Drain: wait until every live subscriber has what was accepted.
+    let drain_until = Instant::now() + plan.drain;
+    let drained = loop {
+        let behind = shared.slots.iter().any(|slot| {
+            slot.state.load(Ordering::Acquire) == READY
+                && slot.received.load(Ordering::Acquire) < published[slot.room]
+        });
+        if !behind {
+            break true;
+        }
+        if Instant::now() >= drain_until {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        progress.tick(|| line("draining"));
+    };
+    let outcomes = join_subscribers(shared, subscribers)?;
+
+    let mut latency = Histogram::new();
+    let mut deliveries = 0;
+    let mut last_delivery = 0;
+    let results = outcomes
+        .into_iter()
+        .map(|o| {
+            latency.merge(&o.latency);
+            deliveries += o.received;
+            last_delivery = last_delivery.max(o.last_micros);
+            let (mut lost, mut duplicated, mut out_of_order) = (0, 0, 0);
+            for (log, tracker) in logs.iter().zip(&o.trackers) {
+                // A failed publish may or may not have been delivered:
+                // its sequence number is never counted as lost.
+                let failed = &log.failed[o.room];
+                let unseen_failed = failed.iter().filter(|s| !tracker.seen(**s)).count() as u64;
+                lost += tracker.lost(log.sent[o.room]) - unseen_failed;
+                duplicated += tracker.duplicated();
+                out_of_order += tracker.out_of_order();
+            }
+            SubscriberResult {
+                protocol: o.protocol,
+                room: o.room,
+                open_error: o.open_error,
+                ended: o.ended,
+                received: o.received,
+                lost,
+                duplicated,
+                out_of_order,
+            }
+        })
+        .collect();
+    let first = first.unwrap_or(started);
+    let publish_time = last.map_or(Duration::ZERO, |l| l.saturating_duration_since(first));
+    let first_micros = first.saturating_duration_since(stats::epoch()).as_micros() as u64;
+    let delivery_time = Duration::from_micros(last_delivery.saturating_sub(first_micros));
+    Ok(FanoutResult {
+        plan: plan.clone(),
+        published,
+        publish_errors,
+        publish_time,
+        delivery_time,
+        deliveries,
+        latency: latency.summary(),
+        subscribers: results,
+        drained,
+    })
+}
+
+fn join_subscribers(
+    shared: &Shared,
+    handles: Vec<JoinHandle<Outcome>>,
+) -> Result<Vec<Outcome>, Error> {
+    shared.stop_subscribers();
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .map_err(|_| Error::Io("a subscriber thread panicked".into()))
+        })
+        .collect()
+}

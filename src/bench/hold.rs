@@ -1,0 +1,401 @@
+//! `bench hold`: opens N idle streams, keeps them open for a while, and
+//! (with `--server-pid`) reads what they cost the server: resident memory,
+//! threads and open files before, while held, and after closing.
+//!
+//! Held streams need no thread here: a few opener threads open them and
+//! hand the sockets (SSE) or calls (gRPC) back to the main thread, which
+//! only keeps them. So this process holds 10,000 streams with 10,000 file
+//! descriptors and a few threads.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, StreamExt};
+use grpcio::{CallOption, ClientSStreamReceiver};
+
+use super::http::{self, HttpUrl};
+use super::proc::Footprint;
+use super::report::{row, Progress, Report};
+use super::sse::{EventStream, OpenError};
+use super::stats;
+use super::{grpc, secs};
+use crate::config::RawArgs;
+use crate::error::Error;
+use crate::proto::chat;
+use crate::proto::services::ChatServiceClient;
+
+/// Longest wait for the server to release closed streams.
+const RELEASE_LIMIT: Duration = Duration::from_secs(40);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    Sse,
+}
+
+impl Protocol {
+    pub fn parse(text: &str) -> Result<Protocol, Error> {
+        match text {
+            "grpc" => Ok(Protocol::Grpc),
+            "sse" => Ok(Protocol::Sse),
+            other => Err(Error::Config(format!(
+                "--protocol: expected grpc or sse, got '{other}'"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Sse => "sse",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct HoldPlan {
+    pub protocol: Protocol,
+    pub server: String,
+    pub sse_url: String,
+    pub streams: usize,
+    pub room: String,
+    /// gRPC connections; 0: one per 200 streams.
+    pub connections: usize,
+    pub duration: Duration,
+    pub server_pid: Option<u32>,
+    pub openers: usize,
+    pub timeout: Duration,
+    pub client_threads: usize,
+    pub progress: bool,
+}
+
+impl HoldPlan {
+    pub fn from_raw(raw: &RawArgs) -> Result<HoldPlan, Error> {
+        let protocol = Protocol::parse(&raw.string("protocol"))?;
+        let sse_url = raw.string("sse-url");
+        if protocol == Protocol::Sse {
+            HttpUrl::parse(&sse_url).map_err(|e| Error::Config(format!("--sse-url: {e}")))?;
+        }
+        let pid = raw.string("server-pid");
+        let server_pid = if pid.is_empty() {
+            None
+        } else {
+            let pid = raw.number("server-pid", 1, u64::from(u32::MAX))? as u32;
+            if Footprint::of(pid).is_none() {
+                return Err(Error::Config(format!(
+                    "--server-pid: cannot read /proc/{pid} (no such process, or not ours)"
+                )));
+            }
+            Some(pid)
+        };
+        Ok(HoldPlan {
+            protocol,
+            server: raw.string("server"),
+            sse_url,
+            streams: raw.number("streams", 1, 10_000_000)? as usize,
+            room: raw.string("room"),
+            connections: raw.number("connections", 0, 100_000)? as usize,
+            duration: secs(raw, "duration-secs", 0)?,
+            server_pid,
+            openers: raw.number("openers", 1, 1024)? as usize,
+            timeout: secs(raw, "timeout-secs", 1)?,
+            client_threads: raw.number("client-threads", 1, 64)? as usize,
+            progress: !raw.switch("quiet"),
+        })
+    }
+}
+
+/// What was measured.
+#[derive(Clone, Debug)]
+pub struct HoldResult {
+    pub plan: HoldPlan,
+    pub opened: usize,
+    pub open_errors: BTreeMap<String, u64>,
+    pub open_time: Duration,
+    /// Streams still open when the hold ended.
+    pub alive_at_end: usize,
+    /// The server before opening, at the end of the hold, and after closing.
+    pub before: Option<Footprint>,
+    pub held: Option<Footprint>,
+    pub after: Option<Footprint>,
+    /// How long the server took to get back to its thread and file count
+    /// after the streams closed (at most 40 s).
+    pub release_time: Option<Duration>,
+}
+
+impl HoldResult {
+    /// Resident bytes, threads and files per open stream.
+    pub fn per_stream(&self) -> Option<(f64, f64, f64)> {
+        let (before, held) = (self.before?, self.held?);
+        let n = self.opened.max(1) as f64;
+        Some((
+            (held.resident_bytes as f64 - before.resident_bytes as f64) / n,
+            (held.threads as f64 - before.threads as f64) / n,
+            (held.open_fds as f64 - before.open_fds as f64) / n,
+        ))
+    }
+
+    pub fn report(&self) -> Report {
+        let p = &self.plan;
+        let json_fp = |f: &Option<Footprint>| f.map(|f| f.to_json());
+        let per_stream = self.per_stream();
+        let mut report = Report::new(
+            format!(
+                "hold {} idle {} streams for {:?}",
+                p.streams,
+                p.protocol.as_str(),
+                p.duration
+            ),
+            serde_json::json!({
+                "scenario": "hold",
+                "protocol": p.protocol.as_str(),
+                "streams": p.streams,
+                "opened": self.opened,
+                "open_errors": self.open_errors,
+                "open_secs": stats::secs(self.open_time),
+                "alive_at_end": self.alive_at_end,
+                "server_pid": p.server_pid,
+                "before": json_fp(&self.before),
+                "held": json_fp(&self.held),
+                "after_close": json_fp(&self.after),
+                "release_secs": self.release_time.map(stats::secs),
+                "per_stream": per_stream.map(|(rss, threads, fds)| serde_json::json!({
+                    "resident_bytes": rss.round(),
+                    "threads": threads,
+                    "open_fds": fds,
+                })),
+            }),
+        );
+        report.section(
+            "streams",
+            vec![
+                row("opened", format!("{} of {}", self.opened, p.streams)),
+                row("open time", format!("{:.2}s", self.open_time.as_secs_f64())),
+                row("still open at the end", self.alive_at_end),
+            ],
+        );
+        if !self.open_errors.is_empty() {
+            report.section(
+                "open errors",
+                self.open_errors.iter().map(|(k, v)| row(k, v)).collect(),
+            );
+        }
+        if let (Some(before), Some(held)) = (self.before, self.held) {
+            let fp = |f: Footprint| {
+                format!(
+                    "{} resident, {} threads, {} fds",
+                    stats::bytes(f.resident_bytes as i64),
+                    f.threads,
+                    f.open_fds
+                )
+            };
+            let mut rows = vec![row("before", fp(before)), row("holding", fp(held))];
+            if let (Some(after), Some(took)) = (self.after, self.release_time) {
+                rows.push(row(
+                    "after closing",
+                    format!("{} (after {:.1}s)", fp(after), took.as_secs_f64()),
+                ));
+            }
+            if let Some((rss, threads, fds)) = per_stream {
+                rows.push(row(
+                    "per stream",
+                    format!(
+                        "{} resident, {threads:.2} threads, {fds:.2} fds",
+                        stats::bytes(rss.round() as i64)
+                    ),
+                ));
+            }
+            report.section(
+                &format!("server (pid {})", p.server_pid.unwrap_or_default()),
+                rows,
+            );
+        }
+        report
+    }
+}
+
+/// One held stream.
+enum Held {
+    Sse(EventStream),
+    Grpc(ClientSStreamReceiver<chat::Message>),
+}
+
+impl Held {
+    /// Whether the server still has it open (without blocking).
+    fn alive(&mut self) -> bool {
+        match self {
+            Held::Sse(stream) => stream.peek_alive(),
+            Held::Grpc(receiver) => loop {
+                match receiver.next().now_or_never() {
+                    None => return true,
+                    Some(Some(Ok(_))) => continue,
+                    Some(_) => return false,
+                }
+            },
+        }
+    }
+}
+
+/// Opens `count` streams on one opener thread.
+fn open_share(
+    plan: &HoldPlan,
+    clients: &[ChatServiceClient],
+    first: usize,
+    count: usize,
+    opened: &AtomicU64,
+) -> (Vec<Held>, BTreeMap<String, u64>) {
+    let mut held = Vec::with_capacity(count);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    match plan.protocol {
+        Protocol::Sse => {
+            let url = match HttpUrl::parse(&http::expand(&plan.sse_url, &plan.room)) {
+                Ok(url) => url,
+                Err(e) => {
+                    errors.insert(e, count as u64);
+                    return (held, errors);
+                }
+            };
+            for _ in 0..count {
+                match EventStream::open(&url, &[], plan.timeout) {
+                    Ok(stream) => {
+                        held.push(Held::Sse(stream));
+                        opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(OpenError::Status(s)) => {
+                        *errors.entry(format!("HTTP {s}")).or_default() += 1
+                    }
+                    Err(e) => *errors.entry(e.to_string()).or_default() += 1,
+                }
+            }
+        }
+        Protocol::Grpc => {
+            // Open all, then wait for each one's first message (streamhub's
+            // welcome: the subscription is registered) within the timeout.
+            let request = grpc::subscribe_request(&plan.room, "");
+            let mut pending = Vec::with_capacity(count);
+            for i in first..first + count {
+                match clients[i % clients.len()]
+                    .subscribe_messages_opt(&request, CallOption::default())
+                {
+                    Ok(receiver) => pending.push(receiver),
+                    Err(e) => *errors.entry(grpc::error_name(&e)).or_default() += 1,
+                }
+            }
+            let deadline = Instant::now() + plan.timeout;
+            while !pending.is_empty() {
+                let mut still = Vec::with_capacity(pending.len());
+                for mut receiver in pending {
+                    match receiver.next().now_or_never() {
+                        None if Instant::now() < deadline => still.push(receiver),
+                        // No first message in time: a server without a
+                        // welcome; keep it as open.
+                        None | Some(Some(Ok(_))) => {
+                            held.push(Held::Grpc(receiver));
+                            opened.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(Some(Err(e))) => *errors.entry(grpc::error_name(&e)).or_default() += 1,
+                        Some(None) => *errors.entry("closed by server".into()).or_default() += 1,
+                    }
+                }
+                pending = still;
+                if !pending.is_empty() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    (held, errors)
+}
+
+/// Runs the plan.
+pub fn run(plan: &HoldPlan) -> Result<HoldResult, Error> {
+    let quiet = Duration::from_millis(300);
+    let settle_limit = Duration::from_secs(10);
+    let sample =
+        |pid: Option<u32>| pid.and_then(|pid| Footprint::settled(pid, quiet, settle_limit));
+    let before = sample(plan.server_pid);
+    let env = grpc::environment(plan.client_threads);
+    let clients: Vec<ChatServiceClient> = match plan.protocol {
+        Protocol::Grpc => {
+            let n = match plan.connections {
+                0 => plan.streams.div_ceil(200),
+                n => n,
+            };
+            (0..n).map(|_| grpc::connect(&env, &plan.server)).collect()
+        }
+        Protocol::Sse => Vec::new(),
+    };
+    let clients = Arc::new(clients);
+    let opened = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let openers = plan.openers.min(plan.streams);
+    let mut handles = Vec::with_capacity(openers);
+    for o in 0..openers {
+        let first = plan.streams * o / openers;
+        let count = plan.streams * (o + 1) / openers - first;
+        let (plan, clients, opened) = (plan.clone(), clients.clone(), opened.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("bench-open-{o}"))
+            .spawn(move || open_share(&plan, &clients, first, count, &opened))
+            .map_err(|e| Error::Io(format!("cannot start an opener thread: {e}")))?;
+        handles.push(handle);
+    }
+    let mut progress = Progress::new(plan.progress);
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(20));
+        progress.tick(|| {
+            format!(
+                "opening: {} of {}",
+                opened.load(Ordering::Relaxed),
+                plan.streams
+            )
+        });
+    }
+    let mut held = Vec::with_capacity(plan.streams);
+    let mut open_errors: BTreeMap<String, u64> = BTreeMap::new();
+    for handle in handles {
+        let (mut streams, errors) = handle
+            .join()
+            .map_err(|_| Error::Io("an opener thread panicked".into()))?;
+        held.append(&mut streams);
+        for (k, v) in errors {
+            *open_errors.entry(k).or_default() += v;
+        }
+    }
+    let open_time = started.elapsed();
+    let hold_until = Instant::now() + plan.duration;
+    while Instant::now() < hold_until {
+        std::thread::sleep(Duration::from_millis(100).min(hold_until - Instant::now()));
+        progress.tick(|| format!("holding {} streams", held.len()));
+    }
+    progress.done();
+    let held_footprint = sample(plan.server_pid);
+    let alive_at_end = held
+        .iter_mut()
+        .map(Held::alive)
+        .filter(|alive| *alive)
+        .count();
+    let opened = held.len();
+    drop(held);
+    drop(clients);
+    // A server may notice a closed stream only when it next writes to it
+    // (an SSE keep-alive): wait a while for it to let go.
+    let released = match (plan.server_pid, before) {
+        (Some(pid), Some(before)) => Footprint::back_to(pid, before, RELEASE_LIMIT),
+        _ => None,
+    };
+    Ok(HoldResult {
+        plan: plan.clone(),
+        opened,
+        open_errors,
+        open_time,
+        alive_at_end,
+        before,
+        held: held_footprint,
+        after: released.map(|(f, _)| f),
+        release_time: released.map(|(_, t)| t),
+    })
+}

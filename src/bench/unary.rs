@@ -1,0 +1,290 @@
+//! `bench unary`: SendMessage as fast as the server answers, with a fixed
+//! number of calls in flight spread over N connections (like `h2load -c N
+//! -m M`). One thread per connection keeps its share of calls in flight
+//! with grpcio's asynchronous calls, so the tool needs no thread per call.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_executor::block_on;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use grpcio::CallOption;
+
+use super::report::{row, Progress, Report};
+use super::stats::{self, Histogram};
+use super::{grpc, secs};
+use crate::config::RawArgs;
+use crate::error::Error;
+use crate::proto::chat;
+use crate::proto::services::ChatServiceClient;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct UnaryPlan {
+    pub server: String,
+    pub connections: usize,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub size: usize,
+    pub room: String,
+    pub user: String,
+    pub timeout: Duration,
+    pub client_threads: usize,
+    pub progress: bool,
+}
+
+impl UnaryPlan {
+    pub fn from_raw(raw: &RawArgs) -> Result<UnaryPlan, Error> {
+        let connections = raw.number("connections", 1, 10_000)? as usize;
+        let concurrency = raw.number("concurrency", 1, 1_000_000)? as usize;
+        if concurrency < connections {
+            return Err(Error::Config(format!(
+                "--concurrency {concurrency} is less than --connections {connections}: \
+                 every connection needs a call in flight"
+            )));
+        }
+        Ok(UnaryPlan {
+            server: raw.string("server"),
+            connections,
+            concurrency,
+            duration: secs(raw, "duration-secs", 1)?,
+            warmup: secs(raw, "warmup-secs", 0)?,
+            size: raw.number("size", 1, 64 << 20)? as usize,
+            room: raw.string("room"),
+            user: raw.string("user"),
+            timeout: secs(raw, "timeout-secs", 1)?,
+            client_threads: raw.number("client-threads", 1, 64)? as usize,
+            progress: !raw.switch("quiet"),
+        })
+    }
+}
+
+/// What was measured.
+#[derive(Clone, Debug)]
+pub struct UnaryResult {
+    pub plan: UnaryPlan,
+    /// Calls that succeeded within the measured window.
+    pub ok: u64,
+    /// Failed calls within the window, by status name.
+    pub errors: BTreeMap<String, u64>,
+    /// Length of the measured window.
+    pub window: Duration,
+    /// Latency of the successful calls, in microseconds.
+    pub latency: Histogram,
+}
+
+impl UnaryResult {
+    pub fn requests_per_sec(&self) -> f64 {
+        self.ok as f64 / self.window.as_secs_f64().max(1e-9)
+    }
+
+    pub fn report(&self) -> Report {
+        let p = &self.plan;
+        let l = self.latency.summary();
+        let errors: u64 = self.errors.values().sum();
+        let mut report = Report::new(
+            format!(
+                "unary SendMessage to {}: {} connections, {} in flight, {} bytes, {:?}",
+                p.server, p.connections, p.concurrency, p.size, p.duration
+            ),
+            serde_json::json!({
+                "scenario": "unary",
+                "server": p.server,
+                "connections": p.connections,
+                "concurrency": p.concurrency,
+                "size": p.size,
+                "duration_secs": stats::secs(self.window),
+                "ok": self.ok,
+                "errors": self.errors,
+                "requests_per_sec": self.requests_per_sec().round(),
+                "latency": l.to_json(),
+            }),
+        );
+        report.section(
+            "throughput",
+            vec![
+                row("requests ok", self.ok),
+                row("errors", errors),
+                row("requests/s", stats::rate(self.requests_per_sec())),
+            ],
+        );
+        report.section(
+            "latency",
+            vec![
+                row("p50", stats::micros(l.p50)),
+                row("p90", stats::micros(l.p90)),
+                row("p99", stats::micros(l.p99)),
+                row("p99.9", stats::micros(l.p999)),
+                row("max", stats::micros(l.max)),
+            ],
+        );
+        if !self.errors.is_empty() {
+            report.section(
+                "errors by status",
+                self.errors.iter().map(|(k, v)| row(k, v)).collect(),
+            );
+        }
+        report
+    }
+}
+
+/// Counts shared with the progress line.
+#[derive(Default)]
+struct Live {
+    done: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Runs the plan.
+pub fn run(plan: &UnaryPlan) -> Result<UnaryResult, Error> {
+    let env = grpc::environment(plan.client_threads);
+    let content = "x".repeat(plan.size);
+    let request = grpc::send_request(&plan.room, &plan.user, content);
+    // One call first: a server that is not there is an error, not a run
+    // full of UNAVAILABLE.
+    grpc::connect(&env, &plan.server)
+        .send_message_opt(&request, CallOption::default().timeout(plan.timeout))
+        .map_err(|e| {
+            Error::Io(format!(
+                "SendMessage to {} failed: {}",
+                plan.server,
+                grpc::error_name(&e)
+            ))
+        })?;
+    let started = Instant::now();
+    let measure_from = started + plan.warmup;
+    let end = measure_from + plan.duration;
+    let live = Arc::new(Live::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for c in 0..plan.connections {
+        // Spread the calls so the shares differ by at most one.
+        let share = plan.concurrency / plan.connections
+            + usize::from(c < plan.concurrency % plan.connections);
+        let client = grpc::connect(&env, &plan.server);
+        let request = request.clone();
+        let (thread_live, thread_stop, timeout) = (live.clone(), stop.clone(), plan.timeout);
+        let spawned = std::thread::Builder::new()
+            .name(format!("bench-unary-{c}"))
+            .spawn(move || {
+                connection(
+                    &client,
+                    &request,
+                    share,
+                    timeout,
+                    (measure_from, end),
+                    &thread_live,
+                    &thread_stop,
+                )
+            });
+        match spawned {
+            Ok(handle) => workers.push(handle),
+            Err(e) => {
+                stop.store(true, Ordering::Release);
+                return Err(Error::Io(format!("cannot start a load thread: {e}")));
+            }
+        }
+    }
+    let mut progress = Progress::new(plan.progress);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100).min(end - Instant::now()));
+        progress.tick(|| {
+            let done = live.done.load(Ordering::Relaxed);
+            let rate = done as f64 / started.elapsed().as_secs_f64();
+            format!(
+                "{done} calls ({}/s), {} failed",
+                stats::rate(rate),
+                live.failed.load(Ordering::Relaxed)
+            )
+        });
+    }
+    progress.done();
+    let mut result = UnaryResult {
+        plan: plan.clone(),
+        ok: 0,
+        errors: BTreeMap::new(),
+        window: plan.duration,
+        latency: Histogram::new(),
+    };
+    for worker in workers {
+        let part = worker
+            .join()
+            .map_err(|_| Error::Io("a load thread panicked".into()))?;
+        result.ok += part.ok;
+        result.latency.merge(&part.latency);
+        for (code, n) in part.errors {
+            *result.errors.entry(code).or_default() += n;
+        }
+    }
+    Ok(result)
+}
+
+/// One connection's share of the load.
+struct Part {
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    latency: Histogram,
+}
+
+fn call(
+    client: &ChatServiceClient,
+    request: &chat::SendMessageRequest,
+    timeout: Duration,
+) -> impl Future<Output = (Instant, grpcio::Result<chat::SendMessageResponse>)> {
+    let started = Instant::now();
+    let receiver = client.send_message_async_opt(request, CallOption::default().timeout(timeout));
+    async move {
+        let result = match receiver {
+            Ok(receiver) => receiver.await,
+            Err(e) => Err(e),
+        };
+        (started, result)
+    }
+}
+
+/// Runs on `bench-unary-N`: keeps `share` calls in flight until `end`.
+fn connection(
+    client: &ChatServiceClient,
+    request: &chat::SendMessageRequest,
+    share: usize,
+    timeout: Duration,
+    (measure_from, end): (Instant, Instant),
+    live: &Live,
+    stop: &AtomicBool,
+) -> Part {
+    let mut part = Part {
+        ok: 0,
+        errors: BTreeMap::new(),
+        latency: Histogram::new(),
+    };
+    let mut in_flight = FuturesUnordered::new();
+    for _ in 0..share {
+        in_flight.push(call(client, request, timeout));
+    }
+    while let Some((started, result)) = block_on(in_flight.next()) {
+        let now = Instant::now();
+        live.done.fetch_add(1, Ordering::Relaxed);
+        let counted = now >= measure_from && now <= end;
+        match result {
+            Ok(_) if counted => {
+                part.ok += 1;
+                part.latency.record((now - started).as_micros() as u64);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                live.failed.fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    *part.errors.entry(grpc::error_name(&e)).or_default() += 1;
+                }
+            }
+        }
+        if now < end && !stop.load(Ordering::Acquire) {
+            in_flight.push(call(client, request, timeout));
+        }
+    }
+    part
+}
