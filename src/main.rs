@@ -23,7 +23,8 @@ fn top_help() -> String {
     for (name, summary, _) in client::COMMANDS {
         out.push_str(&format!("  {name:<10} {summary}\n"));
     }
-    out.push_str(&format!("  {:<10} {}\n", "bench", streamhub::bench::SUMMARY));
+    let bench = streamhub::bench::SUMMARY;
+    out.push_str(&format!("  {:<10} {bench}\n", "bench"));
     out.push_str("\nRun 'streamhub <COMMAND> --help' for the options of a command.\n");
     out
 }
