@@ -7,3 +7,4 @@ mod process;
 mod python;
 mod service;
 mod sse;
+mod stress;

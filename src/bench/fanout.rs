@@ -204,6 +204,9 @@ pub struct SubscriberResult {
     pub lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+    /// A digest of the order the probes arrived in: subscribers of one room
+    /// that saw the same messages in the same order have equal digests.
+    pub order_digest: u64,
 }
 
 impl SubscriberResult {
@@ -259,6 +262,16 @@ impl FanoutResult {
             })
     }
 
+    /// Per room, how many different arrival orders the subscribers that
+    /// kept up saw: 1 when they all saw the room in the same order.
+    pub fn orders_per_room(&self) -> Vec<usize> {
+        let mut digests = vec![std::collections::BTreeSet::new(); self.plan.rooms];
+        for s in self.subscribers.iter().filter(|s| s.kept_up()) {
+            digests[s.room].insert(s.order_digest);
+        }
+        digests.iter().map(|d| d.len()).collect()
+    }
+
     fn reasons(
         &self,
         pick: impl Fn(&SubscriberResult) -> Option<&String>,
@@ -273,6 +286,7 @@ impl FanoutResult {
     pub fn report(&self) -> Report {
         let p = &self.plan;
         let (lost, duplicated, out_of_order) = self.anomalies();
+        let orders = self.orders_per_room().into_iter().max().unwrap_or(0);
         let failed_open = self.reasons(|s| s.open_error.as_ref());
         let dropped = self.reasons(|s| s.ended.as_ref());
         let rate = if p.rate > 0.0 {
@@ -336,6 +350,7 @@ impl FanoutResult {
                 "lost": lost,
                 "duplicated": duplicated,
                 "out_of_order": out_of_order,
+                "orders_per_room_max": orders,
                 "anomalous_subscribers": anomalous,
             }),
         );
@@ -365,6 +380,7 @@ impl FanoutResult {
             row("lost (kept up)", lost),
             row("duplicated (kept up)", duplicated),
             row("out of order (kept up)", out_of_order),
+            row("different orders in a room", orders),
             row(
                 "all delivered",
                 if self.drained {
@@ -461,6 +477,22 @@ struct Recorder<'a> {
     latency: Histogram,
     received: u64,
     last_micros: u64,
+    order: OrderDigest,
+}
+
+/// FNV-1a over (publisher, sequence) in arrival order.
+struct OrderDigest(u64);
+
+impl OrderDigest {
+    fn new() -> OrderDigest {
+        OrderDigest(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn add(&mut self, publisher: u32, seq: u64) {
+        for byte in publisher.to_le_bytes().into_iter().chain(seq.to_le_bytes()) {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
 }
 
 impl Recorder<'_> {
@@ -472,6 +504,7 @@ impl Recorder<'_> {
             latency: Histogram::new(),
             received: 0,
             last_micros: 0,
+            order: OrderDigest::new(),
         }
     }
 
@@ -494,6 +527,7 @@ impl Recorder<'_> {
         };
         let now = stats::now_micros();
         tracker.record(probe.seq);
+        self.order.add(probe.publisher, probe.seq);
         self.latency.record(now.saturating_sub(probe.sent_micros));
         self.received += 1;
         self.last_micros = now;
@@ -517,6 +551,7 @@ impl Recorder<'_> {
             latency: self.latency,
             received: self.received,
             last_micros: self.last_micros,
+            order_digest: self.order.0,
         }
     }
 }
@@ -531,6 +566,7 @@ struct Outcome {
     latency: Histogram,
     received: u64,
     last_micros: u64,
+    order_digest: u64,
 }
 
 /// Runs on `bench-sse-N` until the server ends the stream or the run stops.
@@ -987,6 +1023,7 @@ fn subscribe_and_publish(
                 lost,
                 duplicated,
                 out_of_order,
+                order_digest: o.order_digest,
             }
         })
         .collect();
