@@ -316,8 +316,8 @@ impl Poller {
     /// poll(2); never writes more than a short error response, without
     /// blocking.
     pub(super) fn run(mut self) {
-        log::info!(
-            "HTTP accepting on port {}",
+        log::debug!(
+            "accepting on port {}",
             self.listener.local_addr().map_or(0, |a| a.port())
         );
         while !self.stop.load(Ordering::Acquire) && !self.shared.is_stopping() {
