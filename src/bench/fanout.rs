@@ -28,6 +28,7 @@ use grpcio::CallOption;
 use parking_lot::Mutex;
 
 use super::http::{self, BodyFormat, HttpPublisher, HttpUrl};
+use super::proc::Usage;
 use super::report::{row, Progress, Report};
 use super::sse::{EventStream, OpenError};
 use super::stats::{self, Histogram, LatencySummary, Probe, SeqTracker};
@@ -81,6 +82,7 @@ pub struct FanoutPlan {
     pub timeout: Duration,
     pub client_threads: usize,
     pub stack: usize,
+    pub server_pid: Option<u32>,
     pub progress: bool,
 }
 
@@ -151,6 +153,7 @@ impl FanoutPlan {
             timeout: secs(raw, "timeout-secs", 1)?,
             client_threads: raw.number("client-threads", 1, 64)? as usize,
             stack: raw.number("stack-kib", 16, 16 * 1024)? as usize * 1024,
+            server_pid: super::server_pid(raw)?,
             progress: !raw.switch("quiet"),
         })
     }
@@ -237,6 +240,11 @@ pub struct FanoutResult {
     pub subscribers: Vec<SubscriberResult>,
     /// Every live subscriber had everything before the drain time ran out.
     pub drained: bool,
+    /// Deliveries while the publishers ran, and what they cost the server
+    /// (with `--server-pid`) and this process.
+    pub publishing_deliveries: u64,
+    pub server_usage: Option<Usage>,
+    pub client_usage: Option<Usage>,
 }
 
 impl FanoutResult {
@@ -352,6 +360,8 @@ impl FanoutResult {
                 "out_of_order": out_of_order,
                 "orders_per_room_max": orders,
                 "anomalous_subscribers": anomalous,
+                "server_cost": self.server_usage.map(|u| u.per(self.publishing_deliveries)),
+                "client_cost": self.client_usage.map(|u| u.per(self.publishing_deliveries)),
             }),
         );
         report.section(
@@ -397,6 +407,16 @@ impl FanoutResult {
             subs.push(row(&format!("ended early: {reason}"), n));
         }
         report.section("subscribers", subs);
+        let mut cost = Vec::new();
+        if let Some(u) = self.server_usage {
+            cost.push(row("server", u.per_text(self.publishing_deliveries)));
+        }
+        if let Some(u) = self.client_usage {
+            cost.push(row("load tool", u.per_text(self.publishing_deliveries)));
+        }
+        if !cost.is_empty() {
+            report.section("cost per delivery (while publishing)", cost);
+        }
         if !self.publish_errors.is_empty() {
             report.section(
                 "publish errors by status",
@@ -430,7 +450,7 @@ struct Shared {
     slots: Vec<Slot>,
     /// Most messages any live subscriber is behind.
     max_lag: AtomicU64,
-    sse_sockets: Mutex<Vec<TcpStream>>,
+    sse_sockets: Mutex<Vec<Arc<TcpStream>>>,
     grpc_streams: Mutex<Vec<AbortHandle>>,
 }
 
@@ -582,10 +602,7 @@ fn sse_subscriber(shared: &Shared, slot: &Slot, url: &HttpUrl, timeout: Duration
             return rec.finish("sse", Some(reason), None);
         }
     };
-    match stream.socket() {
-        Ok(socket) => shared.sse_sockets.lock().push(socket),
-        Err(e) => return rec.finish("sse", Some(e.to_string()), None),
-    }
+    shared.sse_sockets.lock().push(stream.socket());
     // streamhub registers the subscription before it answers: the head
     // means the subscriber is in the room.
     rec.ready();
@@ -946,12 +963,22 @@ fn subscribe_and_publish(
             stats::rate(received_total() as f64 / elapsed),
         )
     };
+    let usage_from = (plan.server_pid.and_then(Usage::of), Usage::own());
     while !publishers.iter().all(|p| p.is_finished()) {
         let (_, _, lag) = shared.survey();
         shared.max_lag.store(lag, Ordering::Release);
         std::thread::sleep(PACER_TICK);
         progress.tick(|| line("publishing"));
     }
+    let publishing_deliveries = received_total();
+    let server_usage = plan
+        .server_pid
+        .and_then(Usage::of)
+        .zip(usage_from.0)
+        .map(|(now, from)| now.since(&from));
+    let client_usage = Usage::own()
+        .zip(usage_from.1)
+        .map(|(now, from)| now.since(&from));
     let mut published = vec![0u64; plan.rooms];
     let mut logs: Vec<SendLog> = Vec::with_capacity(plan.publishers);
     let mut publish_errors = BTreeMap::new();
@@ -1041,6 +1068,9 @@ fn subscribe_and_publish(
         latency: latency.summary(),
         subscribers: results,
         drained,
+        publishing_deliveries,
+        server_usage,
+        client_usage,
     })
 }
 

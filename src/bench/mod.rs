@@ -103,6 +103,7 @@ pub const UNARY_OPTIONS: &[OptSpec] = &[
     opt("size", "100", "content bytes per message"),
     opt("room", "bench", "room to publish to"),
     opt("user", "bench", "user name to publish as"),
+    SERVER_PID,
     TIMEOUT,
     CLIENT_THREADS,
     JSON,
@@ -164,6 +165,7 @@ pub const FANOUT_OPTIONS: &[OptSpec] = &[
         "10",
         "after publishing, how long to wait for the last deliveries",
     ),
+    SERVER_PID,
     TIMEOUT,
     opt(
         "client-threads",
@@ -349,6 +351,26 @@ fn warn_about_fd_limit(needed: usize) {
         }
     }
 }
+
+/// `--server-pid`, checked to be a process whose `/proc` entry is readable.
+fn server_pid(raw: &RawArgs) -> Result<Option<u32>, Error> {
+    if raw.string("server-pid").is_empty() {
+        return Ok(None);
+    }
+    let pid = raw.number("server-pid", 1, u64::from(u32::MAX))? as u32;
+    if proc::Footprint::of(pid).is_none() {
+        return Err(Error::Config(format!(
+            "--server-pid: cannot read /proc/{pid} (no such process, or not ours)"
+        )));
+    }
+    Ok(Some(pid))
+}
+
+const SERVER_PID: OptSpec = opt(
+    "server-pid",
+    "",
+    "process id of the server, to report its CPU time and context switches",
+);
 
 /// Reads a duration in whole seconds.
 fn secs(raw: &RawArgs, flag: &str, min: u64) -> Result<Duration, Error> {

@@ -42,17 +42,20 @@ impl Footprint {
         }
     }
 
-    /// Reads until threads and files are back to `baseline` or `limit`
-    /// passes; returns the last reading and how long that took.
+    /// Reads until threads and files are back within `slack` of
+    /// `baseline`, or `limit` passes; returns the last reading and how long
+    /// that took.
     pub fn back_to(
         pid: u32,
         baseline: Footprint,
+        slack: u64,
         limit: Duration,
     ) -> Option<(Footprint, Duration)> {
         let started = Instant::now();
         loop {
             let now = Footprint::of(pid)?;
-            let back = now.threads <= baseline.threads && now.open_fds <= baseline.open_fds;
+            let back = now.threads <= baseline.threads + slack
+                && now.open_fds <= baseline.open_fds + slack;
             if back || started.elapsed() >= limit {
                 return Some((now, started.elapsed()));
             }
@@ -67,6 +70,95 @@ impl Footprint {
             "open_fds": self.open_fds,
         })
     }
+}
+
+/// CPU time and context switches of a process so far: the difference of
+/// two readings says what a stretch of work cost it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// User plus system time of all its threads, living and ended.
+    pub cpu_secs: f64,
+    /// Voluntary and involuntary switches of its living threads.
+    pub context_switches: u64,
+}
+
+impl Usage {
+    pub fn of(pid: u32) -> Option<Usage> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let mut switches = 0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
+            if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+                switches += parse_status_switches(&status);
+            }
+        }
+        Some(Usage {
+            cpu_secs: parse_stat_cpu_ticks(&stat)? as f64 / USER_HZ,
+            context_switches: switches,
+        })
+    }
+
+    /// This process.
+    pub fn own() -> Option<Usage> {
+        Usage::of(std::process::id())
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Usage) -> Usage {
+        Usage {
+            cpu_secs: (self.cpu_secs - earlier.cpu_secs).max(0.0),
+            context_switches: self
+                .context_switches
+                .saturating_sub(earlier.context_switches),
+        }
+    }
+
+    /// CPU microseconds and context switches per unit of `work`, as JSON.
+    pub fn per(&self, work: u64) -> serde_json::Value {
+        let work = work.max(1) as f64;
+        serde_json::json!({
+            "cpu_secs": (self.cpu_secs * 100.0).round() / 100.0,
+            "context_switches": self.context_switches,
+            "cpu_us_per_op": (self.cpu_secs * 1e6 / work * 10.0).round() / 10.0,
+            "context_switches_per_op": (self.context_switches as f64 / work * 100.0).round() / 100.0,
+        })
+    }
+
+    /// The same as a table cell.
+    pub fn per_text(&self, work: u64) -> String {
+        let work = work.max(1) as f64;
+        format!(
+            "{:.1} us CPU, {:.2} context switches ({:.1} CPU-s in all)",
+            self.cpu_secs * 1e6 / work,
+            self.context_switches as f64 / work,
+            self.cpu_secs
+        )
+    }
+}
+
+/// Linux reports CPU time in ticks of `USER_HZ`: 100 on every target.
+const USER_HZ: f64 = 100.0;
+
+/// utime + stime (fields 14 and 15) from `/proc/<pid>/stat`.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Voluntary plus involuntary context switches from a task's `status`.
+pub fn parse_status_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter(|l| {
+            l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches")
+        })
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The kernel's page size: 4 KiB on every target streamhub builds for.
@@ -107,6 +199,9 @@ mod tests {
         let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 9 0 100 200 300";
         assert_eq!(parse_stat_threads(stat), Some(9));
         assert_eq!(parse_stat_threads("42 (x"), None);
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(11));
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t40\nnonvoluntary_ctxt_switches:\t2\n";
+        assert_eq!(parse_status_switches(status), 42);
     }
 
     #[test]
@@ -116,5 +211,13 @@ mod tests {
         assert!(me.threads >= 1 && me.open_fds >= 3, "{me:?}");
         assert!(open_files_limit().unwrap() >= 64);
         assert_eq!(Footprint::of(u32::MAX), None);
+        let before = Usage::own().unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(30) {
+            std::hint::black_box(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let spent = Usage::own().unwrap().since(&before);
+        assert!(spent.context_switches >= 1, "{spent:?}");
     }
 }

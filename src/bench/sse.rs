@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::http::{self, ChunkedDecoder, HttpUrl, ResponseHead};
@@ -188,7 +189,9 @@ impl std::fmt::Display for OpenError {
 
 /// An open event stream.
 pub struct EventStream {
-    stream: TcpStream,
+    /// Shared with whoever may need to end a blocked read (no `dup`: at
+    /// 10,000 streams a second descriptor each would double the count).
+    stream: Arc<TcpStream>,
     head: ResponseHead,
     /// Body bytes that came with the head, not yet parsed.
     early: Vec<u8>,
@@ -242,7 +245,7 @@ impl EventStream {
         pending.drain(..len);
         let chunked = head.is_chunked().then(ChunkedDecoder::new);
         Ok(EventStream {
-            stream,
+            stream: Arc::new(stream),
             head,
             early: pending,
             chunked,
@@ -260,10 +263,10 @@ impl EventStream {
         self.stream.set_read_timeout(timeout)
     }
 
-    /// A handle on the socket, to end a blocked [`EventStream::read`] from
-    /// another thread ([`TcpStream::shutdown`]).
-    pub fn socket(&self) -> io::Result<TcpStream> {
-        self.stream.try_clone()
+    /// The socket, shared: another thread can end a blocked
+    /// [`EventStream::read`] with [`TcpStream::shutdown`].
+    pub fn socket(&self) -> Arc<TcpStream> {
+        self.stream.clone()
     }
 
     /// Closes both directions; a thread blocked in `read` sees the end.
@@ -292,7 +295,7 @@ impl EventStream {
     /// the stream.
     pub fn read(&mut self, on_event: impl FnMut(Event)) -> io::Result<bool> {
         let n = if self.early.is_empty() {
-            match self.stream.read(&mut self.buf) {
+            match (&*self.stream).read(&mut self.buf) {
                 Ok(0) => return Ok(false),
                 Ok(n) => n,
                 Err(e) => return Err(e),

@@ -13,6 +13,7 @@ use futures_executor::block_on;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use grpcio::CallOption;
 
+use super::proc::Usage;
 use super::report::{row, Progress, Report};
 use super::stats::{self, Histogram};
 use super::{grpc, secs};
@@ -34,6 +35,7 @@ pub struct UnaryPlan {
     pub user: String,
     pub timeout: Duration,
     pub client_threads: usize,
+    pub server_pid: Option<u32>,
     pub progress: bool,
 }
 
@@ -58,6 +60,7 @@ impl UnaryPlan {
             user: raw.string("user"),
             timeout: secs(raw, "timeout-secs", 1)?,
             client_threads: raw.number("client-threads", 1, 64)? as usize,
+            server_pid: super::server_pid(raw)?,
             progress: !raw.switch("quiet"),
         })
     }
@@ -75,6 +78,10 @@ pub struct UnaryResult {
     pub window: Duration,
     /// Latency of the successful calls, in microseconds.
     pub latency: Histogram,
+    /// What the measured window cost the server (with `--server-pid`) and
+    /// this process.
+    pub server_usage: Option<Usage>,
+    pub client_usage: Option<Usage>,
 }
 
 impl UnaryResult {
@@ -102,6 +109,8 @@ impl UnaryResult {
                 "errors": self.errors,
                 "requests_per_sec": self.requests_per_sec().round(),
                 "latency": l.to_json(),
+                "server_cost": self.server_usage.map(|u| u.per(self.ok + errors)),
+                "client_cost": self.client_usage.map(|u| u.per(self.ok + errors)),
             }),
         );
         report.section(
@@ -122,6 +131,16 @@ impl UnaryResult {
                 row("max", stats::micros(l.max)),
             ],
         );
+        let mut cost = Vec::new();
+        if let Some(u) = self.server_usage {
+            cost.push(row("server", u.per_text(self.ok + errors)));
+        }
+        if let Some(u) = self.client_usage {
+            cost.push(row("load tool", u.per_text(self.ok + errors)));
+        }
+        if !cost.is_empty() {
+            report.section("cost per request", cost);
+        }
         if !self.errors.is_empty() {
             report.section(
                 "errors by status",
@@ -190,7 +209,11 @@ pub fn run(plan: &UnaryPlan) -> Result<UnaryResult, Error> {
         }
     }
     let mut progress = Progress::new(plan.progress);
+    let mut usage_from: Option<(Option<Usage>, Option<Usage>)> = None;
     while Instant::now() < end {
+        if usage_from.is_none() && Instant::now() >= measure_from {
+            usage_from = Some((plan.server_pid.and_then(Usage::of), Usage::own()));
+        }
         std::thread::sleep(Duration::from_millis(100).min(end - Instant::now()));
         progress.tick(|| {
             let done = live.done.load(Ordering::Relaxed);
@@ -203,12 +226,23 @@ pub fn run(plan: &UnaryPlan) -> Result<UnaryResult, Error> {
         });
     }
     progress.done();
+    let (server_from, client_from) = usage_from.unwrap_or_default();
+    let server_usage = plan
+        .server_pid
+        .and_then(Usage::of)
+        .zip(server_from)
+        .map(|(now, from)| now.since(&from));
+    let client_usage = Usage::own()
+        .zip(client_from)
+        .map(|(now, from)| now.since(&from));
     let mut result = UnaryResult {
         plan: plan.clone(),
         ok: 0,
         errors: BTreeMap::new(),
         window: plan.duration,
         latency: Histogram::new(),
+        server_usage,
+        client_usage,
     };
     for worker in workers {
         let part = worker
