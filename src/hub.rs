@@ -194,7 +194,8 @@ impl fmt::Display for CloseReason {
 /// Tuning for the hub; validated by `config`.
 #[derive(Clone, Debug)]
 pub struct HubConfig {
-    /// Messages queued per subscriber before it counts as slow.
+    /// Messages queued per subscriber before it counts as slow (memory is
+    /// taken only as they queue).
     pub subscriber_queue: usize,
     /// Messages kept per room for resuming subscribers.
     pub history: usize,
@@ -435,19 +436,31 @@ impl Hub {
         }
         let mut delivered = 0u64;
         let mut i = 0;
+        let capacity = self.config.subscriber_queue;
         while i < room.subscribers.len() {
-            match room.subscribers[i].tx.try_send(message.clone()) {
+            let tx = &room.subscribers[i].tx;
+            // Only publish sends, and only under this room's lock, so the
+            // length cannot grow between the check and the send.
+            let sent = if tx.len() >= capacity {
+                Err(TrySendError::Full(()))
+            } else {
+                tx.try_send(message.clone()).map_err(|e| match e {
+                    TrySendError::Full(_) => TrySendError::Full(()),
+                    TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
+                })
+            };
+            match sent {
                 Ok(()) => {
                     delivered += 1;
                     i += 1;
                 }
-                Err(TrySendError::Full(_)) => {
+                Err(TrySendError::Full(())) => {
                     let slot = room.subscribers.swap_remove(i);
                     slot.state.set_reason(CloseReason::SlowConsumer);
                     room.dropped_slow += 1;
                     self.count_close(&slot);
                 }
-                Err(TrySendError::Disconnected(_)) => {
+                Err(TrySendError::Disconnected(())) => {
                     // Its Subscription is being dropped and will unregister.
                     i += 1;
                 }
@@ -496,7 +509,11 @@ impl Hub {
         if self.closing.load(Ordering::Acquire) {
             return Err(Error::Unavailable("server shutting down".into()));
         }
-        let (tx, rx) = crossbeam_channel::bounded(self.config.subscriber_queue);
+        // The queue is bounded by `publish` (see there), not by the channel:
+        // a crossbeam `bounded` channel allocates every slot up front, 16 KiB
+        // per subscriber at the default 1024, most of an idle stream's cost.
+        // The list flavour grows in blocks of 31 as messages queue up.
+        let (tx, rx) = crossbeam_channel::unbounded();
         let state = Arc::new(SubscriberState {
             reason: AtomicU8::new(0),
         });
