@@ -72,38 +72,51 @@ pub struct ProcessSample {
 impl ProcessSample {
     /// Reads `/proc/self`; fields it cannot read stay 0.
     pub fn now() -> ProcessSample {
-        let mut sample = ProcessSample::default();
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            // The command name may hold spaces and parentheses: fields are
-            // counted from the last ')'.
-            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-                let fields: Vec<&str> = rest.split_whitespace().collect();
-                // After ')': state(0) ... utime(11) stime(12) ... num_threads(17)
-                let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-                let ticks = field(11).unwrap_or(0) + field(12).unwrap_or(0);
-                sample.cpu_seconds = ticks as f64 / USER_HZ;
-                sample.threads = field(17).unwrap_or(0);
-            }
-        }
-        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-            let pages: u64 = statm
-                .split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            sample.resident_bytes = pages * page_size();
-        }
-        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-            sample.open_fds = dir.count() as u64;
-        }
-        sample
+        ProcessSample::of(std::process::id()).unwrap_or_default()
+    }
+
+    /// Reads `/proc/<pid>` (the load tool watches the server with this);
+    /// `None` when the process is gone or unreadable.
+    pub fn of(pid: u32) -> Option<ProcessSample> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+        Some(ProcessSample {
+            cpu_seconds: parse_stat_cpu_ticks(&stat)? as f64 / USER_HZ,
+            resident_bytes: parse_statm_resident(&statm)?,
+            threads: parse_stat_threads(&stat)?,
+            open_fds: fds as u64,
+        })
     }
 }
 
-fn page_size() -> u64 {
-    // The kernel's page size shows in /proc/self/smaps' KernelPageSize; 4 KiB
-    // is right for every target we build, and reading smaps costs more.
-    4096
+/// The kernel's page size: 4 KiB on every target streamhub builds for
+/// (reading smaps for KernelPageSize would cost more than it tells).
+const PAGE: u64 = 4096;
+
+/// The fields of `/proc/<pid>/stat` after the command name, which may hold
+/// spaces and parentheses: they are counted from the last `)`.
+fn stat_fields(stat: &str) -> Option<impl Iterator<Item = &str>> {
+    Some(stat.rsplit_once(')')?.1.split_whitespace())
+}
+
+/// utime + stime (fields 14 and 15 of `/proc/<pid>/stat`), in ticks.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let mut fields = stat_fields(stat)?.skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `num_threads` from `/proc/<pid>/stat`.
+pub fn parse_stat_threads(stat: &str) -> Option<u64> {
+    stat_fields(stat)?.nth(17)?.parse().ok()
+}
+
+/// Resident bytes from `/proc/<pid>/statm` (second field, in pages).
+pub fn parse_statm_resident(statm: &str) -> Option<u64> {
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * PAGE)
 }
 
 /// One named measurement.
@@ -169,6 +182,20 @@ impl MetricsSampler {
 mod tests {
     use super::*;
     use crate::hub::HubConfig;
+
+    #[test]
+    fn parses_proc_files() {
+        assert_eq!(
+            parse_statm_resident("5000 1234 300 10 0 900 0\n"),
+            Some(1234 * 4096)
+        );
+        assert_eq!(parse_statm_resident(""), None);
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 9 0 100 200 300";
+        assert_eq!(parse_stat_threads(stat), Some(9));
+        assert_eq!(parse_stat_threads("42 (x"), None);
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(11));
+        assert!(ProcessSample::of(u32::MAX).is_none());
+    }
 
     #[test]
     fn process_sample_reads_real_values() {

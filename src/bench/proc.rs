@@ -1,8 +1,11 @@
 //! What `/proc` says about another process (the server under test): its
-//! resident memory, threads and open files. The same readings as
-//! [`crate::metrics::ProcessSample`], for any pid.
+//! resident memory, threads and open files (through
+//! [`crate::metrics::ProcessSample::of`]), and its CPU time and context
+//! switches.
 
 use std::time::{Duration, Instant};
+
+use crate::metrics::{parse_stat_cpu_ticks, ProcessSample};
 
 /// One reading of a process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -15,13 +18,11 @@ pub struct Footprint {
 impl Footprint {
     /// Reads `/proc/<pid>`; `None` when the process is gone or unreadable.
     pub fn of(pid: u32) -> Option<Footprint> {
-        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+        let sample = ProcessSample::of(pid)?;
         Some(Footprint {
-            resident_bytes: parse_statm_resident(&statm)?,
-            threads: parse_stat_threads(&stat)?,
-            open_fds: fds,
+            resident_bytes: sample.resident_bytes,
+            threads: sample.threads,
+            open_fds: sample.open_fds,
         })
     }
 
@@ -141,15 +142,6 @@ impl Usage {
 /// Linux reports CPU time in ticks of `USER_HZ`: 100 on every target.
 const USER_HZ: f64 = 100.0;
 
-/// utime + stime (fields 14 and 15) from `/proc/<pid>/stat`.
-pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// Voluntary plus involuntary context switches from a task's `status`.
 pub fn parse_status_switches(status: &str) -> u64 {
     status
@@ -159,22 +151,6 @@ pub fn parse_status_switches(status: &str) -> u64 {
         })
         .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .sum()
-}
-
-/// The kernel's page size: 4 KiB on every target streamhub builds for.
-const PAGE: u64 = 4096;
-
-/// Resident bytes from `/proc/<pid>/statm` (second field, in pages).
-pub fn parse_statm_resident(statm: &str) -> Option<u64> {
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * PAGE)
-}
-
-/// `num_threads` from `/proc/<pid>/stat`. The command name may hold spaces
-/// and parentheses, so fields are counted from the last `)`.
-pub fn parse_stat_threads(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(17)?.parse().ok()
 }
 
 /// The soft limit on open files of this process (`ulimit -n`).
@@ -191,15 +167,6 @@ mod tests {
 
     #[test]
     fn parses_proc_files() {
-        assert_eq!(
-            parse_statm_resident("5000 1234 300 10 0 900 0\n"),
-            Some(1234 * 4096)
-        );
-        assert_eq!(parse_statm_resident(""), None);
-        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 9 0 100 200 300";
-        assert_eq!(parse_stat_threads(stat), Some(9));
-        assert_eq!(parse_stat_threads("42 (x"), None);
-        assert_eq!(parse_stat_cpu_ticks(stat), Some(11));
         let status = "Name:\tx\nvoluntary_ctxt_switches:\t40\nnonvoluntary_ctxt_switches:\t2\n";
         assert_eq!(parse_status_switches(status), 42);
     }
