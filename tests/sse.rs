@@ -293,29 +293,6 @@ fn process_threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
 }
 
-/// Runs the ignored test `name` alone in a fresh copy of this test binary,
-/// so that no other test in the process moves what it measures (resident
-/// memory, thread count).
-fn run_alone(name: &str) {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args([
-            "--exact",
-            name,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .output()
-        .expect("run the test binary");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{name} failed alone:\n{stdout}\n{stderr}"
-    );
-}
-
 /// A fixed pseudo-random sequence (xorshift64).
 fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
     (0..len)
@@ -1148,7 +1125,7 @@ fn random_bytes_get_400_or_a_close_and_the_server_stays_healthy() {
 
 #[test]
 fn an_unterminated_200_mib_header_is_cut_off_and_memory_stays_flat() {
-    run_alone("sse::alone_unterminated_header");
+    common::run_alone("sse::alone_unterminated_header");
 }
 
 #[test]
@@ -1182,7 +1159,7 @@ fn alone_unterminated_header() {
 
 #[test]
 fn a_thousand_unfinished_requests_are_closed_at_the_deadline_without_threads() {
-    run_alone("sse::alone_thousand_unfinished_requests");
+    common::run_alone("sse::alone_thousand_unfinished_requests");
 }
 
 #[test]

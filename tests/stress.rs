@@ -18,7 +18,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -79,28 +78,6 @@ fn thread_names() -> std::collections::BTreeMap<String, usize> {
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Runs the ignored test `name` alone in a fresh copy of this test binary,
-/// so that no other test moves the thread and file counts it checks.
-fn run_alone(name: &str) {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args([
-            "--exact",
-            name,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .output()
-        .expect("run the test binary");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{name} failed alone:\n{stdout}\n{stderr}"
-    );
 }
 
 /// Where a server listens: what client threads need (a [`Server`] itself
@@ -365,7 +342,7 @@ fn wait_for_unread(socket: &TcpStream) {
 
 #[test]
 fn sse_churn_with_killed_clients_returns_threads_fds_and_subscribers_to_baseline() {
-    run_alone("stress::alone_sse_churn");
+    common::run_alone("stress::alone_sse_churn");
 }
 
 #[test]
@@ -494,7 +471,7 @@ impl RawGrpcSubscriber {
 
 #[test]
 fn grpc_churn_with_killed_clients_returns_threads_fds_and_subscribers_to_baseline() {
-    run_alone("stress::alone_grpc_churn");
+    common::run_alone("stress::alone_grpc_churn");
 }
 
 #[test]
