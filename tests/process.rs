@@ -503,3 +503,56 @@ fn sigterm_with_open_sse_and_grpc_streams_delivers_everything_then_exits_zero() 
         assert!(line.contains(id.as_str()), "{line} vs {id}");
     }
 }
+
+#[test]
+fn a_second_signal_exits_at_once_while_shutdown_waits_for_a_stuck_stream() {
+    use std::io::{Read, Write};
+    let mut server = serve_with_env(
+        &["--shutdown-grace-secs", "60", "--write-timeout-secs", "60"],
+        &[],
+    );
+    let http_addr = http_addr_from_logs(&server);
+    // An SSE client that stops reading: its stream thread blocks in a write
+    // once the socket buffers are full, which holds shutdown up.
+    let mut stuck = std::net::TcpStream::connect(&http_addr).unwrap();
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stuck
+        .write_all(b"GET /events?room=stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 512];
+    let n = stuck.read(&mut head).unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).contains("200"));
+    let big = "z".repeat(60_000);
+    let body = format!(r#"{{"room":"stuck","user":"u","content":"{big}"}}"#);
+    for _ in 0..200 {
+        let mut c = std::net::TcpStream::connect(&http_addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            c,
+            "POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+    signal(&server.child, "TERM");
+    // The first signal alone does not end it: the stuck stream holds on.
+    assert!(wait_exit(&mut server.child, Duration::from_millis(500)).is_none());
+    let second = Instant::now();
+    signal(&server.child, "TERM");
+    let status = wait_exit(&mut server.child, Duration::from_secs(5)).expect("exits at once");
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        second.elapsed()
+    );
+    assert!(
+        !status.success(),
+        "an interrupted drain is not a clean exit: {status:?}"
+    );
+    drop(stuck);
+}
