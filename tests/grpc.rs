@@ -480,3 +480,27 @@ fn join_and_leave_are_published_for_named_subscribers() {
     );
     assert_eq!(leave.user, "alice");
 }
+
+#[test]
+fn clients_cannot_publish_system_join_or_leave_messages() {
+    let server = common::start();
+    let client = server.client();
+    let mut watcher = subscribe(&client, "forge", "");
+    let (mut tx, rx) = client.upload_messages_opt(opt()).unwrap();
+    for kind in [
+        chat::MessageType::SYSTEM,
+        chat::MessageType::JOIN,
+        chat::MessageType::LEAVE,
+    ] {
+        let mut m = chat_message("x", "forge", "mallory", "server shutting down");
+        m.type_ = kind.into();
+        block_on(tx.send((m, WriteFlags::default()))).unwrap();
+    }
+    block_on(tx.close()).unwrap();
+    assert_eq!(block_on(rx).unwrap().message_count, 3);
+    for _ in 0..3 {
+        let m = next(&mut watcher).unwrap();
+        assert_eq!(m.type_.enum_value_or_default(), chat::MessageType::CHAT);
+        assert_eq!(m.user, "mallory");
+    }
+}

@@ -543,6 +543,8 @@ fn run_subscriber(
 }
 
 /// Runs on `grpc-upload-N`: publishes each streamed message in order.
+/// Whatever `type` a client sets, its messages are published as CHAT:
+/// JOIN, LEAVE and SYSTEM come from the server only, so none can be forged.
 fn run_upload(
     shared: &Shared,
     mut stream: RequestStream<chat::Message>,
@@ -569,13 +571,7 @@ fn run_upload(
                 ))
             }
             Ok(Some(Ok(m))) => {
-                let kind = convert::kind_from_proto(&m);
-                let draft = Draft {
-                    room: m.room,
-                    user: m.user,
-                    content: m.content,
-                    kind,
-                };
+                let draft = Draft::chat(&m.room, &m.user, &m.content);
                 if let Err(e) = shared.hub.publish(draft) {
                     let st = status(&e);
                     break Err(RpcStatus::with_message(
@@ -645,12 +641,7 @@ fn run_chat(
                 }
                 Poll::Ready(Some(Err(_))) => break 'serve RpcStatusCode::CANCELLED,
                 Poll::Ready(Some(Ok(m))) => {
-                    let draft = Draft {
-                        room: m.room.clone(),
-                        user: m.user.clone(),
-                        content: m.content.clone(),
-                        kind: convert::kind_from_proto(&m),
-                    };
+                    let draft = Draft::chat(&m.room, &m.user, &m.content);
                     match shared.hub.publish(draft) {
                         Ok(published) => {
                             if joined.is_none() {
