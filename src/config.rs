@@ -92,8 +92,8 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
     opt(
         "max-streams-per-connection",
         "STREAMHUB_MAX_STREAMS_PER_CONNECTION",
-        "256",
-        "HTTP/2 concurrent streams allowed on one gRPC connection",
+        "2048",
+        "HTTP/2 concurrent streams allowed on one gRPC connection; keep it above --max-grpc-streams (a gRPC C-core client that opens more than this on one connection loses the whole connection)",
     ),
     opt(
         "grpc-threads",

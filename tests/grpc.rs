@@ -504,3 +504,32 @@ fn clients_cannot_publish_system_join_or_leave_messages() {
         assert_eq!(m.user, "mallory");
     }
 }
+
+#[test]
+fn streams_past_the_cap_on_one_connection_are_refused_and_the_open_ones_live_on() {
+    // More than the old per-connection default (256) on one connection:
+    // the RPC-level cap must answer, not the HTTP/2 limit, which makes
+    // grpc-core clients drop the whole connection.
+    let server = common::start_with(|c| c.max_grpc_streams = 300);
+    let client = server.client();
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..400 {
+        let mut s = client
+            .subscribe_messages_opt(&common::subscribe_req("many", ""), opt())
+            .unwrap();
+        match next(&mut s) {
+            Ok(_) => open.push(s),
+            Err(e) => {
+                assert_eq!(status_code(&e), RpcStatusCode::RESOURCE_EXHAUSTED);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((open.len(), refused), (300, 100));
+    let resp = send(&client, "many", "u", "to all 300").unwrap();
+    for s in &mut open {
+        assert_eq!(next(s).unwrap().id, resp.message_id);
+    }
+    assert_eq!(server.subscribers(), 300);
+}
