@@ -78,6 +78,12 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         "messages retained per room for resuming subscribers",
     ),
     opt(
+        "history-bytes",
+        "STREAMHUB_HISTORY_BYTES",
+        "4194304",
+        "content bytes retained per room, at most (the oldest messages go first)",
+    ),
+    opt(
         "max-rooms",
         "STREAMHUB_MAX_ROOMS",
         "10000",
@@ -446,6 +452,7 @@ impl Config {
             hub: HubConfig {
                 subscriber_queue: raw.number("subscriber-queue", 1, 1 << 20)? as usize,
                 history: raw.number("history", 0, 1 << 20)? as usize,
+                history_bytes: raw.number("history-bytes", 0, 1 << 40)? as usize,
                 max_content_bytes: max_message_bytes,
                 max_rooms: raw.number("max-rooms", 1, 1 << 24)? as usize,
             },

@@ -199,6 +199,9 @@ pub struct HubConfig {
     pub subscriber_queue: usize,
     /// Messages kept per room for resuming subscribers.
     pub history: usize,
+    /// Bytes of content retained per room, at most (the oldest go first;
+    /// the newest message is always kept).
+    pub history_bytes: usize,
     /// Largest accepted `content`, in bytes.
     pub max_content_bytes: usize,
     /// Most rooms that may exist at once.
@@ -210,6 +213,7 @@ impl Default for HubConfig {
         HubConfig {
             subscriber_queue: 1024,
             history: 1000,
+            history_bytes: 4 * 1024 * 1024,
             max_content_bytes: 1024 * 1024,
             max_rooms: 10_000,
         }
@@ -284,6 +288,8 @@ struct Room {
     name: Arc<str>,
     last_seq: u64,
     history: VecDeque<Arc<Message>>,
+    /// Content bytes in `history`.
+    history_bytes: usize,
     subscribers: Vec<Slot>,
     published: u64,
     delivered: u64,
@@ -398,6 +404,7 @@ impl Hub {
             name: name.clone(),
             last_seq: 0,
             history: VecDeque::new(),
+            history_bytes: 0,
             subscribers: Vec::new(),
             published: 0,
             delivered: 0,
@@ -429,10 +436,15 @@ impl Hub {
             encoded: Default::default(),
         });
         if self.config.history > 0 {
-            if room.history.len() == self.config.history {
-                room.history.pop_front();
-            }
+            room.history_bytes += message.content.len();
             room.history.push_back(message.clone());
+            while room.history.len() > self.config.history
+                || (room.history_bytes > self.config.history_bytes && room.history.len() > 1)
+            {
+                if let Some(old) = room.history.pop_front() {
+                    room.history_bytes -= old.content.len();
+                }
+            }
         }
         let mut delivered = 0u64;
         let mut i = 0;
@@ -787,6 +799,28 @@ mod tests {
         let (_s, replay) = hub.subscribe("r", Some(99), Protocol::Sse).unwrap();
         assert!(replay.unknown_position);
         assert_eq!(replay.messages.len(), 5);
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes_too() {
+        let hub = Arc::new(Hub::new(HubConfig {
+            history: 100,
+            history_bytes: 1000,
+            ..HubConfig::default()
+        }));
+        for i in 0..10 {
+            hub.publish(Draft::chat("r", "u", &format!("{i}").repeat(300)))
+                .unwrap();
+        }
+        // 300 bytes each: three fit in 1000.
+        assert_eq!(hub.room_stats("r").unwrap().retained, 3);
+        let (_s, replay) = hub.subscribe("r", Some(0), Protocol::Sse).unwrap();
+        assert_eq!(replay.missed, 7);
+        assert_eq!(replay.messages[0].seq, 8);
+        // One message larger than the budget is still kept on its own.
+        hub.publish(Draft::chat("r", "u", &"x".repeat(5000)))
+            .unwrap();
+        assert_eq!(hub.room_stats("r").unwrap().retained, 1);
     }
 
     #[test]
