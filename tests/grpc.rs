@@ -533,3 +533,40 @@ fn streams_past_the_cap_on_one_connection_are_refused_and_the_open_ones_live_on(
     }
     assert_eq!(server.subscribers(), 300);
 }
+
+#[test]
+fn subscribe_and_chat_reject_bad_room_names() {
+    let server = common::start();
+    let client = server.client();
+    let mut stream = client
+        .subscribe_messages_opt(&common::subscribe_req("no spaces please", "u"), opt())
+        .unwrap();
+    let err = next(&mut stream).unwrap_err();
+    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
+    assert!(
+        status_message(&err).contains("room"),
+        "{}",
+        status_message(&err)
+    );
+
+    let (mut tx, mut rx) = client.chat_opt(opt()).unwrap();
+    block_on(tx.send((
+        chat_message("1", &"r".repeat(65), "u", "hi"),
+        WriteFlags::default(),
+    )))
+    .unwrap();
+    let err = loop {
+        match block_on(rx.next()) {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e,
+            None => panic!("no status"),
+        }
+    };
+    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
+    assert!(
+        status_message(&err).contains("index 0"),
+        "{}",
+        status_message(&err)
+    );
+    assert_eq!(server.subscribers(), 0);
+}
