@@ -570,3 +570,19 @@ fn subscribe_and_chat_reject_bad_room_names() {
     );
     assert_eq!(server.subscribers(), 0);
 }
+
+#[test]
+fn a_second_server_on_the_same_grpc_port_fails_to_start() {
+    let first = common::start();
+    let mut config = streamhub::config::Config::local();
+    config.grpc_addr = first.grpc_addr.parse().unwrap();
+    match streamhub::App::start(config) {
+        Ok(_) => panic!("two servers share {}", first.grpc_addr),
+        Err(e) => assert!(
+            e.to_string().contains("cannot listen on") && e.to_string().contains("gRPC"),
+            "{e}"
+        ),
+    }
+    // The first one is unharmed.
+    assert!(send(&first.client(), "r", "u", "still mine").is_ok());
+}

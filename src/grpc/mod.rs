@@ -175,6 +175,9 @@ impl GrpcServer {
             .keepalive_time(config.keepalive)
             .keepalive_timeout(config.keepalive_timeout)
             .keepalive_permit_without_calls(true)
+            // gRPC's core sets SO_REUSEPORT by default, so a second server on
+            // the same port would start and silently share the traffic.
+            .reuse_port(false)
             .http2_max_ping_strikes(0)
             .build_args();
         let shared = Arc::new(Shared {
