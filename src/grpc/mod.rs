@@ -565,6 +565,7 @@ fn run_upload(
     sink: ClientStreamingSink<chat::UploadResponse>,
 ) {
     const METHOD: &str = "UploadMessages";
+    log::info!("UploadMessages opened");
     let driver = Driver::new(shared.stopping.clone());
     let timeout = shared.write_timeout();
     let mut count: i32 = 0;
