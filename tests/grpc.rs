@@ -586,3 +586,40 @@ fn a_second_server_on_the_same_grpc_port_fails_to_start() {
     // The first one is unharmed.
     assert!(send(&first.client(), "r", "u", "still mine").is_ok());
 }
+
+#[test]
+fn cancelled_metrics_chat_and_upload_streams_end_their_threads() {
+    let server = common::start();
+    let client = server.client();
+    let mut metrics = Vec::new();
+    let mut chats = Vec::new();
+    let mut uploads = Vec::new();
+    for _ in 0..20 {
+        let mut req = chat::MetricsRequest::new();
+        req.interval_seconds = 3600;
+        metrics.push(client.stream_metrics_opt(&req, opt()).unwrap());
+        chats.push(client.chat_opt(opt()).unwrap());
+        uploads.push(client.upload_messages_opt(opt()).unwrap());
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || server.app.stream_threads() == 60),
+        "{} stream threads",
+        server.app.stream_threads()
+    );
+    for mut m in metrics {
+        m.cancel();
+    }
+    for (mut tx, mut rx) in chats {
+        tx.cancel();
+        rx.cancel();
+    }
+    for (mut tx, mut rx) in uploads {
+        tx.cancel();
+        rx.cancel();
+    }
+    assert!(
+        wait_until(Duration::from_secs(1), || server.app.stream_threads() == 0),
+        "{} stream threads left",
+        server.app.stream_threads()
+    );
+}
