@@ -1368,12 +1368,13 @@ fn browser_eventsource_gets_grpc_messages_and_resumes_after_the_server_closes_th
         eprintln!("skipped: chromium is not installed (make test installs it)");
         return;
     };
-    // A tiny queue, so that a burst makes the hub drop the browser's
-    // subscription: the server closes the stream mid-flow.
+    // A small queue, so that a burst makes the hub drop the browser's
+    // subscription: the server closes the stream mid-flow. Room enough for
+    // the five messages before it.
     let server = common::start_with(|c| {
         c.cors_origins = vec!["*".into()];
         c.sse_retry_ms = 200;
-        c.hub.subscriber_queue = 4;
+        c.hub.subscriber_queue = 16;
     });
     let hub = server.app.hub().clone();
     let (reports, _) = hub
@@ -1395,6 +1396,9 @@ fn browser_eventsource_gets_grpc_messages_and_resumes_after_the_server_closes_th
         send(&client, "browser", "grpc", &content).unwrap();
         expected.push(content);
     }
+    // The page must hold a position (a Last-Event-ID) before the burst drops
+    // it: a stream dropped before it delivered anything resumes live.
+    next_report(&reports, "got m5", Duration::from_secs(30));
     let mut burst = 0;
     while hub.stats().closed(CloseReason::SlowConsumer) == 0 {
         assert!(
@@ -1428,4 +1432,23 @@ fn browser_eventsource_gets_grpc_messages_and_resumes_after_the_server_closes_th
     assert_eq!(summary["idMismatches"], 0);
     assert!(summary["opens"].as_u64().unwrap() >= 2, "{summary}");
     assert!(summary["errors"].as_u64().unwrap() >= 1, "{summary}");
+}
+
+#[test]
+fn a_client_that_leaves_while_idle_is_let_go_before_the_next_keep_alive() {
+    // Keep-alive every 60 s: only the liveness check can notice in time.
+    let server = common::start_with(|c| c.sse_keepalive = Duration::from_secs(60));
+    let stream = EventStream::connected(&server, "/events?room=gone", &[]);
+    assert_eq!(server.subscribers(), 1);
+    let left = Instant::now();
+    drop(stream);
+    assert!(
+        wait_until(Duration::from_secs(6), || server.subscribers() == 0),
+        "still subscribed after {:?}",
+        left.elapsed()
+    );
+    assert_eq!(
+        server.app.hub().stats().closed(CloseReason::ClientClosed),
+        1
+    );
 }

@@ -25,6 +25,10 @@ const MAX_BURST: usize = 256;
 /// After shutdown begins, how long a stream waits for the hub to close its
 /// subscription (which comes after what was queued) before leaving anyway.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+/// How often an idle event stream checks that its client is still there
+/// (a non-blocking peek). Without it a client that left is noticed only at
+/// the next keep-alive write, holding a thread and a queue until then.
+const LIVENESS_CHECK: Duration = Duration::from_secs(3);
 /// Slices per `writev`; well under every system's IOV_MAX.
 const MAX_SLICES: usize = 64;
 
@@ -280,6 +284,7 @@ fn run_events(
     }
     let keepalive = shared.config.sse_keepalive;
     let mut next_beat = Instant::now() + keepalive;
+    let mut next_check = Instant::now() + LIVENESS_CHECK;
     let never = crossbeam_channel::never();
     let mut drain_until: Option<Instant> = None;
     while reason.is_none() {
@@ -288,7 +293,9 @@ fn run_events(
         } else {
             &shared.stopping
         };
-        let wake = drain_until.map_or(next_beat, |d| d.min(next_beat));
+        let wake = drain_until
+            .map_or(next_beat, |d| d.min(next_beat))
+            .min(next_check);
         crossbeam_channel::select! {
             recv(sub.receiver()) -> first => match first {
                 Ok(first) => {
@@ -316,6 +323,12 @@ fn run_events(
                 } else if now >= next_beat {
                     reason = keep_alive(stream);
                     next_beat = now + keepalive;
+                    next_check = now + LIVENESS_CHECK;
+                } else if now >= next_check {
+                    if client_gone(stream) {
+                        reason = Some(CloseReason::ClientClosed);
+                    }
+                    next_check = now + LIVENESS_CHECK;
                 }
             }
         }
