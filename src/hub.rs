@@ -117,11 +117,16 @@ pub struct Draft {
 }
 
 impl Draft {
-    pub fn chat(room: &str, user: &str, content: &str) -> Draft {
+    /// A CHAT draft; owned strings are moved in, not copied.
+    pub fn chat(
+        room: impl Into<String>,
+        user: impl Into<String>,
+        content: impl Into<String>,
+    ) -> Draft {
         Draft {
-            room: room.to_string(),
-            user: user.to_string(),
-            content: content.to_string(),
+            room: room.into(),
+            user: user.into(),
+            content: content.into(),
             kind: MessageKind::Chat,
         }
     }

@@ -287,7 +287,7 @@ impl ChatService for ChatServiceImpl {
         req: chat::SendMessageRequest,
         sink: UnarySink<chat::SendMessageResponse>,
     ) {
-        let draft = Draft::chat(&req.room, &req.user, &req.content);
+        let draft = Draft::chat(req.room, req.user, req.content);
         let shared = self.shared.clone();
         let reply = match shared.hub.publish(draft) {
             Ok(m) => {
@@ -586,7 +586,7 @@ fn run_upload(
                 ))
             }
             Ok(Some(Ok(m))) => {
-                let draft = Draft::chat(&m.room, &m.user, &m.content);
+                let draft = Draft::chat(m.room, m.user, m.content);
                 if let Err(e) = shared.hub.publish(draft) {
                     let st = status(&e);
                     break Err(RpcStatus::with_message(
@@ -656,14 +656,16 @@ fn run_chat(
                 }
                 Poll::Ready(Some(Err(_))) => break 'serve RpcStatusCode::CANCELLED,
                 Poll::Ready(Some(Ok(m))) => {
-                    let draft = Draft::chat(&m.room, &m.user, &m.content);
+                    let draft = Draft::chat(m.room, m.user, m.content);
                     match shared.hub.publish(draft) {
                         Ok(published) => {
                             if joined.is_none() {
-                                joined = Some((published.room.to_string(), m.user.clone()));
-                                shared
-                                    .hub
-                                    .announce(&published.room, &m.user, MessageKind::Join);
+                                joined = Some((published.room.to_string(), published.user.clone()));
+                                shared.hub.announce(
+                                    &published.room,
+                                    &published.user,
+                                    MessageKind::Join,
+                                );
                             }
                             let id = if m.id.is_empty() {
                                 &published.id
@@ -674,7 +676,7 @@ fn run_chat(
                                 format!("echo_{id}"),
                                 "Server",
                                 &published.room,
-                                format!("Echo: {}", m.content),
+                                format!("Echo: {}", published.content),
                             ));
                         }
                         Err(e) => {
