@@ -708,13 +708,9 @@ mod tests {
         let (b, _) = hub.subscribe("b", None, Protocol::Sse).unwrap();
         let mut ids = std::collections::HashSet::new();
         for i in 0..5 {
-            let m = hub
-                .publish(Draft::chat("a", "u", &format!("a{i}")))
-                .unwrap();
+            let m = hub.publish(Draft::chat("a", "u", format!("a{i}"))).unwrap();
             assert!(ids.insert(m.id.clone()));
-            let m = hub
-                .publish(Draft::chat("b", "u", &format!("b{i}")))
-                .unwrap();
+            let m = hub.publish(Draft::chat("b", "u", format!("b{i}"))).unwrap();
             assert!(ids.insert(m.id.clone()));
         }
         let got: Vec<_> = drain(&a)
@@ -735,7 +731,7 @@ mod tests {
             let err = hub.publish(Draft::chat(bad, "u", "x")).unwrap_err();
             assert!(matches!(err, Error::InvalidArgument(_)), "{bad}: {err}");
         }
-        assert!(hub.publish(Draft::chat(&"x".repeat(64), "u", "x")).is_ok());
+        assert!(hub.publish(Draft::chat("x".repeat(64), "u", "x")).is_ok());
     }
 
     #[test]
@@ -763,7 +759,7 @@ mod tests {
         let mut got = Vec::new();
         for i in 0..100 {
             let started = Instant::now();
-            hub.publish(Draft::chat("r", "u", &i.to_string())).unwrap();
+            hub.publish(Draft::chat("r", "u", i.to_string())).unwrap();
             assert!(started.elapsed() < Duration::from_millis(100));
             got.extend(drain(&fast));
         }
@@ -781,7 +777,7 @@ mod tests {
     fn replay_returns_retained_messages_after_sequence_and_counts_missed() {
         let hub = hub_with(16, 5);
         for i in 1..=8 {
-            hub.publish(Draft::chat("r", "u", &i.to_string())).unwrap();
+            hub.publish(Draft::chat("r", "u", i.to_string())).unwrap();
         }
         // Retained: 4..=8.
         let (_s, replay) = hub.subscribe("r", Some(5), Protocol::Sse).unwrap();
@@ -814,7 +810,7 @@ mod tests {
             ..HubConfig::default()
         }));
         for i in 0..10 {
-            hub.publish(Draft::chat("r", "u", &format!("{i}").repeat(300)))
+            hub.publish(Draft::chat("r", "u", format!("{i}").repeat(300)))
                 .unwrap();
         }
         // 300 bytes each: three fit in 1000.
@@ -823,7 +819,7 @@ mod tests {
         assert_eq!(replay.missed, 7);
         assert_eq!(replay.messages[0].seq, 8);
         // One message larger than the budget is still kept on its own.
-        hub.publish(Draft::chat("r", "u", &"x".repeat(5000)))
+        hub.publish(Draft::chat("r", "u", "x".repeat(5000)))
             .unwrap();
         assert_eq!(hub.room_stats("r").unwrap().retained, 1);
     }
@@ -835,7 +831,7 @@ mod tests {
             let hub = hub.clone();
             thread::spawn(move || {
                 for i in 0..2000 {
-                    hub.publish(Draft::chat("r", "u", &i.to_string())).unwrap();
+                    hub.publish(Draft::chat("r", "u", i.to_string())).unwrap();
                 }
             })
         };
@@ -889,7 +885,7 @@ mod tests {
                 let hub = hub.clone();
                 thread::spawn(move || {
                     for i in 0..5000 {
-                        hub.publish(Draft::chat("r", &format!("p{p}"), &i.to_string()))
+                        hub.publish(Draft::chat("r", format!("p{p}"), i.to_string()))
                             .unwrap();
                     }
                 })

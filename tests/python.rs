@@ -84,7 +84,7 @@ fn python_health_reflection_and_shutdown_drain() {
     }
     for i in 0..50 {
         app.hub()
-            .publish(streamhub::hub::Draft::chat("bye", "p", &i.to_string()))
+            .publish(streamhub::hub::Draft::chat("bye", "p", i.to_string()))
             .unwrap();
     }
     let stopped = Instant::now();

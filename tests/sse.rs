@@ -607,7 +607,7 @@ fn a_small_event_arrives_within_100_ms() {
         server
             .app
             .hub()
-            .publish(Draft::chat("fast", "u", &i.to_string()))
+            .publish(Draft::chat("fast", "u", i.to_string()))
             .unwrap();
         let event = stream.event();
         took.push(started.elapsed());

@@ -146,7 +146,7 @@ impl Trickle {
                 if thread_stop.load(Ordering::Acquire) {
                     break;
                 }
-                hub.publish(Draft::chat(&room, "trickle", &format!("m{n}")))
+                hub.publish(Draft::chat(&room, "trickle", format!("m{n}")))
                     .unwrap();
                 std::thread::sleep(every);
             }
@@ -163,7 +163,7 @@ impl Trickle {
         let room = room.to_string();
         std::thread::spawn(move || {
             for n in 0..count {
-                hub.publish(Draft::chat(&room, "burst", &format!("m{n}")))
+                hub.publish(Draft::chat(&room, "burst", format!("m{n}")))
                     .unwrap();
             }
         })

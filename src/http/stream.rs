@@ -494,7 +494,7 @@ mod tests {
             ..Default::default()
         }));
         for i in 0..10 {
-            hub.publish(crate::hub::Draft::chat("r", "u", &i.to_string()))
+            hub.publish(crate::hub::Draft::chat("r", "u", i.to_string()))
                 .unwrap();
         }
         let (_s, replay) = hub.subscribe("r", Some(2), Protocol::Sse).unwrap();
