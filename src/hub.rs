@@ -423,20 +423,34 @@ impl Hub {
     /// Validates and publishes a message to every subscriber of its room.
     /// Never blocks on a subscriber. Runs on any thread.
     pub fn publish(&self, draft: Draft) -> Result<Arc<Message>, Error> {
-        let room_name = self.validate(&draft)?.to_string();
-        self.with_room(&room_name, |room| self.publish_locked(room, draft))
+        self.validate(&draft)?;
+        let Draft {
+            room,
+            user,
+            content,
+            kind,
+        } = draft;
+        // Validated above; no copy of the name on this path.
+        let name = if room.is_empty() { DEFAULT_ROOM } else { &room };
+        self.with_room(name, |r| self.publish_locked(r, user, content, kind))
     }
 
     /// Runs with the room's lock held.
-    fn publish_locked(&self, room: &mut Room, draft: Draft) -> Arc<Message> {
+    fn publish_locked(
+        &self,
+        room: &mut Room,
+        user: String,
+        content: String,
+        kind: MessageKind,
+    ) -> Arc<Message> {
         room.last_seq += 1;
         let message = Arc::new(Message {
             id: format!("msg_{}", self.next_message.fetch_add(1, Ordering::Relaxed)),
             seq: room.last_seq,
             room: room.name.clone(),
-            user: draft.user,
-            content: draft.content,
-            kind: draft.kind,
+            user,
+            content,
+            kind,
             timestamp: SystemTime::now(),
             encoded: Default::default(),
         });

@@ -21,6 +21,19 @@ impl Drop for Serve {
     }
 }
 
+/// The lines `reader` produces, as they come, from a thread of their own.
+fn lines_of(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 fn serve(extra: &[&str]) -> Serve {
     serve_with_env(extra, &[])
 }
@@ -62,13 +75,7 @@ fn cli_send_and_subscribe_then_sigterm_exits_zero_with_stream_open() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stdout = sub.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let lines = lines_of(sub.stdout.take().unwrap());
     let welcome = lines
         .recv_timeout(Duration::from_secs(20))
         .expect("welcome");
@@ -210,14 +217,7 @@ fn serve_with_env(extra: &[&str], env: &[(&str, &str)]) -> Serve {
     }
     let mut child = cmd.spawn().expect("binary starts");
     let stderr: ChildStderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(stderr);
     let deadline = Instant::now() + Duration::from_secs(20);
     let grpc_addr = loop {
         let line = rx
@@ -429,13 +429,7 @@ fn sigterm_with_open_sse_and_grpc_streams_delivers_everything_then_exits_zero() 
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stdout = sub.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let lines = lines_of(sub.stdout.take().unwrap());
     assert!(lines
         .recv_timeout(Duration::from_secs(20))
         .unwrap()

@@ -307,6 +307,27 @@ fn churn(cycles: usize, cycle: impl Fn(usize) + Sync) {
     });
 }
 
+/// Warms up with two cycles (so lazily started pools exist), takes the
+/// baseline, runs `cycles` more on 4 threads, then checks that threads, files
+/// and subscribers are back and that every cycle ended as client_closed.
+fn churn_to_baseline(server: &Server, cycles: usize, cycle: impl Fn(usize) + Sync) {
+    cycle(0);
+    cycle(1);
+    assert!(wait_until(IO_TIMEOUT, || server.subscribers() == 0));
+    let baseline = Holdings::now(server);
+    let names = thread_names();
+    let closed_before = closed_by_client(server);
+    let started = Instant::now();
+    churn(cycles, cycle);
+    let churned = started.elapsed();
+    assert_back_to(server, baseline, &names);
+    assert_eq!(closed_by_client(server) - closed_before, cycles as u64);
+    eprintln!(
+        "{cycles} cycles in {churned:?}, back to baseline {:?} later",
+        started.elapsed() - churned
+    );
+}
+
 /// Subscriptions the hub saw end because the client went.
 fn closed_by_client(server: &Server) -> u64 {
     server.app.hub().stats().closed(CloseReason::ClientClosed)
@@ -374,22 +395,7 @@ fn alone_sse_churn() {
             _ => drop(stream),
         }
     };
-    cycle(0);
-    cycle(1);
-    let server_ref = &server;
-    assert!(wait_until(IO_TIMEOUT, || server_ref.subscribers() == 0));
-    let baseline = Holdings::now(&server);
-    let names = thread_names();
-    let closed_before = closed_by_client(&server);
-    let started = Instant::now();
-    churn(cycles, cycle);
-    let churned = started.elapsed();
-    assert_back_to(&server, baseline, &names);
-    assert_eq!(closed_by_client(&server) - closed_before, cycles as u64);
-    eprintln!(
-        "{cycles} cycles in {churned:?}, back to baseline {:?} later",
-        started.elapsed() - churned
-    );
+    churn_to_baseline(&server, cycles, cycle);
     assert_eq!(server.app.http().unwrap().sse_streams(), 0);
 }
 
@@ -497,22 +503,7 @@ fn alone_grpc_churn() {
             drop(client);
         }
     };
-    cycle(0);
-    cycle(1);
-    let server_ref = &server;
-    assert!(wait_until(IO_TIMEOUT, || server_ref.subscribers() == 0));
-    let baseline = Holdings::now(&server);
-    let names = thread_names();
-    let closed_before = closed_by_client(&server);
-    let started = Instant::now();
-    churn(cycles, cycle);
-    let churned = started.elapsed();
-    assert_back_to(&server, baseline, &names);
-    assert_eq!(closed_by_client(&server) - closed_before, cycles as u64);
-    eprintln!(
-        "{cycles} cycles in {churned:?}, back to baseline {:?} later",
-        started.elapsed() - churned
-    );
+    churn_to_baseline(&server, cycles, cycle);
 }
 
 // ---------------------------------------------------------------------------
