@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamhub");
 
-struct Serve {
-    child: Child,
-    grpc_addr: String,
+pub(crate) struct Serve {
+    pub(crate) child: Child,
+    pub(crate) grpc_addr: String,
     /// Log lines after the "listening" one.
     logs: mpsc::Receiver<String>,
 }
@@ -34,7 +34,7 @@ fn lines_of(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Strin
     rx
 }
 
-fn serve(extra: &[&str]) -> Serve {
+pub(crate) fn serve(extra: &[&str]) -> Serve {
     serve_with_env(extra, &[])
 }
 

@@ -2,6 +2,7 @@
 //! One test binary (see STYLE.md); each area is a module.
 
 mod common;
+mod flood;
 mod grpc;
 mod process;
 mod python;
