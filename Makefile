@@ -8,6 +8,7 @@ DESTDIR ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV := .venv
 BIN := target/release/streamhub
+BENCH_BIN := target/release/streamhub-bench
 
 .PHONY: run test build deps test-deps apt-install py-deps fmt clippy install uninstall
 
@@ -47,13 +48,13 @@ py-deps: $(VENV)/.ready
 # One test at a time: several tests bound latencies, which a second test
 # hammering the same 2 cores would blur.
 test: deps test-deps py-deps
-	STREAMHUB_REQUIRE_BROWSER=1 $(CARGO) test --release -- --test-threads=1
+	STREAMHUB_REQUIRE_BROWSER=1 $(CARGO) test --release --workspace -- --test-threads=1
 
 fmt:
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
 
 clippy:
-	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 # Installs the binary, the systemd unit and the settings file. Honours
 # PREFIX (default /usr/local) and DESTDIR. An existing settings file is kept.
@@ -120,15 +121,16 @@ stress: deps
 BENCH_GRPC ?= 127.0.0.1:50151
 BENCH_HTTP ?= 127.0.0.1:18151
 bench: build
+	$(CARGO) build --release -p streamhub-tools
 	@$(BIN) serve --grpc-addr $(BENCH_GRPC) --http-addr $(BENCH_HTTP) \
 		--max-grpc-streams 20000 --max-sse-clients 20000 --max-http-connections 30000 \
 		>/dev/null 2>&1 & pid=$$!; \
 	trap "kill $$pid" EXIT; \
 	for i in $$(seq 100); do curl -sf http://$(BENCH_HTTP)/healthz >/dev/null && break; sleep 0.1; done; \
 	set -e; \
-	$(BIN) bench startup --runs 5; \
-	$(BIN) bench hold --protocol sse --sse-url 'http://$(BENCH_HTTP)/events?room={room}' --streams 1000 --duration-secs 2 --server-pid $$pid; \
-	$(BIN) bench hold --protocol grpc --server $(BENCH_GRPC) --streams 1000 --duration-secs 2 --server-pid $$pid; \
-	$(BIN) bench unary --server $(BENCH_GRPC) --duration-secs 5; \
-	$(BIN) bench fanout --protocol grpc --server $(BENCH_GRPC) --subscribers 1000 --publishers 4 --duration-secs 5; \
-	$(BIN) bench fanout --protocol sse --server $(BENCH_GRPC) --sse-url 'http://$(BENCH_HTTP)/events?room={room}' --subscribers 1000 --publishers 4 --duration-secs 5
+	$(BENCH_BIN) startup --runs 5; \
+	$(BENCH_BIN) hold --protocol sse --sse-url 'http://$(BENCH_HTTP)/events?room={room}' --streams 1000 --duration-secs 2 --server-pid $$pid; \
+	$(BENCH_BIN) hold --protocol grpc --server $(BENCH_GRPC) --streams 1000 --duration-secs 2 --server-pid $$pid; \
+	$(BENCH_BIN) unary --server $(BENCH_GRPC) --duration-secs 5; \
+	$(BENCH_BIN) fanout --protocol grpc --server $(BENCH_GRPC) --subscribers 1000 --publishers 4 --duration-secs 5; \
+	$(BENCH_BIN) fanout --protocol sse --server $(BENCH_GRPC) --sse-url 'http://$(BENCH_HTTP)/events?room={room}' --subscribers 1000 --publishers 4 --duration-secs 5

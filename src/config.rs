@@ -29,7 +29,9 @@ pub struct OptSpec {
     pub repeatable: bool,
 }
 
-const fn opt(
+/// An option with a value; the struct update syntax adds `switch` or
+/// `repeatable`.
+pub const fn opt(
     flag: &'static str,
     env: &'static str,
     default: &'static str,
@@ -205,37 +207,6 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
     },
 ];
 
-/// Options every client subcommand shares.
-pub const CLIENT_OPTIONS: &[OptSpec] = &[
-    opt(
-        "server",
-        "STREAMHUB_SERVER",
-        "127.0.0.1:50051",
-        "gRPC address of the streamhub server",
-    ),
-    opt("room", "", "default", "room to use"),
-    opt("user", "STREAMHUB_USER", "", "user name (default: $USER)"),
-    opt(
-        "timeout-secs",
-        "",
-        "10",
-        "deadline of unary calls and of connecting",
-    ),
-];
-
-/// Options of `streamhub metrics`.
-pub const METRICS_OPTIONS: &[OptSpec] = &[
-    opt(
-        "server",
-        "STREAMHUB_SERVER",
-        "127.0.0.1:50051",
-        "gRPC address of the streamhub server",
-    ),
-    opt("instance", "", "streamhub", "instance_id to ask for"),
-    opt("interval-secs", "", "1", "seconds between batches"),
-    opt("count", "", "0", "stop after this many metrics (0: never)"),
-];
-
 /// Where a value came from, for `--print-config`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -386,9 +357,9 @@ impl RawArgs {
     }
 }
 
-/// Writes a `--help` text for a subcommand from its table.
+/// Writes a `--help` text for a command (`streamhub serve`) from its table.
 pub fn usage(command: &str, summary: &str, args: &str, specs: &[OptSpec]) -> String {
-    let mut out = format!("{summary}\n\nUsage: streamhub {command} [OPTIONS]{args}\n\nOptions:\n");
+    let mut out = format!("{summary}\n\nUsage: {command} [OPTIONS]{args}\n\nOptions:\n");
     for s in specs {
         let value = if s.switch { "" } else { " <value>" };
         out.push_str(&format!("  --{}{value}\n      {}", s.flag, s.help));

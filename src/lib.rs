@@ -6,7 +6,6 @@
 //! [`App`] is the whole server: `main` starts it from a [`config::Config`]
 //! and stops it on a signal; the integration tests start it on port 0.
 
-pub mod bench;
 pub mod config;
 pub mod error;
 pub mod grpc;

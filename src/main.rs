@@ -6,12 +6,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod client;
+
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use streamhub::config::{self, Config, RawArgs, SERVE_OPTIONS};
 use streamhub::error::Error;
-use streamhub::grpc::client;
 use streamhub::systemd::{self, Notifier};
 use streamhub::App;
 
@@ -23,8 +24,6 @@ fn top_help() -> String {
     for (name, summary, _) in client::COMMANDS {
         out.push_str(&format!("  {name:<10} {summary}\n"));
     }
-    let bench = streamhub::bench::SUMMARY;
-    out.push_str(&format!("  {:<10} {bench}\n", "bench"));
     out.push_str("\nRun 'streamhub <COMMAND> --help' for the options of a command.\n");
     out
 }
@@ -34,7 +33,12 @@ fn serve(args: &[String]) -> Result<(), Error> {
     if raw.help {
         print!(
             "{}",
-            config::usage("serve", "Run the streamhub server.", "", SERVE_OPTIONS)
+            config::usage(
+                "streamhub serve",
+                "Run the streamhub server.",
+                "",
+                SERVE_OPTIONS
+            )
         );
         return Ok(());
     }
@@ -103,7 +107,9 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match command.as_str() {
         "serve" => serve(rest),
-        "bench" => streamhub::bench::run(rest),
+        "bench" => Err(Error::Config(
+            "the load tool is its own binary now: run 'streamhub-bench' (see BENCHMARKS.md)".into(),
+        )),
         "-h" | "--help" | "help" => {
             print!("{}", top_help());
             Ok(())

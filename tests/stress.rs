@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use grpcio::RpcStatusCode;
 use serde_json::Value;
-use streamhub::bench::fanout::{self, FanoutPlan, PublishVia};
-use streamhub::bench::grpc;
-use streamhub::bench::http::{parse_response_head, BodyFormat, HttpUrl};
-use streamhub::bench::proc::open_files_limit;
-use streamhub::bench::sse::{EventStream, OpenError};
 use streamhub::hub::{CloseReason, Draft};
+use streamhub_tools::fanout::{self, FanoutPlan, PublishVia};
+use streamhub_tools::grpc;
+use streamhub_tools::http::{parse_response_head, BodyFormat, HttpUrl};
+use streamhub_tools::proc::open_files_limit;
+use streamhub_tools::sse::{EventStream, OpenError};
 
 use crate::common::{self, next, status_code, subscribe, wait_until, Server};
 
@@ -652,11 +652,11 @@ fn a_flood_past_max_http_connections_gets_503_while_open_streams_get_everything(
 
 mod properties {
     use proptest::prelude::*;
-    use streamhub::bench::sse::EventParser;
     use streamhub::http::request::{parse_head, parse_query};
     use streamhub::http::routes::parse_publish;
     use streamhub::http::sse::{encode_message, parse_last_event_id, write_event, Event};
     use streamhub::hub::{normalize_room, Draft, Hub, HubConfig, MAX_ROOM_NAME, MAX_USER_NAME};
+    use streamhub_tools::sse::EventParser;
 
     /// What an event-stream client makes of a stream, split into reads at
     /// `cuts`: (last event id, type, data) per event.

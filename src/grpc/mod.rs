@@ -7,7 +7,6 @@
 //! its sink. Every sink is closed or failed explicitly: dropping one cancels
 //! the call.
 
-pub mod client;
 mod convert;
 mod driver;
 pub mod health;
@@ -33,7 +32,8 @@ use crate::metrics::{MetricsSampler, Telemetry};
 use crate::proto::chat;
 use crate::proto::services::{create_chat_service, ChatService};
 use crate::threads::Threads;
-use convert::{code_name, status, system_message};
+pub use convert::code_name;
+use convert::{status, system_message};
 use driver::{Driver, Interrupted, StreamSink, WriteError};
 
 /// Most messages written in one burst by a subscriber thread that finds a

@@ -1,4 +1,4 @@
-//! `bench fanout`: subscribers on one or more rooms, publishers sending to
+//! `streamhub-bench fanout`: subscribers on one or more rooms, publishers sending to
 //! them, and an exact account of what every subscriber received.
 //!
 //! Every message's content carries a [`Probe`]: run, publisher, sequence
@@ -33,9 +33,9 @@ use super::report::{row, Progress, Report};
 use super::sse::{EventStream, OpenError};
 use super::stats::{self, Histogram, LatencySummary, Probe, SeqTracker};
 use super::{grpc, secs};
-use crate::config::RawArgs;
-use crate::error::Error;
-use crate::proto::services::ChatServiceClient;
+use streamhub::config::RawArgs;
+use streamhub::error::Error;
+use streamhub::proto::services::ChatServiceClient;
 
 /// Subscribers connecting at once: a burst of thousands would overflow the
 /// server's accept backlog and wait out SYN retransmits.

@@ -1,4 +1,4 @@
-//! `streamhub bench`: a load tool that can be pointed at streamhub or at any
+//! `streamhub-bench`: a load tool that can be pointed at streamhub or at any
 //! server speaking `chat.ChatService` or Server-Sent Events.
 //!
 //! Scenarios:
@@ -35,8 +35,8 @@ pub mod unary;
 
 use std::time::Duration;
 
-use crate::config::{usage, OptSpec, RawArgs};
-use crate::error::Error;
+use streamhub::config::{usage, OptSpec, RawArgs};
+use streamhub::error::Error;
 
 const fn opt(flag: &'static str, default: &'static str, help: &'static str) -> OptSpec {
     OptSpec {
@@ -85,7 +85,7 @@ const STACK: OptSpec = opt(
     "stack of each subscriber and publisher thread of the load tool",
 );
 
-/// Options of `streamhub bench unary`.
+/// Options of `streamhub-bench unary`.
 pub const UNARY_OPTIONS: &[OptSpec] = &[
     SERVER,
     opt("connections", "4", "HTTP/2 connections"),
@@ -110,7 +110,7 @@ pub const UNARY_OPTIONS: &[OptSpec] = &[
     QUIET,
 ];
 
-/// Options of `streamhub bench fanout`.
+/// Options of `streamhub-bench fanout`.
 pub const FANOUT_OPTIONS: &[OptSpec] = &[
     PROTOCOL,
     SERVER,
@@ -177,7 +177,7 @@ pub const FANOUT_OPTIONS: &[OptSpec] = &[
     QUIET,
 ];
 
-/// Options of `streamhub bench hold`.
+/// Options of `streamhub-bench hold`.
 pub const HOLD_OPTIONS: &[OptSpec] = &[
     PROTOCOL,
     SERVER,
@@ -202,7 +202,7 @@ pub const HOLD_OPTIONS: &[OptSpec] = &[
     QUIET,
 ];
 
-/// Options of `streamhub bench startup`.
+/// Options of `streamhub-bench startup`.
 pub const STARTUP_OPTIONS: &[OptSpec] = &[
     opt(
         "binary",
@@ -222,7 +222,7 @@ pub const STARTUP_OPTIONS: &[OptSpec] = &[
     JSON,
 ];
 
-/// Options of `streamhub bench grpc-body`.
+/// Options of `streamhub-bench grpc-body`.
 pub const GRPC_BODY_OPTIONS: &[OptSpec] = &[
     opt("out", "", "file to write (required)"),
     opt("size", "100", "content bytes"),
@@ -265,19 +265,19 @@ pub const SUMMARY: &str = "load-test a server: unary, fanout, hold, startup";
 fn help() -> String {
     let mut out = String::from(
         "Measure a server that speaks chat.ChatService or Server-Sent Events.\n\n\
-         Usage: streamhub bench <SCENARIO> [OPTIONS]\n\nScenarios:\n",
+         Usage: streamhub-bench <SCENARIO> [OPTIONS]\n\nScenarios:\n",
     );
     for (name, summary, _) in SCENARIOS {
         out.push_str(&format!("  {name:<10} {summary}\n"));
     }
     out.push_str(
-        "\nRun 'streamhub bench <SCENARIO> --help' for its options.\n\
+        "\nRun 'streamhub-bench <SCENARIO> --help' for its options.\n\
          Many streams need many file descriptors: run 'ulimit -n 65536' first.\n",
     );
     out
 }
 
-/// Runs `streamhub bench <args>`.
+/// Runs `streamhub-bench <args>`.
 pub fn run(args: &[String]) -> Result<(), Error> {
     let Some(scenario) = args.first() else {
         print!("{}", help());
@@ -289,12 +289,15 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     }
     let Some((name, summary, specs)) = SCENARIOS.iter().find(|(n, _, _)| n == scenario) else {
         return Err(Error::Config(format!(
-            "unknown scenario '{scenario}' (see 'streamhub bench --help')"
+            "unknown scenario '{scenario}' (see 'streamhub-bench --help')"
         )));
     };
     let raw = RawArgs::parse(specs, &args[1..], |_| None)?;
     if raw.help {
-        print!("{}", usage(&format!("bench {name}"), summary, "", specs));
+        print!(
+            "{}",
+            usage(&format!("streamhub-bench {name}"), summary, "", specs)
+        );
         return Ok(());
     }
     if let Some(extra) = raw.positional.first() {
@@ -384,8 +387,8 @@ mod tests {
     #[test]
     fn every_scenario_has_help_and_valid_defaults() {
         for (name, summary, specs) in SCENARIOS {
-            let text = usage(&format!("bench {name}"), summary, "", specs);
-            assert!(text.contains(&format!("streamhub bench {name}")));
+            let text = usage(&format!("streamhub-bench {name}"), summary, "", specs);
+            assert!(text.contains(&format!("streamhub-bench {name}")));
             let raw = RawArgs::parse(specs, &[], |_| None).unwrap();
             let ok = match *name {
                 "unary" => unary::UnaryPlan::from_raw(&raw).is_ok(),

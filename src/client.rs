@@ -1,6 +1,10 @@
 //! The command-line clients (`send`, `subscribe`, `upload`, `chat`,
 //! `metrics`): the same five calls the reference client makes, against any
 //! server that speaks `chat.ChatService`.
+//!
+//! A module of the `streamhub` binary, not of the server library: users run
+//! `streamhub send ...` from the one binary they installed, and the
+//! library (what the server is made of) carries no client code.
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
@@ -9,10 +13,41 @@ use futures_executor::block_on;
 use futures_util::{SinkExt, StreamExt};
 use grpcio::{CallOption, ChannelBuilder, EnvBuilder, WriteFlags};
 
-use crate::config::{usage, RawArgs, CLIENT_OPTIONS, METRICS_OPTIONS};
-use crate::error::Error;
-use crate::proto::chat;
-use crate::proto::services::ChatServiceClient;
+use streamhub::config::{opt, usage, OptSpec, RawArgs};
+use streamhub::error::Error;
+use streamhub::proto::chat;
+use streamhub::proto::services::ChatServiceClient;
+
+/// Options every client subcommand shares.
+pub const CLIENT_OPTIONS: &[OptSpec] = &[
+    opt(
+        "server",
+        "STREAMHUB_SERVER",
+        "127.0.0.1:50051",
+        "gRPC address of the streamhub server",
+    ),
+    opt("room", "", "default", "room to use"),
+    opt("user", "STREAMHUB_USER", "", "user name (default: $USER)"),
+    opt(
+        "timeout-secs",
+        "",
+        "10",
+        "deadline of unary calls and of connecting",
+    ),
+];
+
+/// Options of `streamhub metrics`.
+pub const METRICS_OPTIONS: &[OptSpec] = &[
+    opt(
+        "server",
+        "STREAMHUB_SERVER",
+        "127.0.0.1:50051",
+        "gRPC address of the streamhub server",
+    ),
+    opt("instance", "", "streamhub", "instance_id to ask for"),
+    opt("interval-secs", "", "1", "seconds between batches"),
+    opt("count", "", "0", "stop after this many metrics (0: never)"),
+];
 
 /// One-line summaries of the client subcommands, for the top-level help.
 pub const COMMANDS: &[(&str, &str, &str)] = &[
@@ -43,7 +78,7 @@ fn failure(what: &str, e: grpcio::Error) -> Error {
     match e {
         grpcio::Error::RpcFailure(s) => Error::Io(format!(
             "{what}: {} {}",
-            super::convert::code_name(s.code()),
+            streamhub::grpc::code_name(s.code()),
             s.message()
         )),
         other => Error::Io(format!("{what}: {other}")),
@@ -91,7 +126,10 @@ pub fn run(command: &str, args: &[String]) -> Result<bool, Error> {
     };
     let raw = RawArgs::parse(specs, args, |k| std::env::var(k).ok())?;
     if raw.help {
-        print!("{}", usage(command, summary, positional, specs));
+        print!(
+            "{}",
+            usage(&format!("streamhub {command}"), summary, positional, specs)
+        );
         return Ok(true);
     }
     let client = connect(&raw.string("server"));

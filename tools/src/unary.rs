@@ -1,4 +1,4 @@
-//! `bench unary`: SendMessage as fast as the server answers, with a fixed
+//! `streamhub-bench unary`: SendMessage as fast as the server answers, with a fixed
 //! number of calls in flight spread over N connections (like `h2load -c N
 //! -m M`). One thread per connection keeps its share of calls in flight
 //! with grpcio's asynchronous calls, so the tool needs no thread per call.
@@ -17,10 +17,10 @@ use super::proc::Usage;
 use super::report::{row, Progress, Report};
 use super::stats::{self, Histogram};
 use super::{grpc, secs};
-use crate::config::RawArgs;
-use crate::error::Error;
-use crate::proto::chat;
-use crate::proto::services::ChatServiceClient;
+use streamhub::config::RawArgs;
+use streamhub::error::Error;
+use streamhub::proto::chat;
+use streamhub::proto::services::ChatServiceClient;
 
 /// What to run.
 #[derive(Clone, Debug)]

@@ -1,4 +1,4 @@
-//! `bench hold`: opens N idle streams, keeps them open for a while, and
+//! `streamhub-bench hold`: opens N idle streams, keeps them open for a while, and
 //! (with `--server-pid`) reads what they cost the server: resident memory,
 //! threads and open files before, while held, and after closing.
 //!
@@ -21,10 +21,10 @@ use super::report::{row, Progress, Report};
 use super::sse::{EventStream, OpenError};
 use super::stats;
 use super::{grpc, secs};
-use crate::config::RawArgs;
-use crate::error::Error;
-use crate::proto::chat;
-use crate::proto::services::ChatServiceClient;
+use streamhub::config::RawArgs;
+use streamhub::error::Error;
+use streamhub::proto::chat;
+use streamhub::proto::services::ChatServiceClient;
 
 /// Longest wait for the server to release closed streams.
 const RELEASE_LIMIT: Duration = Duration::from_secs(40);

@@ -1,4 +1,4 @@
-//! `bench startup`: how long a streamhub binary takes from `exec` to ready,
+//! `streamhub-bench startup`: how long a streamhub binary takes from `exec` to ready,
 //! and what it costs idle. Ready means what systemd is told: the binary
 //! sends `READY=1` to `$NOTIFY_SOCKET` once both ports accept connections,
 //! so this runs it with `NOTIFY_SOCKET` pointing at a socket of ours.
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use super::proc::Footprint;
 use super::report::{row, Report};
 use super::stats;
-use crate::config::RawArgs;
-use crate::error::Error;
+use streamhub::config::RawArgs;
+use streamhub::error::Error;
 
 /// What to run.
 #[derive(Clone, Debug)]

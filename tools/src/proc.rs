@@ -1,11 +1,11 @@
 //! What `/proc` says about another process (the server under test): its
 //! resident memory, threads and open files (through
-//! [`crate::metrics::ProcessSample::of`]), and its CPU time and context
+//! [`streamhub::metrics::ProcessSample::of`]), and its CPU time and context
 //! switches.
 
 use std::time::{Duration, Instant};
 
-use crate::metrics::{parse_stat_cpu_ticks, ProcessSample};
+use streamhub::metrics::{parse_stat_cpu_ticks, ProcessSample};
 
 /// One reading of a process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

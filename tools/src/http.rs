@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::error::Error;
+use streamhub::error::Error;
 
 /// Most bytes of a response head the client accepts.
 const MAX_HEAD: usize = 64 * 1024;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use grpcio::{ChannelBuilder, EnvBuilder, Environment};
 
-use crate::proto::chat;
-use crate::proto::services::ChatServiceClient;
+use streamhub::proto::chat;
+use streamhub::proto::services::ChatServiceClient;
 
 /// The client side of grpcio: completion-queue threads that do the HTTP/2
 /// work for every channel made from it.
