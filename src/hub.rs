@@ -32,6 +32,22 @@ pub const DEFAULT_ROOM: &str = "default";
 pub const MAX_ROOM_NAME: usize = 64;
 /// Longest accepted user name, in bytes.
 pub const MAX_USER_NAME: usize = 256;
+/// What every stream's last notice and every refusal during shutdown say.
+pub const SHUTDOWN_NOTICE: &str = "server shutting down";
+/// Most messages a stream thread takes from its queue for one write: bounds
+/// the time between its checks for cancellation and close reasons.
+pub const MAX_BURST: usize = 256;
+
+/// The user-name rule of every front door (empty is allowed here; a
+/// publisher must name one, see [`Hub::validate`]).
+pub fn check_user(user: &str) -> Result<(), Error> {
+    if user.len() > MAX_USER_NAME {
+        return Err(Error::InvalidArgument(format!(
+            "user is longer than {MAX_USER_NAME} bytes"
+        )));
+    }
+    Ok(())
+}
 
 /// What kind of message this is; the values match `chat.MessageType`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -364,11 +380,7 @@ impl Hub {
         if draft.user.is_empty() {
             return Err(Error::InvalidArgument("user is required".into()));
         }
-        if draft.user.len() > MAX_USER_NAME {
-            return Err(Error::InvalidArgument(format!(
-                "user is longer than {MAX_USER_NAME} bytes"
-            )));
-        }
+        check_user(&draft.user)?;
         if draft.content.is_empty() {
             return Err(Error::InvalidArgument("content is required".into()));
         }
@@ -526,6 +538,17 @@ impl Hub {
         }
     }
 
+    /// Announces `user` in `room` (JOIN now, LEAVE when the guard drops),
+    /// for a stream that opened with a user name; without one, nothing.
+    pub fn presence(self: &Arc<Self>, room: &str, user: &str) -> Presence {
+        self.announce(room, user, MessageKind::Join);
+        Presence {
+            hub: self.clone(),
+            room: room.to_string(),
+            user: user.to_string(),
+        }
+    }
+
     /// Registers a subscriber on `room` ("" means the default room). With
     /// `after_seq`, the retained messages with a larger sequence come back in
     /// the [`Replay`]; registration and the replay cut happen under one lock,
@@ -538,7 +561,7 @@ impl Hub {
     ) -> Result<(Subscription, Replay), Error> {
         let name = normalize_room(room)?;
         if self.closing.load(Ordering::Acquire) {
-            return Err(Error::Unavailable("server shutting down".into()));
+            return Err(Error::Unavailable(SHUTDOWN_NOTICE.into()));
         }
         // The queue is bounded by `publish` (see there), not by the channel:
         // a crossbeam `bounded` channel allocates every slot up front, 16 KiB
@@ -655,6 +678,22 @@ impl Hub {
             retained: r.history.len() as u64,
             last_seq: r.last_seq,
         })
+    }
+}
+
+/// A stream's presence in a room: JOIN was announced when it was made, LEAVE
+/// is announced when it drops (after the stream's last write, so the LEAVE
+/// is the last thing the room hears of it).
+pub struct Presence {
+    hub: Arc<Hub>,
+    room: String,
+    user: String,
+}
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        self.hub
+            .announce(&self.room, &self.user, MessageKind::Leave);
     }
 }
 

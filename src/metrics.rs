@@ -23,8 +23,6 @@ pub struct Telemetry {
     grpc_calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// HTTP responses by status code.
     http_responses: Mutex<BTreeMap<u16, u64>>,
-    /// Open HTTP connections.
-    pub http_connections: AtomicU64,
 }
 
 impl Telemetry {
@@ -119,6 +117,18 @@ pub fn parse_statm_resident(statm: &str) -> Option<u64> {
     Some(pages * PAGE)
 }
 
+/// The interval rule of both metrics streams (StreamMetrics and
+/// `/metrics/events`): 0 means the default of one second, at most an hour.
+pub fn stream_interval(seconds: i64) -> Result<Duration, crate::error::Error> {
+    match seconds {
+        0 => Ok(Duration::from_secs(1)),
+        n @ 1..=3600 => Ok(Duration::from_secs(n as u64)),
+        n => Err(crate::error::Error::InvalidArgument(format!(
+            "interval_seconds must be a whole number from 0 to 3600, got {n}"
+        ))),
+    }
+}
+
 /// One named measurement.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Measurement {
@@ -182,6 +192,16 @@ impl MetricsSampler {
 mod tests {
     use super::*;
     use crate::hub::HubConfig;
+
+    #[test]
+    fn stream_interval_defaults_zero_and_caps_at_an_hour() {
+        assert_eq!(stream_interval(0), Ok(Duration::from_secs(1)));
+        assert_eq!(stream_interval(3600), Ok(Duration::from_secs(3600)));
+        for bad in [-1, 3601] {
+            let e = stream_interval(bad).unwrap_err().to_string();
+            assert!(e.starts_with("interval_seconds must be"), "{e}");
+        }
+    }
 
     #[test]
     fn parses_proc_files() {

@@ -6,8 +6,9 @@
 //! [`Threads::wait_idle`] until every tracked thread has returned.
 
 use std::collections::HashMap;
+use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -84,6 +85,37 @@ impl Threads {
         // takes the entry out of the live set again.
     }
 
+    /// Runs `body(payload)` on a new thread called `name`. If no thread can
+    /// be started, the payload comes back with the error, so that what it
+    /// holds (a connection, a call) can still be answered.
+    pub fn spawn_with<T, F>(
+        &self,
+        name: String,
+        stack: Option<usize>,
+        payload: T,
+        body: F,
+    ) -> Result<(), (T, io::Error)>
+    where
+        T: Send + 'static,
+        F: FnOnce(T) + Send + 'static,
+    {
+        let slot = Arc::new(Mutex::new(Some(payload)));
+        let thread_slot = slot.clone();
+        let spawned = self.spawn(name, stack, move || {
+            if let Some(payload) = thread_slot.lock().take() {
+                body(payload);
+            }
+        });
+        match spawned {
+            Ok(_) => Ok(()),
+            Err(e) => match slot.lock().take() {
+                Some(payload) => Err((payload, e)),
+                // Unreachable: a thread that never started took nothing.
+                None => Ok(()),
+            },
+        }
+    }
+
     /// How many tracked threads are running now.
     pub fn live(&self) -> usize {
         self.inner.live.lock().len()
@@ -109,6 +141,47 @@ impl Threads {
     }
 }
 
+/// A count of things open now (streams, connections, service threads),
+/// taken against a limit. Each [`Permit`] holds one until dropped.
+#[derive(Debug, Default)]
+pub struct Slots {
+    open: AtomicUsize,
+}
+
+/// One slot of a [`Slots`], given back on drop.
+#[derive(Debug)]
+pub struct Permit(Arc<Slots>);
+
+impl Slots {
+    pub fn new() -> Arc<Slots> {
+        Arc::default()
+    }
+
+    /// How many permits are held now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// A permit if fewer than `limit` are held.
+    pub fn take(self: &Arc<Self>, limit: usize) -> Option<Permit> {
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        let permit = Permit(self.clone());
+        (before < limit).then_some(permit)
+    }
+
+    /// A permit whatever the count (for what is only counted, not capped).
+    pub fn hold(self: &Arc<Self>) -> Permit {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Permit(self.clone())
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +196,35 @@ mod tests {
         let left = threads.wait_idle(Instant::now() + Duration::from_secs(5));
         assert!(left.is_empty());
         assert_eq!(threads.live(), 0);
+    }
+
+    #[test]
+    fn permits_are_capped_and_given_back_on_drop() {
+        let slots = Slots::new();
+        let a = slots.take(2).unwrap();
+        let b = slots.take(2).unwrap();
+        assert!(slots.take(2).is_none(), "a third is over the limit");
+        assert_eq!(slots.open(), 2, "a refused take holds nothing");
+        drop(a);
+        let _c = slots.take(2).unwrap();
+        let _d = slots.hold();
+        assert_eq!(slots.open(), 3);
+        drop(b);
+        assert_eq!(slots.open(), 2);
+    }
+
+    #[test]
+    fn spawn_with_hands_the_payload_to_the_thread() {
+        let threads = Threads::new();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        threads
+            .spawn_with("with".into(), None, 42, move |n| tx.send(n).unwrap())
+            .map_err(|(_, e)| e)
+            .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(42));
+        // A stack no system can give: the payload comes back.
+        let refused = threads.spawn_with("huge".into(), Some(usize::MAX / 2), 7, |_| {});
+        assert_eq!(refused.map_err(|(n, _)| n), Err(7));
     }
 
     #[test]

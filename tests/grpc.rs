@@ -623,3 +623,42 @@ fn cancelled_metrics_chat_and_upload_streams_end_their_threads() {
         server.app.stream_threads()
     );
 }
+
+#[test]
+fn chat_participant_joins_the_room_before_their_first_message() {
+    let server = common::start();
+    let client = server.client();
+    let mut watcher = subscribe(&client, "order", "watcher");
+    let (mut tx, mut rx) = client.chat_opt(opt()).unwrap();
+    for i in 1..=2 {
+        block_on(tx.send((
+            chat_message("", "order", "charlie", &format!("message #{i}")),
+            WriteFlags::default(),
+        )))
+        .unwrap();
+        block_on(rx.next()).unwrap().unwrap();
+    }
+    block_on(tx.close()).unwrap();
+    let _ = block_on(rx.collect::<Vec<_>>());
+    let seen: Vec<(chat::MessageType, String)> = (0..4)
+        .map(|_| {
+            let m = next(&mut watcher).unwrap();
+            (m.type_.enum_value_or_default(), m.content)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                chat::MessageType::JOIN,
+                "charlie joined the room".to_string()
+            ),
+            (chat::MessageType::CHAT, "message #1".to_string()),
+            (chat::MessageType::CHAT, "message #2".to_string()),
+            (
+                chat::MessageType::LEAVE,
+                "charlie left the room".to_string()
+            ),
+        ]
+    );
+}

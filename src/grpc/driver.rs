@@ -165,21 +165,36 @@ impl Driver {
     }
 }
 
-/// The two server-side streaming sinks, closed or failed the same way.
-pub trait StreamSink<T>: Sink<(T, WriteFlags), Error = grpcio::Error> + Unpin + Sized {
+/// Every sink a streaming call answers through can end the call with a
+/// status: how a call that cannot start is refused.
+pub trait FailSink: Sized {
     type Failure: Future<Output = grpcio::Result<()>> + Unpin + Send + 'static;
     fn fail_with(self, status: RpcStatus) -> Self::Failure;
 }
 
-impl<T> StreamSink<T> for grpcio::ServerStreamingSink<T> {
+/// The two server-side streaming sinks, closed or failed the same way.
+pub trait StreamSink<T>: Sink<(T, WriteFlags), Error = grpcio::Error> + Unpin + FailSink {}
+
+impl<T> FailSink for grpcio::ServerStreamingSink<T> {
     type Failure = grpcio::ServerStreamingSinkFailure;
     fn fail_with(self, status: RpcStatus) -> Self::Failure {
         self.fail(status)
     }
 }
 
-impl<T> StreamSink<T> for grpcio::DuplexSink<T> {
+impl<T> StreamSink<T> for grpcio::ServerStreamingSink<T> {}
+
+impl<T> FailSink for grpcio::DuplexSink<T> {
     type Failure = grpcio::DuplexSinkFailure;
+    fn fail_with(self, status: RpcStatus) -> Self::Failure {
+        self.fail(status)
+    }
+}
+
+impl<T> StreamSink<T> for grpcio::DuplexSink<T> {}
+
+impl<T> FailSink for grpcio::ClientStreamingSink<T> {
+    type Failure = grpcio::ClientStreamingSinkResult;
     fn fail_with(self, status: RpcStatus) -> Self::Failure {
         self.fail(status)
     }

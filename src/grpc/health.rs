@@ -9,7 +9,8 @@ use grpcio::{RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, UnarySin
 use parking_lot::Mutex;
 
 use super::driver::Driver;
-use super::{refuse, Shared};
+use super::Shared;
+use crate::hub::SHUTDOWN_NOTICE;
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use crate::proto::services::health::Health;
@@ -101,23 +102,19 @@ impl Health for HealthService {
         req: HealthCheckRequest,
         sink: ServerStreamingSink<HealthCheckResponse>,
     ) {
-        const METHOD: &str = "Health.Watch";
-        let shared = self.shared.clone();
         // Watching goes on through shutdown (that is its point), so it takes
         // a stream slot but is not refused once stopping began.
-        let permit = match shared.open_stream_any_time() {
-            Ok(p) => p,
-            Err(e) => return refuse(&ctx, &shared, METHOD, sink, &e),
-        };
-        let changes = shared.health.watch();
-        let thread_shared = shared.clone();
-        let spawned = shared.spawn_stream("health", (sink, permit), move |(sink, permit)| {
-            run_watch(&thread_shared, req.service, changes, sink);
-            drop(permit);
-        });
-        if let Err(((sink, _), e)) = spawned {
-            refuse(&ctx, &shared, METHOD, sink, &e);
-        }
+        let permit = self.shared.open_stream_any_time();
+        let changes = self.shared.health.watch();
+        self.shared.start_stream_with(
+            permit,
+            &ctx,
+            "Health.Watch",
+            "health",
+            sink,
+            || Ok(changes),
+            move |shared, sink, changes| run_watch(shared, req.service, changes, sink),
+        );
     }
 }
 
@@ -147,7 +144,7 @@ fn run_watch(
         if now == ServingStatus::NOT_SERVING {
             driver.close_with(
                 sink,
-                RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, "server shutting down".into()),
+                RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, SHUTDOWN_NOTICE.into()),
                 timeout,
             );
             break RpcStatusCode::UNAVAILABLE;

@@ -13,7 +13,7 @@ pub mod health;
 pub mod reflection;
 pub mod wire;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -27,18 +27,17 @@ use grpcio::{
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::hub::{CloseReason, Draft, Hub, MessageKind, Protocol, Subscription};
-use crate::metrics::{MetricsSampler, Telemetry};
+use crate::hub::{
+    CloseReason, Draft, Hub, Presence, Protocol, Subscription, MAX_BURST, SHUTDOWN_NOTICE,
+};
+use crate::metrics::{stream_interval, MetricsSampler, Telemetry};
 use crate::proto::chat;
 use crate::proto::services::{create_chat_service, ChatService};
-use crate::threads::Threads;
+use crate::threads::{Permit, Slots, Threads};
 pub use convert::code_name;
 use convert::{status, system_message};
-use driver::{Driver, Interrupted, StreamSink, WriteError};
+use driver::{Driver, FailSink, Interrupted, StreamSink, WriteError};
 
-/// Most messages written in one burst by a subscriber thread that finds a
-/// backlog: bounds the time between checks for cancellation.
-const MAX_BURST: usize = 256;
 /// Extra room above the content limit for the other fields of a message.
 const ENVELOPE_BYTES: usize = 64 * 1024;
 
@@ -48,20 +47,12 @@ struct Shared {
     telemetry: Arc<Telemetry>,
     threads: Threads,
     config: Config,
-    open_streams: AtomicUsize,
+    /// Streaming calls open now, against `--max-grpc-streams`.
+    open_streams: Arc<Slots>,
     next_stream: AtomicU64,
     /// Disconnects when shutdown begins.
     stopping: Receiver<()>,
     health: Arc<health::HealthState>,
-}
-
-/// Holds one slot of `--max-grpc-streams` while a stream runs.
-struct StreamPermit(Arc<Shared>);
-
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        self.0.open_streams.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl Shared {
@@ -73,54 +64,77 @@ impl Shared {
     }
 
     /// Takes a stream slot, or says why not.
-    fn open_stream(self: &Arc<Self>) -> Result<StreamPermit, Error> {
+    fn open_stream(&self) -> Result<Permit, Error> {
         if self.is_stopping() {
-            return Err(Error::Unavailable("server shutting down".into()));
+            return Err(Error::Unavailable(SHUTDOWN_NOTICE.into()));
         }
         self.open_stream_any_time()
     }
 
     /// Takes a stream slot even while stopping (health watches).
-    fn open_stream_any_time(self: &Arc<Self>) -> Result<StreamPermit, Error> {
-        let open = self.open_streams.fetch_add(1, Ordering::AcqRel);
-        let permit = StreamPermit(self.clone());
-        if open >= self.config.max_grpc_streams {
-            return Err(Error::ResourceExhausted(format!(
-                "too many concurrent streams (limit {})",
-                self.config.max_grpc_streams
-            )));
-        }
-        Ok(permit)
+    fn open_stream_any_time(&self) -> Result<Permit, Error> {
+        let limit = self.config.max_grpc_streams;
+        self.open_streams.take(limit).ok_or_else(|| {
+            Error::ResourceExhausted(format!("too many concurrent streams (limit {limit})"))
+        })
     }
 
-    /// Runs `body(payload)` on a new named stream thread (`grpc-KIND-N`).
-    /// If no thread can be started, the payload (holding the sink) comes
-    /// back with the error, so the call can be failed properly.
-    fn spawn_stream<T: Send + 'static>(
-        &self,
+    /// The one way a streaming call starts: a slot of `--max-grpc-streams`,
+    /// then `prepare` (validation, subscribing), then a named thread
+    /// (`grpc-KIND-N`) that owns the call and its sink for its lifetime.
+    /// Whatever fails on the way answers the call with its status, counted
+    /// and logged.
+    fn start_stream<S, P>(
+        self: &Arc<Self>,
+        ctx: &RpcContext,
+        method: &'static str,
         kind: &str,
-        payload: T,
-        body: impl FnOnce(T) + Send + 'static,
-    ) -> Result<(), (T, Error)> {
+        sink: S,
+        prepare: impl FnOnce() -> Result<P, Error>,
+        body: impl FnOnce(&Shared, S, P) + Send + 'static,
+    ) where
+        S: FailSink + Send + 'static,
+        P: Send + 'static,
+    {
+        let permit = self.open_stream();
+        self.start_stream_with(permit, ctx, method, kind, sink, prepare, body)
+    }
+
+    /// [`Shared::start_stream`] with the slot already asked for (health
+    /// watches take theirs even while stopping).
+    #[allow(clippy::too_many_arguments)]
+    fn start_stream_with<S, P>(
+        self: &Arc<Self>,
+        permit: Result<Permit, Error>,
+        ctx: &RpcContext,
+        method: &'static str,
+        kind: &str,
+        sink: S,
+        prepare: impl FnOnce() -> Result<P, Error>,
+        body: impl FnOnce(&Shared, S, P) + Send + 'static,
+    ) where
+        S: FailSink + Send + 'static,
+        P: Send + 'static,
+    {
+        let started = permit.and_then(|permit| Ok((permit, prepare()?)));
+        let (permit, prepared) = match started {
+            Ok(v) => v,
+            Err(e) => return refuse(ctx, self, method, sink, &e),
+        };
         let n = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(parking_lot::Mutex::new(Some(payload)));
-        let thread_slot = slot.clone();
-        let spawned = self.threads.spawn(
+        let shared = self.clone();
+        let spawned = self.threads.spawn_with(
             format!("grpc-{kind}-{n}"),
             Some(self.config.stream_stack_bytes),
-            move || {
-                if let Some(payload) = thread_slot.lock().take() {
-                    body(payload);
-                }
+            (sink, prepared, permit),
+            move |(sink, prepared, permit)| {
+                body(&shared, sink, prepared);
+                drop(permit);
             },
         );
-        match spawned {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let payload = slot.lock().take().expect("the thread never ran");
-                let e = Error::ResourceExhausted(format!("cannot start a stream thread: {e}"));
-                Err((payload, e))
-            }
+        if let Err(((sink, _, _), e)) = spawned {
+            let e = Error::ResourceExhausted(format!("cannot start a stream thread: {e}"));
+            refuse(ctx, self, method, sink, &e);
         }
     }
 
@@ -185,7 +199,7 @@ impl GrpcServer {
             telemetry,
             threads,
             config: config.clone(),
-            open_streams: AtomicUsize::new(0),
+            open_streams: Slots::new(),
             next_stream: AtomicU64::new(1),
             stopping,
             health: Arc::default(),
@@ -232,11 +246,6 @@ impl GrpcServer {
         self.shared.health.set_not_serving();
     }
 
-    /// Streaming calls open now.
-    pub fn open_streams(&self) -> usize {
-        self.shared.open_streams.load(Ordering::Acquire)
-    }
-
     /// Cancels what is left and stops the server. Call after the stream
     /// threads had their chance to say goodbye.
     pub fn stop(mut self, timeout: Duration) {
@@ -264,7 +273,7 @@ struct ChatServiceImpl {
 }
 
 /// Answers a streaming call that could not start.
-fn refuse<T, S: StreamSink<T> + Send + 'static>(
+fn refuse<S: FailSink>(
     ctx: &RpcContext,
     shared: &Shared,
     method: &'static str,
@@ -314,27 +323,18 @@ impl ChatService for ChatServiceImpl {
         req: chat::SubscribeRequest,
         sink: ServerStreamingSink<wire::Outbound>,
     ) {
-        const METHOD: &str = "SubscribeMessages";
-        let shared = self.shared.clone();
-        let started = shared.open_stream().and_then(|permit| {
-            let (sub, _) = shared.hub.subscribe(&req.room, None, Protocol::Grpc)?;
-            Ok((permit, sub))
-        });
-        let (permit, sub) = match started {
-            Ok(v) => v,
-            Err(e) => return refuse(&ctx, &shared, METHOD, sink, &e),
-        };
-        let peer = ctx.peer();
-        let deadline = ctx.deadline();
-        let user = req.user;
-        let thread_shared = shared.clone();
-        let spawned = shared.spawn_stream("sub", (sink, permit), move |(sink, permit)| {
-            run_subscriber(&thread_shared, sub, user, sink, peer, deadline);
-            drop(permit);
-        });
-        if let Err(((sink, _), e)) = spawned {
-            refuse(&ctx, &shared, METHOD, sink, &e);
-        }
+        let (peer, deadline) = (ctx.peer(), ctx.deadline());
+        let hub = self.shared.hub.clone();
+        self.shared.start_stream(
+            &ctx,
+            "SubscribeMessages",
+            "sub",
+            sink,
+            move || Ok((hub.subscribe(&req.room, None, Protocol::Grpc)?.0, req.user)),
+            move |shared, sink, (sub, user)| {
+                run_subscriber(shared, sub, user, sink, peer, deadline)
+            },
+        );
     }
 
     fn upload_messages(
@@ -343,34 +343,14 @@ impl ChatService for ChatServiceImpl {
         stream: RequestStream<chat::Message>,
         sink: ClientStreamingSink<chat::UploadResponse>,
     ) {
-        let shared = self.shared.clone();
-        let permit = match shared.open_stream() {
-            Ok(p) => p,
-            Err(e) => {
-                let st = status(&e);
-                shared.done("UploadMessages", st.code());
-                let f = sink.fail(st);
-                ctx.spawn(async move {
-                    let _ = f.await;
-                });
-                return;
-            }
-        };
-        let thread_shared = shared.clone();
-        let spawned = shared.spawn_stream(
+        self.shared.start_stream(
+            &ctx,
+            "UploadMessages",
             "upload",
-            (stream, sink, permit),
-            move |(stream, sink, permit)| {
-                run_upload(&thread_shared, stream, sink);
-                drop(permit);
-            },
+            sink,
+            || Ok(stream),
+            |shared, sink, stream| run_upload(shared, stream, sink),
         );
-        if let Err(((_, sink, _), e)) = spawned {
-            let f = sink.fail(status(&e));
-            ctx.spawn(async move {
-                let _ = f.await;
-            });
-        }
     }
 
     fn chat(
@@ -379,25 +359,15 @@ impl ChatService for ChatServiceImpl {
         stream: RequestStream<chat::Message>,
         sink: DuplexSink<chat::Message>,
     ) {
-        const METHOD: &str = "Chat";
-        let shared = self.shared.clone();
-        let permit = match shared.open_stream() {
-            Ok(p) => p,
-            Err(e) => return refuse(&ctx, &shared, METHOD, sink, &e),
-        };
         let peer = ctx.peer();
-        let thread_shared = shared.clone();
-        let spawned = shared.spawn_stream(
+        self.shared.start_stream(
+            &ctx,
+            "Chat",
             "chat",
-            (stream, sink, permit),
-            move |(stream, sink, permit)| {
-                run_chat(&thread_shared, stream, sink, peer);
-                drop(permit);
-            },
+            sink,
+            || Ok(stream),
+            move |shared, sink, stream| run_chat(shared, stream, sink, peer),
         );
-        if let Err(((_, sink, _), e)) = spawned {
-            refuse(&ctx, &shared, METHOD, sink, &e);
-        }
     }
 
     fn stream_metrics(
@@ -406,30 +376,19 @@ impl ChatService for ChatServiceImpl {
         req: chat::MetricsRequest,
         sink: ServerStreamingSink<chat::Metric>,
     ) {
-        const METHOD: &str = "StreamMetrics";
-        let shared = self.shared.clone();
-        let interval = match req.interval_seconds {
-            0 => Ok(1),
-            n @ 1..=3600 => Ok(n as u64),
-            n => Err(Error::InvalidArgument(format!(
-                "interval_seconds must be between 0 and 3600, got {n}"
-            ))),
-        };
-        let started = interval.and_then(|i| Ok((i, shared.open_stream()?)));
-        let (interval, permit) = match started {
-            Ok(v) => v,
-            Err(e) => return refuse(&ctx, &shared, METHOD, sink, &e),
-        };
-        let thread_shared = shared.clone();
-        let instance = req.instance_id;
-        let interval = Duration::from_secs(interval);
-        let spawned = shared.spawn_stream("metrics", (sink, permit), move |(sink, permit)| {
-            run_metrics(&thread_shared, instance, interval, sink);
-            drop(permit);
-        });
-        if let Err(((sink, _), e)) = spawned {
-            refuse(&ctx, &shared, METHOD, sink, &e);
-        }
+        self.shared.start_stream(
+            &ctx,
+            "StreamMetrics",
+            "metrics",
+            sink,
+            || {
+                Ok((
+                    stream_interval(req.interval_seconds.into())?,
+                    req.instance_id,
+                ))
+            },
+            |shared, sink, (interval, instance)| run_metrics(shared, instance, interval, sink),
+        );
     }
 }
 
@@ -455,7 +414,7 @@ fn say_goodbye_with<T, S: StreamSink<T>>(
     driver.ignore_stopping();
     driver.close_with(
         sink,
-        RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, "server shutting down".into()),
+        RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, SHUTDOWN_NOTICE.into()),
         timeout,
     );
     RpcStatusCode::UNAVAILABLE
@@ -466,7 +425,7 @@ fn shutdown_notice(room: &str) -> chat::Message {
         "system_shutdown".into(),
         "System",
         room,
-        "server shutting down".into(),
+        SHUTDOWN_NOTICE.into(),
     )
 }
 
@@ -487,7 +446,7 @@ fn run_subscriber(
     // accepted before it: a write must not be cut short by it.
     driver.ignore_stopping();
     let timeout = shared.write_timeout();
-    shared.hub.announce(&room, &user, MessageKind::Join);
+    let presence = shared.hub.presence(&room, &user);
     let welcome = system_message(
         "system".into(),
         "System",
@@ -550,8 +509,9 @@ fn run_subscriber(
         _ => RpcStatusCode::CANCELLED,
     };
     sub.set_close_reason(reason);
+    // Unregistered first, so the LEAVE is not sent to the one leaving.
     drop(sub);
-    shared.hub.announce(&room, &user, MessageKind::Leave);
+    drop(presence);
     shared.done("SubscribeMessages", code);
     log::info!("SubscribeMessages closed: room={room} user={user:?} reason={reason}");
 }
@@ -575,7 +535,7 @@ fn run_upload(
             Err(_) => {
                 break Err(RpcStatus::with_message(
                     RpcStatusCode::UNAVAILABLE,
-                    "server shutting down".into(),
+                    SHUTDOWN_NOTICE.into(),
                 ))
             }
             Ok(None) => break Ok(()),
@@ -640,7 +600,8 @@ fn run_chat(
     let timeout = shared.write_timeout();
     let heartbeat = shared.config.chat_heartbeat;
     let mut next_heartbeat = Instant::now() + heartbeat;
-    let mut joined: Option<(String, String)> = None;
+    // The room and presence of the participant, from their first message.
+    let mut joined: Option<(String, Presence)> = None;
     let mut received = 0u64;
     let code = 'serve: loop {
         // Everything that is there now, answered in one burst.
@@ -657,16 +618,15 @@ fn run_chat(
                 Poll::Ready(Some(Err(_))) => break 'serve RpcStatusCode::CANCELLED,
                 Poll::Ready(Some(Ok(m))) => {
                     let draft = Draft::chat(m.room, m.user, m.content);
+                    if joined.is_none() {
+                        // JOIN reaches the room before the first message.
+                        if let Ok(room) = shared.hub.validate(&draft) {
+                            let presence = shared.hub.presence(room, &draft.user);
+                            joined = Some((room.to_string(), presence));
+                        }
+                    }
                     match shared.hub.publish(draft) {
                         Ok(published) => {
-                            if joined.is_none() {
-                                joined = Some((published.room.to_string(), published.user.clone()));
-                                shared.hub.announce(
-                                    &published.room,
-                                    &published.user,
-                                    MessageKind::Join,
-                                );
-                            }
                             let id = if m.id.is_empty() {
                                 &published.id
                             } else {
@@ -734,9 +694,7 @@ fn run_chat(
             }
         }
     };
-    if let Some((room, user)) = &joined {
-        shared.hub.announce(room, user, MessageKind::Leave);
-    }
+    drop(joined);
     shared.done(METHOD, code);
     log::info!(
         "Chat closed: peer={peer} messages={received} status={}",

@@ -13,7 +13,7 @@ use protobuf::descriptor::{DescriptorProto, FileDescriptorProto, FileDescriptorS
 use protobuf::Message as _;
 
 use super::driver::{Driver, Interrupted};
-use super::{refuse, say_goodbye_with, Shared};
+use super::{say_goodbye_with, Shared};
 use crate::proto::reflection::server_reflection_request::Message_request as Request;
 use crate::proto::reflection::server_reflection_response::Message_response as Answer;
 use crate::proto::reflection::{
@@ -200,23 +200,14 @@ impl ReflectionService {
         sink: DuplexSink<ServerReflectionResponse>,
         method: &'static str,
     ) {
-        let shared = self.shared.clone();
-        let permit = match shared.open_stream() {
-            Ok(p) => p,
-            Err(e) => return refuse(&ctx, &shared, method, sink, &e),
-        };
-        let thread_shared = shared.clone();
-        let spawned = shared.spawn_stream(
+        self.shared.start_stream(
+            &ctx,
+            method,
             "reflect",
-            (stream, sink, permit),
-            move |(stream, sink, permit)| {
-                run_reflection(&thread_shared, stream, sink, method);
-                drop(permit);
-            },
+            sink,
+            || Ok(stream),
+            move |shared, sink, stream| run_reflection(shared, stream, sink, method),
         );
-        if let Err(((_, sink, _), e)) = spawned {
-            refuse(&ctx, &shared, method, sink, &e);
-        }
     }
 }
 

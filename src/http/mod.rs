@@ -39,7 +39,7 @@ mod sys;
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -50,7 +50,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::metrics::Telemetry;
-use crate::threads::Threads;
+use crate::threads::{Slots, Threads};
 
 /// Stack of the accept thread and of the workers: enough for serde_json on
 /// a nested body (its recursion is capped at 128 levels).
@@ -65,28 +65,12 @@ struct Shared {
     /// Disconnects when shutdown begins.
     stopping: Receiver<()>,
     /// Connections being served (counted against `--max-http-connections`).
-    open_connections: AtomicUsize,
+    open_connections: Arc<Slots>,
     /// Event streams open now (counted against `--max-sse-clients`).
-    sse_streams: AtomicUsize,
+    sse_streams: Arc<Slots>,
     next_stream: AtomicU64,
     /// `http-accept` and the workers while they run.
-    service_threads: AtomicUsize,
-}
-
-/// Counts a service thread (accept or worker) while it runs.
-struct ServiceThread(Arc<Shared>);
-
-impl ServiceThread {
-    fn new(shared: &Arc<Shared>) -> ServiceThread {
-        shared.service_threads.fetch_add(1, Ordering::AcqRel);
-        ServiceThread(shared.clone())
-    }
-}
-
-impl Drop for ServiceThread {
-    fn drop(&mut self) {
-        self.0.service_threads.fetch_sub(1, Ordering::AcqRel);
-    }
+    service_threads: Arc<Slots>,
 }
 
 impl Shared {
@@ -133,10 +117,10 @@ impl HttpServer {
             threads: threads.clone(),
             config: config.clone(),
             stopping,
-            open_connections: AtomicUsize::new(0),
-            sse_streams: AtomicUsize::new(0),
+            open_connections: Slots::new(),
+            sse_streams: Slots::new(),
             next_stream: AtomicU64::new(1),
-            service_threads: AtomicUsize::new(0),
+            service_threads: Slots::new(),
         });
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
         let (back_tx, back_rx) = crossbeam_channel::unbounded();
@@ -146,7 +130,7 @@ impl HttpServer {
             let jobs = jobs_rx.clone();
             let back = server::GiveBack::new(back_tx.clone(), wake.clone());
             let alive = alive_tx.clone();
-            let counted = ServiceThread::new(&shared);
+            let counted = shared.service_threads.hold();
             threads.spawn(format!("http-worker-{n}"), Some(SERVICE_STACK), move || {
                 let _alive = (alive, counted);
                 server::run_worker(&shared, &jobs, &back);
@@ -161,7 +145,7 @@ impl HttpServer {
             jobs_tx,
             stop.clone(),
         );
-        let counted = ServiceThread::new(&shared);
+        let counted = shared.service_threads.hold();
         let accept = threads.spawn("http-accept".into(), Some(SERVICE_STACK), move || {
             let _counted = counted;
             poller.run()
@@ -183,18 +167,18 @@ impl HttpServer {
 
     /// HTTP connections open now, event streams included.
     pub fn open_connections(&self) -> usize {
-        self.shared.open_connections.load(Ordering::Acquire)
+        self.shared.open_connections.open()
     }
 
     /// Event streams open now.
     pub fn sse_streams(&self) -> usize {
-        self.shared.sse_streams.load(Ordering::Acquire)
+        self.shared.sse_streams.open()
     }
 
     /// The accept thread and workers running now: threads that live as long
     /// as the server, unlike stream threads.
     pub fn service_threads(&self) -> usize {
-        self.shared.service_threads.load(Ordering::Acquire)
+        self.shared.service_threads.open()
     }
 
     /// Stops accepting, closes idle and unfinished connections, joins the

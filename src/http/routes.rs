@@ -21,7 +21,8 @@ use super::request::Request;
 use super::response::Response;
 use super::sse::{self, TypeFilter};
 use crate::error::Error;
-use crate::hub::{normalize_room, Draft, Message, MessageKind, DEFAULT_ROOM, MAX_USER_NAME};
+use crate::hub::{check_user, normalize_room, Draft, Message, MessageKind, DEFAULT_ROOM};
+use crate::metrics::stream_interval;
 
 /// What a request asks for, parameters validated.
 #[derive(Debug)]
@@ -136,9 +137,7 @@ fn events_params(req: &Request) -> Result<EventsParams, String> {
         .transpose()?
         .unwrap_or_default();
     let user = req.query("user").unwrap_or_default().to_string();
-    if user.len() > MAX_USER_NAME {
-        return Err(format!("user is longer than {MAX_USER_NAME} bytes"));
-    }
+    check_user(&user).map_err(|e| e.to_string())?;
     Ok(EventsParams {
         room,
         after_seq,
@@ -149,21 +148,20 @@ fn events_params(req: &Request) -> Result<EventsParams, String> {
 
 fn metrics_params(req: &Request) -> Result<MetricsParams, String> {
     let interval = match req.query("interval_seconds") {
-        None => 1,
-        Some(text) => match text.trim().parse::<u64>() {
-            Ok(0) => 1,
-            Ok(n @ 1..=3600) => n,
-            _ => {
-                return Err(format!(
+        None => Duration::from_secs(1),
+        Some(text) => {
+            let seconds = text.trim().parse::<i64>().map_err(|_| {
+                format!(
                     "interval_seconds must be a whole number from 0 to 3600, got '{}'",
                     text.chars().take(20).collect::<String>()
-                ))
-            }
-        },
+                )
+            })?;
+            stream_interval(seconds).map_err(|e| e.to_string())?
+        }
     };
     Ok(MetricsParams {
         instance: req.query("instance").unwrap_or_default().to_string(),
-        interval: Duration::from_secs(interval),
+        interval,
     })
 }
 

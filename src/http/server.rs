@@ -28,6 +28,7 @@ use super::routes::{self, Action};
 use super::stream;
 use super::sys::PollSet;
 use super::Shared;
+use crate::threads::Permit;
 
 /// Longest `http-accept` sleeps without checking for shutdown.
 const TICK: Duration = Duration::from_millis(100);
@@ -42,30 +43,6 @@ const LINGER_DISCARD: usize = 256 * 1024;
 const MAX_LINGERING: usize = 256;
 /// Size of the read buffer of `http-accept`.
 const READ_CHUNK: usize = 64 * 1024;
-
-/// Holds one slot of `--max-http-connections` while a connection is open.
-pub(super) struct ConnSlot(Arc<Shared>);
-
-impl ConnSlot {
-    fn new(shared: &Arc<Shared>) -> ConnSlot {
-        shared.open_connections.fetch_add(1, Ordering::AcqRel);
-        shared
-            .telemetry
-            .http_connections
-            .fetch_add(1, Ordering::Relaxed);
-        ConnSlot(shared.clone())
-    }
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
-        self.0
-            .telemetry
-            .http_connections
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Where a connection is in its request cycle.
 enum Phase {
@@ -96,7 +73,9 @@ pub(super) struct Conn {
     eof: bool,
     /// Reading failed: nothing more can be done with this connection.
     broken: bool,
-    _slot: Option<ConnSlot>,
+    /// One slot of `--max-http-connections`; `None` for a connection that
+    /// is only told it is over the cap.
+    _slot: Option<Permit>,
 }
 
 /// What to do with a connection after new bytes arrived.
@@ -112,7 +91,7 @@ enum Step {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, peer: SocketAddr, slot: Option<ConnSlot>, deadline: Instant) -> Conn {
+    fn new(stream: TcpStream, peer: SocketAddr, slot: Option<Permit>, deadline: Instant) -> Conn {
         Conn {
             stream,
             peer,
@@ -490,7 +469,11 @@ impl Poller {
             let _ = stream.set_nodelay(true);
             let _ = stream.set_write_timeout(Some(config.write_timeout));
             let deadline = now + config.http_header_timeout;
-            if self.shared.open_connections.load(Ordering::Acquire) >= config.max_http_connections {
+            let Some(slot) = self
+                .shared
+                .open_connections
+                .take(config.max_http_connections)
+            else {
                 let conn = Conn::new(stream, peer, None, deadline);
                 let response = Response::unavailable(
                     &format!(
@@ -501,8 +484,7 @@ impl Poller {
                 );
                 self.fail(conn, response, now);
                 continue;
-            }
-            let slot = ConnSlot::new(&self.shared);
+            };
             self.conns
                 .push(Conn::new(stream, peer, Some(slot), deadline));
         }
@@ -587,8 +569,8 @@ fn snapshot(shared: &Shared) -> prometheus::Snapshot {
         hub: shared.hub.stats(),
         http_responses: shared.telemetry.http_responses(),
         grpc_calls: shared.telemetry.grpc_calls(),
-        http_connections: shared.open_connections.load(Ordering::Acquire) as u64,
-        sse_streams: shared.sse_streams.load(Ordering::Acquire) as u64,
+        http_connections: shared.open_connections.open() as u64,
+        sse_streams: shared.sse_streams.open() as u64,
         process: crate::metrics::ProcessSample::now(),
     }
 }

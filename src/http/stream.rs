@@ -9,19 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use parking_lot::Mutex;
 
 use super::response::Response;
 use super::routes::{error_response, EventsParams, MetricsParams};
 use super::server::Conn;
 use super::sse;
 use super::Shared;
-use crate::hub::{CloseReason, Message, MessageKind, Protocol, Replay, Subscription, Wire};
+use crate::hub::{
+    CloseReason, Message, MessageKind, Protocol, Replay, Subscription, Wire, MAX_BURST,
+    SHUTDOWN_NOTICE,
+};
 use crate::metrics::MetricsSampler;
+use crate::threads::Permit;
 
-/// Most messages taken from the queue for one write: bounds the time
-/// between checks of the close reason.
-const MAX_BURST: usize = 256;
 /// After shutdown begins, how long a stream waits for the hub to close its
 /// subscription (which comes after what was queued) before leaving anyway.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
@@ -38,27 +38,10 @@ pub(super) enum Kind {
     Metrics(MetricsParams),
 }
 
-/// Holds one slot of `--max-sse-clients` while a stream runs.
-struct StreamPermit(Arc<Shared>);
-
-impl StreamPermit {
-    fn take(shared: &Arc<Shared>) -> Option<StreamPermit> {
-        let open = shared.sse_streams.fetch_add(1, Ordering::AcqRel);
-        let permit = StreamPermit(shared.clone());
-        (open < shared.config.max_sse_clients).then_some(permit)
-    }
-}
-
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        self.0.sse_streams.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Everything a stream thread takes over.
 struct Opened {
     conn: Conn,
-    permit: StreamPermit,
+    permit: Permit,
     subscription: Option<(Subscription, Replay)>,
 }
 
@@ -75,12 +58,9 @@ pub(super) fn open(
     cors: Vec<(&'static str, String)>,
 ) -> Result<(), Refused> {
     if shared.is_stopping() {
-        return Err(Box::new((
-            conn,
-            Response::unavailable("server shutting down", 1),
-        )));
+        return Err(Box::new((conn, Response::unavailable(SHUTDOWN_NOTICE, 1))));
     }
-    let Some(permit) = StreamPermit::take(shared) else {
+    let Some(permit) = shared.sse_streams.take(shared.config.max_sse_clients) else {
         let limit = shared.config.max_sse_clients;
         let message = format!("too many event streams (limit {limit})");
         return Err(Box::new((conn, Response::unavailable(&message, 5))));
@@ -99,19 +79,16 @@ pub(super) fn open(
     };
     // The connection travels to the new thread; if the thread cannot start
     // it comes back here to be answered.
-    let slot = Arc::new(Mutex::new(Some(Opened {
+    let opened = Opened {
         conn,
         permit,
         subscription,
-    })));
-    let thread_slot = slot.clone();
+    };
     let thread_shared = shared.clone();
+    let stack = Some(shared.config.stream_stack_bytes);
     let spawned = shared
         .threads
-        .spawn(name, Some(shared.config.stream_stack_bytes), move || {
-            let Some(opened) = thread_slot.lock().take() else {
-                return;
-            };
+        .spawn_with(name, stack, opened, move |opened| {
             let Opened {
                 conn,
                 permit,
@@ -127,13 +104,12 @@ pub(super) fn open(
             drop(permit);
         });
     match spawned {
-        Ok(_) => {
+        Ok(()) => {
             shared.telemetry.http_response(200);
             Ok(())
         }
-        Err(e) => {
+        Err((opened, e)) => {
             log::warn!("cannot start an event stream thread: {e}");
-            let opened = slot.lock().take().expect("the thread never started");
             let response = Response::unavailable("cannot start a stream thread", 1);
             Err(Box::new((opened.conn, response)))
         }
@@ -279,9 +255,7 @@ fn run_events(
         .map(|e| write_failure(&e));
     drop(pieces);
     drop(replay);
-    if reason.is_none() {
-        shared.hub.announce(&room, user, MessageKind::Join);
-    }
+    let presence = reason.is_none().then(|| shared.hub.presence(&room, user));
     let keepalive = shared.config.sse_keepalive;
     let mut next_beat = Instant::now() + keepalive;
     let mut next_check = Instant::now() + LIVENESS_CHECK;
@@ -335,12 +309,13 @@ fn run_events(
     }
     let reason = reason.unwrap_or(CloseReason::ClientClosed);
     if reason == CloseReason::Shutdown && types.passes(MessageKind::System) {
-        let goodbye = sse::system_notice(&room, "server shutting down", None);
+        let goodbye = sse::system_notice(&room, SHUTDOWN_NOTICE, None);
         let _ = write_pieces(stream, &[&goodbye]);
     }
     sub.set_close_reason(reason);
+    // Unregistered first, so the LEAVE is not sent to the one leaving.
     drop(sub);
-    shared.hub.announce(&room, user, MessageKind::Leave);
+    drop(presence);
     let _ = stream.shutdown(Shutdown::Both);
     log::info!("SSE closed: room={room} user={user:?} reason={reason}");
 }
@@ -413,7 +388,7 @@ fn run_metrics(
     }
     let reason = reason.unwrap_or(CloseReason::ClientClosed);
     if reason == CloseReason::Shutdown {
-        let goodbye = sse::system_notice("", "server shutting down", None);
+        let goodbye = sse::system_notice("", SHUTDOWN_NOTICE, None);
         let _ = write_pieces(stream, &[&goodbye]);
     }
     let _ = stream.shutdown(Shutdown::Both);
