@@ -6,6 +6,8 @@
 //! [`App`] is the whole server: `main` starts it from a [`config::Config`]
 //! and stops it on a signal; the integration tests start it on port 0.
 
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod error;
 pub mod grpc;

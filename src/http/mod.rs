@@ -34,6 +34,8 @@ pub mod routes;
 mod server;
 pub mod sse;
 mod stream;
+// The one module allowed `unsafe` (poll(2), listen(2)); see its header.
+#[allow(unsafe_code)]
 mod sys;
 
 use std::io::Write;
