@@ -9,7 +9,7 @@
 //!   and when that many connections arrive at once (every EventSource of a
 //!   page reconnecting after a restart) the kernel drops the rest of the
 //!   handshakes, which the clients retry only after a second.
-
+//!
 //! Types, constants and functions come from the `libc` crate (already in
 //! the tree through grpcio), not from hand-written declarations. The crate
 //! denies `unsafe_code`; this module is the one allowance, and each call
