@@ -158,12 +158,43 @@ fn snake_case(name: &str) -> String {
     out
 }
 
-fn method_kind(method: &MethodDescriptorProto) -> &'static str {
-    match (method.client_streaming(), method.server_streaming()) {
-        (false, false) => "Unary",
-        (true, false) => "ClientStreaming",
-        (false, true) => "ServerStreaming",
-        (true, true) => "Duplex",
+/// The four shapes of an RPC, as grpcio names them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RpcKind {
+    Unary,
+    ClientStreaming,
+    ServerStreaming,
+    Duplex,
+}
+
+impl RpcKind {
+    fn of(method: &MethodDescriptorProto) -> RpcKind {
+        match (method.client_streaming(), method.server_streaming()) {
+            (false, false) => RpcKind::Unary,
+            (true, false) => RpcKind::ClientStreaming,
+            (false, true) => RpcKind::ServerStreaming,
+            (true, true) => RpcKind::Duplex,
+        }
+    }
+
+    /// The `grpcio::MethodType` variant.
+    fn method_type(self) -> &'static str {
+        match self {
+            RpcKind::Unary => "Unary",
+            RpcKind::ClientStreaming => "ClientStreaming",
+            RpcKind::ServerStreaming => "ServerStreaming",
+            RpcKind::Duplex => "Duplex",
+        }
+    }
+
+    /// The `grpcio::ServiceBuilder` method that registers a handler.
+    fn add_handler(self) -> &'static str {
+        match self {
+            RpcKind::Unary => "add_unary_handler",
+            RpcKind::ClientStreaming => "add_client_streaming_handler",
+            RpcKind::ServerStreaming => "add_server_streaming_handler",
+            RpcKind::Duplex => "add_duplex_streaming_handler",
+        }
     }
 }
 
@@ -197,7 +228,7 @@ fn generate_service(
         konst: String,
         req: String,
         resp: String,
-        kind: &'static str,
+        kind: RpcKind,
         /// The const and response type the server side registers.
         server_konst: String,
         server_resp: String,
@@ -223,7 +254,7 @@ fn generate_service(
                 snake,
                 req: lookup(m.input_type()),
                 resp,
-                kind: method_kind(m),
+                kind: RpcKind::of(m),
                 server_konst,
                 server_resp,
             }
@@ -240,20 +271,23 @@ fn generate_service(
             konst = rpc.konst,
             req = rpc.req,
             resp = rpc.resp,
-            kind = rpc.kind,
+            kind = rpc.kind.method_type(),
             name = rpc.name,
         );
         if rpc.server_konst != rpc.konst {
+            // The one place generated code names a type of streamhub's own
+            // gRPC front door (see SERVER_RESPONSE_OVERRIDES): the server
+            // side of the method sends messages encoded once at publish time.
             let _ = writeln!(
                 out,
-                "\npub const {sk}: ::grpcio::Method<{req}, {sresp}> = ::grpcio::Method {{\n    \
+                "\n// Names {sresp}, streamhub's encode-once response type (build.rs, SERVER_RESPONSE_OVERRIDES).\npub const {sk}: ::grpcio::Method<{req}, {sresp}> = ::grpcio::Method {{\n    \
                  ty: ::grpcio::MethodType::{kind},\n    name: \"/{full_service}/{name}\",\n    \
                  req_mar: ::grpcio::Marshaller {{ ser: ::grpcio::pb_ser, de: ::grpcio::pb_de }},\n    \
                  resp_mar: ::grpcio::Marshaller {{ ser: {sresp}::ser, de: {sresp}::de }},\n}};",
                 sk = rpc.server_konst,
                 req = rpc.req,
                 sresp = rpc.server_resp,
-                kind = rpc.kind,
+                kind = rpc.kind.method_type(),
                 name = rpc.name,
             );
         }
@@ -269,7 +303,7 @@ fn generate_service(
     for rpc in &rpcs {
         let (s, k, req, resp) = (&rpc.snake, &rpc.konst, &rpc.req, &rpc.resp);
         let body = match rpc.kind {
-            "Unary" => format!(
+            RpcKind::Unary => format!(
                 "    pub fn {s}_opt(&self, req: &{req}, opt: ::grpcio::CallOption) -> ::grpcio::Result<{resp}> {{\n        \
                  self.client.unary_call(&{k}, req, opt)\n    }}\n\n    \
                  pub fn {s}(&self, req: &{req}) -> ::grpcio::Result<{resp}> {{\n        \
@@ -277,19 +311,19 @@ fn generate_service(
                  pub fn {s}_async_opt(&self, req: &{req}, opt: ::grpcio::CallOption) -> ::grpcio::Result<::grpcio::ClientUnaryReceiver<{resp}>> {{\n        \
                  self.client.unary_call_async(&{k}, req, opt)\n    }}"
             ),
-            "ServerStreaming" => format!(
+            RpcKind::ServerStreaming => format!(
                 "    pub fn {s}_opt(&self, req: &{req}, opt: ::grpcio::CallOption) -> ::grpcio::Result<::grpcio::ClientSStreamReceiver<{resp}>> {{\n        \
                  self.client.server_streaming(&{k}, req, opt)\n    }}\n\n    \
                  pub fn {s}(&self, req: &{req}) -> ::grpcio::Result<::grpcio::ClientSStreamReceiver<{resp}>> {{\n        \
                  self.{s}_opt(req, ::grpcio::CallOption::default())\n    }}"
             ),
-            "ClientStreaming" => format!(
+            RpcKind::ClientStreaming => format!(
                 "    pub fn {s}_opt(&self, opt: ::grpcio::CallOption) -> ::grpcio::Result<(::grpcio::ClientCStreamSender<{req}>, ::grpcio::ClientCStreamReceiver<{resp}>)> {{\n        \
                  self.client.client_streaming(&{k}, opt)\n    }}\n\n    \
                  pub fn {s}(&self) -> ::grpcio::Result<(::grpcio::ClientCStreamSender<{req}>, ::grpcio::ClientCStreamReceiver<{resp}>)> {{\n        \
                  self.{s}_opt(::grpcio::CallOption::default())\n    }}"
             ),
-            _ => format!(
+            RpcKind::Duplex => format!(
                 "    pub fn {s}_opt(&self, opt: ::grpcio::CallOption) -> ::grpcio::Result<(::grpcio::ClientDuplexSender<{req}>, ::grpcio::ClientDuplexReceiver<{resp}>)> {{\n        \
                  self.client.duplex_streaming(&{k}, opt)\n    }}\n\n    \
                  pub fn {s}(&self) -> ::grpcio::Result<(::grpcio::ClientDuplexSender<{req}>, ::grpcio::ClientDuplexReceiver<{resp}>)> {{\n        \
@@ -305,12 +339,16 @@ fn generate_service(
     for rpc in &rpcs {
         let (s, req, resp) = (&rpc.snake, &rpc.req, &rpc.server_resp);
         let sig = match rpc.kind {
-            "Unary" => format!("req: {req}, sink: ::grpcio::UnarySink<{resp}>"),
-            "ServerStreaming" => format!("req: {req}, sink: ::grpcio::ServerStreamingSink<{resp}>"),
-            "ClientStreaming" => format!(
+            RpcKind::Unary => format!("req: {req}, sink: ::grpcio::UnarySink<{resp}>"),
+            RpcKind::ServerStreaming => {
+                format!("req: {req}, sink: ::grpcio::ServerStreamingSink<{resp}>")
+            }
+            RpcKind::ClientStreaming => format!(
                 "stream: ::grpcio::RequestStream<{req}>, sink: ::grpcio::ClientStreamingSink<{resp}>"
             ),
-            _ => format!("stream: ::grpcio::RequestStream<{req}>, sink: ::grpcio::DuplexSink<{resp}>"),
+            RpcKind::Duplex => format!(
+                "stream: ::grpcio::RequestStream<{req}>, sink: ::grpcio::DuplexSink<{resp}>"
+            ),
         };
         let _ = writeln!(
             out,
@@ -326,12 +364,7 @@ fn generate_service(
          #[allow(unused_mut)]\n    let mut builder = ::grpcio::ServiceBuilder::new();"
     );
     for rpc in &rpcs {
-        let add = match rpc.kind {
-            "Unary" => "add_unary_handler",
-            "ServerStreaming" => "add_server_streaming_handler",
-            "ClientStreaming" => "add_client_streaming_handler",
-            _ => "add_duplex_streaming_handler",
-        };
+        let add = rpc.kind.add_handler();
         let _ = writeln!(
             out,
             "    let mut instance = s.clone();\n    \
