@@ -25,8 +25,10 @@
 //! threads.
 //!
 //! Pure protocol logic lives in [`request`], [`response`], [`routes`],
-//! [`sse`] and [`prometheus`]; `server` and `stream` are the I/O around it.
+//! [`sse`] and [`prometheus`], and the connection state machine in `conn`;
+//! `server` and `stream` are the I/O around it.
 
+mod conn;
 pub mod prometheus;
 pub mod request;
 pub mod response;

@@ -8,7 +8,7 @@
 //! of its life once it becomes an event stream.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -18,17 +18,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::conn::{Conn, Step, READ_CHUNK};
 use super::prometheus;
-use super::request::{
-    framing, head_may_be_complete, parse_head, ChunkedDecoder, Framing, Rejection, Request,
-    MAX_HEAD_BYTES,
-};
+use super::request::Request;
 use super::response::Response;
 use super::routes::{self, Action};
 use super::stream;
 use super::sys::PollSet;
 use super::Shared;
-use crate::threads::Permit;
 
 /// Longest `http-accept` sleeps without checking for shutdown.
 const TICK: Duration = Duration::from_millis(100);
@@ -37,195 +34,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// kernel send a reset, which can destroy the response before the client
 /// reads it.
 const LINGER: Duration = Duration::from_secs(1);
-/// Most bytes discarded while lingering.
-const LINGER_DISCARD: usize = 256 * 1024;
 /// Most connections lingering at once; past it they close at once.
 const MAX_LINGERING: usize = 256;
-/// Size of the read buffer of `http-accept`.
-const READ_CHUNK: usize = 64 * 1024;
-
-/// Where a connection is in its request cycle.
-enum Phase {
-    /// Kept alive between requests; nothing of the next one yet.
-    Idle,
-    /// Reading a head; `scanned` bytes are known to hold no blank line.
-    Head { scanned: usize },
-    /// Reading a `Content-Length` body of `len` bytes.
-    Body { req: Request, len: usize },
-    /// Reading a chunked body.
-    Chunked {
-        req: Request,
-        decoder: ChunkedDecoder,
-    },
-    /// An error response was sent; reading and discarding until the client
-    /// closes or the deadline passes.
-    Linger { discarded: usize },
-}
-
-/// One client connection and what has arrived of its current request.
-pub(super) struct Conn {
-    pub stream: TcpStream,
-    pub peer: SocketAddr,
-    buf: Vec<u8>,
-    phase: Phase,
-    deadline: Instant,
-    /// The client closed its sending side (or the socket failed).
-    eof: bool,
-    /// Reading failed: nothing more can be done with this connection.
-    broken: bool,
-    /// One slot of `--max-http-connections`; `None` for a connection that
-    /// is only told it is over the cap.
-    _slot: Option<Permit>,
-}
-
-/// What to do with a connection after new bytes arrived.
-enum Step {
-    /// Keep waiting for bytes.
-    Wait,
-    /// A whole request arrived: run it.
-    Dispatch(Request),
-    /// Refuse: send this and close.
-    Fail(Rejection),
-    /// Close without a word.
-    Close,
-}
-
-impl Conn {
-    fn new(stream: TcpStream, peer: SocketAddr, slot: Option<Permit>, deadline: Instant) -> Conn {
-        Conn {
-            stream,
-            peer,
-            buf: Vec::new(),
-            phase: Phase::Head { scanned: 0 },
-            deadline,
-            eof: false,
-            broken: false,
-            _slot: slot,
-        }
-    }
-
-    /// How many bytes the current phase may still read: never past the head
-    /// limit, never past the declared body.
-    fn wants(&self) -> usize {
-        match &self.phase {
-            Phase::Idle | Phase::Head { .. } => MAX_HEAD_BYTES.saturating_sub(self.buf.len()),
-            Phase::Body { len, .. } => len.saturating_sub(self.buf.len()),
-            Phase::Chunked { .. } | Phase::Linger { .. } => READ_CHUNK,
-        }
-    }
-
-    fn waiting(&self) -> Step {
-        if self.eof {
-            Step::Close
-        } else {
-            Step::Wait
-        }
-    }
-
-    /// Moves the request forward with what is in the buffer.
-    fn advance(&mut self, max_body: usize, header_timeout: Duration, now: Instant) -> Step {
-        loop {
-            match &mut self.phase {
-                Phase::Linger { discarded } => {
-                    self.buf.clear();
-                    if *discarded > LINGER_DISCARD {
-                        return Step::Close;
-                    }
-                    return self.waiting();
-                }
-                Phase::Idle => {
-                    if self.buf.is_empty() {
-                        return self.waiting();
-                    }
-                    self.phase = Phase::Head { scanned: 0 };
-                    self.deadline = now + header_timeout;
-                }
-                Phase::Head { scanned } => {
-                    if !head_may_be_complete(&self.buf, *scanned) {
-                        if self.buf.len() >= MAX_HEAD_BYTES {
-                            return Step::Fail(head_too_large());
-                        }
-                        *scanned = self.buf.len();
-                        return self.waiting();
-                    }
-                    let (req, n) = match parse_head(&self.buf) {
-                        Err(rejection) => return Step::Fail(rejection),
-                        Ok(Some(parsed)) => parsed,
-                        Ok(None) => {
-                            if self.buf.len() >= MAX_HEAD_BYTES {
-                                return Step::Fail(head_too_large());
-                            }
-                            *scanned = self.buf.len();
-                            return self.waiting();
-                        }
-                    };
-                    self.buf.drain(..n);
-                    let body = match framing(&req, max_body) {
-                        Err(rejection) => return Step::Fail(rejection),
-                        Ok(body) => body,
-                    };
-                    let waits_for_body = match body {
-                        Framing::Empty => {
-                            self.phase = Phase::Idle;
-                            return Step::Dispatch(req);
-                        }
-                        Framing::Length(len) => self.buf.len() < len,
-                        Framing::Chunked => self.buf.is_empty(),
-                    };
-                    if waits_for_body && req.expects_continue() {
-                        // A few bytes into an empty send buffer: never blocks.
-                        let _ = (&self.stream).write(b"HTTP/1.1 100 Continue\r\n\r\n");
-                    }
-                    self.deadline = now + header_timeout;
-                    self.phase = match body {
-                        Framing::Length(len) => Phase::Body { req, len },
-                        _ => Phase::Chunked {
-                            req,
-                            decoder: ChunkedDecoder::new(max_body),
-                        },
-                    };
-                }
-                Phase::Body { len, .. } => {
-                    let len = *len;
-                    if self.buf.len() < len {
-                        return self.waiting();
-                    }
-                    let Phase::Body { mut req, .. } =
-                        std::mem::replace(&mut self.phase, Phase::Idle)
-                    else {
-                        unreachable!("matched above");
-                    };
-                    req.body = self.buf.drain(..len).collect();
-                    return Step::Dispatch(req);
-                }
-                Phase::Chunked { decoder, .. } => {
-                    let used = match decoder.feed(&self.buf) {
-                        Ok(used) => used,
-                        Err(rejection) => return Step::Fail(rejection),
-                    };
-                    self.buf.drain(..used);
-                    if !decoder.is_done() {
-                        return self.waiting();
-                    }
-                    let Phase::Chunked { mut req, decoder } =
-                        std::mem::replace(&mut self.phase, Phase::Idle)
-                    else {
-                        unreachable!("matched above");
-                    };
-                    req.body = decoder.into_body();
-                    return Step::Dispatch(req);
-                }
-            }
-        }
-    }
-}
-
-fn head_too_large() -> Rejection {
-    Rejection::new(
-        431,
-        format!("request head is larger than {MAX_HEAD_BYTES} bytes"),
-    )
-}
 
 /// A complete request and its connection, for a worker.
 pub(super) struct Job {
@@ -305,7 +115,7 @@ impl Poller {
                 self.settle(conn, now);
             }
             self.expire(now);
-            let next = self.conns.iter().map(|c| c.deadline).min();
+            let next = self.conns.iter().map(|c| c.incoming.deadline).min();
             let timeout = next
                 .map_or(TICK, |d| d.saturating_duration_since(now))
                 .min(TICK);
@@ -353,21 +163,17 @@ impl Poller {
     /// Reads what the connection's phase may take, without blocking.
     fn fill(&mut self, conn: &mut Conn) {
         for _ in 0..4 {
-            let want = conn.wants().min(self.scratch.len());
+            let want = conn.incoming.wants().min(self.scratch.len());
             if want == 0 {
                 return;
             }
             match (&conn.stream).read(&mut self.scratch[..want]) {
                 Ok(0) => {
-                    conn.eof = true;
+                    conn.incoming.eof = true;
                     return;
                 }
                 Ok(n) => {
-                    if let Phase::Linger { discarded } = &mut conn.phase {
-                        *discarded += n;
-                    } else {
-                        conn.buf.extend_from_slice(&self.scratch[..n]);
-                    }
+                    conn.incoming.received(&self.scratch[..n]);
                     if n < want {
                         return;
                     }
@@ -375,8 +181,8 @@ impl Poller {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
-                    conn.eof = true;
-                    conn.broken = true;
+                    conn.incoming.eof = true;
+                    conn.incoming.broken = true;
                     return;
                 }
             }
@@ -386,14 +192,19 @@ impl Poller {
     /// Decides what happens to a connection that got bytes (or came back
     /// from a worker).
     fn settle(&mut self, mut conn: Conn, now: Instant) {
-        if conn.broken {
+        if conn.incoming.broken {
             return;
         }
         let (max_body, header_timeout) = (
             self.shared.config.max_message_bytes,
             self.shared.config.http_header_timeout,
         );
-        match conn.advance(max_body, header_timeout, now) {
+        let step = conn.incoming.advance(max_body, header_timeout, now);
+        if conn.incoming.take_continue() {
+            // A few bytes into an empty send buffer: never blocks.
+            let _ = (&conn.stream).write(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        match step {
             Step::Wait => self.conns.push(conn),
             Step::Close => {}
             Step::Fail(rejection) => {
@@ -417,31 +228,26 @@ impl Poller {
         let lingering = self
             .conns
             .iter()
-            .filter(|c| matches!(c.phase, Phase::Linger { .. }))
+            .filter(|c| c.incoming.is_lingering())
             .count();
-        if lingering >= MAX_LINGERING || conn.eof {
+        if lingering >= MAX_LINGERING || conn.incoming.eof {
             return;
         }
-        conn.buf = Vec::new();
-        conn.phase = Phase::Linger { discarded: 0 };
-        conn.deadline = now + LINGER;
+        conn.incoming.linger(now + LINGER);
         self.conns.push(conn);
     }
 
     /// Ends connections whose time is up: an unfinished request gets 408.
     fn expire(&mut self, now: Instant) {
         for i in (0..self.conns.len()).rev() {
-            if self.conns[i].deadline > now {
+            if self.conns[i].incoming.deadline > now {
                 continue;
             }
             let conn = self.conns.swap_remove(i);
-            match conn.phase {
-                Phase::Idle | Phase::Linger { .. } => {}
-                Phase::Head { .. } | Phase::Body { .. } | Phase::Chunked { .. } => {
-                    log::debug!("{}: request not complete in time", conn.peer);
-                    let response = Response::error(408, "the request did not arrive in time");
-                    self.fail(conn, response, now);
-                }
+            if conn.incoming.mid_request() {
+                log::debug!("{}: request not complete in time", conn.peer);
+                let response = Response::error(408, "the request did not arrive in time");
+                self.fail(conn, response, now);
             }
         }
     }
@@ -512,7 +318,7 @@ fn serve(shared: &Arc<Shared>, job: Job, back: &GiveBack) {
     }
     let cors = routes::cors_headers(&req, &shared.config.cors_origins);
     let outcome = catch_unwind(AssertUnwindSafe(|| handle(shared, &req)));
-    let mut close = req.wants_close() || conn.eof || shared.is_stopping();
+    let mut close = req.wants_close() || conn.incoming.eof || shared.is_stopping();
     let mut response = match outcome {
         Ok(Outcome::Respond(response)) => response,
         Ok(Outcome::Stream(kind)) => match stream::open(shared, conn, kind, cors.clone()) {
@@ -539,8 +345,8 @@ fn serve(shared: &Arc<Shared>, job: Job, back: &GiveBack) {
         let _ = conn.stream.shutdown(Shutdown::Both);
         return;
     }
-    conn.phase = Phase::Idle;
-    conn.deadline = Instant::now() + shared.config.http_idle_timeout;
+    conn.incoming
+        .rest(Instant::now() + shared.config.http_idle_timeout);
     if conn.stream.set_nonblocking(true).is_ok() {
         back.give(conn);
     }

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use super::conn::Conn;
 use super::response::Response;
 use super::routes::{error_response, EventsParams, MetricsParams};
-use super::server::Conn;
 use super::sse;
 use super::Shared;
 use crate::hub::{
