@@ -13,7 +13,8 @@ use protobuf::descriptor::{DescriptorProto, FileDescriptorProto, FileDescriptorS
 use protobuf::Message as _;
 
 use super::driver::{Driver, Interrupted};
-use super::{say_goodbye_with, Shared};
+use super::streams::say_goodbye_with;
+use super::Shared;
 use crate::proto::reflection::server_reflection_request::Message_request as Request;
 use crate::proto::reflection::server_reflection_response::Message_response as Answer;
 use crate::proto::reflection::{
