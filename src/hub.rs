@@ -14,6 +14,12 @@
 //! lock, held while a message gets its sequence number and is queued to every
 //! subscriber, so queue order is sequence order. No lock is ever held while
 //! writing to a socket: that happens on the subscriber's own thread.
+//!
+//! Lock order: the map lock (`Hub::rooms`) and a room lock are never held
+//! together. A thread takes the room's `Arc` under the map lock, lets go,
+//! then locks the room; a room found `freed` (emptied and about to leave the
+//! map) is looked up again. So no thread ever waits for a room while
+//! holding up every other room's lookup.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -80,14 +86,6 @@ impl MessageKind {
     }
 }
 
-/// The wire formats whose encoding of a message is cached on the message, so
-/// that a broadcast to many subscribers encodes it once per protocol.
-#[derive(Clone, Copy, Debug)]
-pub enum Wire {
-    Grpc = 0,
-    Sse = 1,
-}
-
 /// An accepted message. Shared by every subscriber through an `Arc`.
 pub struct Message {
     /// Unique across rooms; what the sender is told and subscribers see.
@@ -99,14 +97,16 @@ pub struct Message {
     pub content: String,
     pub kind: MessageKind,
     pub timestamp: SystemTime,
+    /// The message's encoding per [`Protocol`], made once for all its
+    /// subscribers.
     encoded: [OnceLock<Box<[u8]>>; 2],
 }
 
 impl Message {
-    /// The message's bytes in `wire` format, made by `encode` the first time
+    /// The message's bytes for `protocol`, made by `encode` the first time
     /// any subscriber asks and shared by all the others.
-    pub fn encoded(&self, wire: Wire, encode: impl FnOnce(&Message) -> Vec<u8>) -> &[u8] {
-        self.encoded[wire as usize].get_or_init(|| encode(self).into_boxed_slice())
+    pub fn encoded(&self, protocol: Protocol, encode: impl FnOnce(&Message) -> Vec<u8>) -> &[u8] {
+        self.encoded[protocol as usize].get_or_init(|| encode(self).into_boxed_slice())
     }
 }
 
@@ -148,7 +148,8 @@ impl Draft {
     }
 }
 
-/// Which front door a subscriber came through (for metrics).
+/// Which front door a subscriber came through: for metrics, and the wire
+/// format whose encoding is cached on each message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Grpc = 0,
@@ -171,15 +172,15 @@ impl Protocol {
 #[non_exhaustive]
 pub enum CloseReason {
     /// The client went away, cancelled, or ended the stream itself.
-    ClientClosed = 1,
+    ClientClosed = 0,
     /// Its queue filled up: it did not keep up with the room.
-    SlowConsumer = 2,
+    SlowConsumer = 1,
     /// The server is stopping.
-    Shutdown = 3,
+    Shutdown = 2,
     /// The client's deadline passed.
-    DeadlineExceeded = 4,
+    DeadlineExceeded = 3,
     /// Writing to the client failed or timed out.
-    WriteFailed = 5,
+    WriteFailed = 4,
 }
 
 impl CloseReason {
@@ -201,8 +202,13 @@ impl CloseReason {
         }
     }
 
-    fn from_u8(v: u8) -> Option<CloseReason> {
-        CloseReason::ALL.into_iter().find(|r| *r as u8 == v)
+    /// 0 means "no reason yet" in [`SubscriberState`].
+    fn to_state(self) -> u8 {
+        self as u8 + 1
+    }
+
+    fn from_state(v: u8) -> Option<CloseReason> {
+        CloseReason::ALL.into_iter().find(|r| r.to_state() == v)
     }
 }
 
@@ -249,13 +255,40 @@ pub struct HubStats {
     pub subscribers_by_protocol: [u64; 2],
     pub published: u64,
     pub delivered: u64,
-    /// Indexed by `CloseReason as usize`; slot 0 is unused.
-    pub closed_by_reason: [u64; 6],
+    /// Subscriptions ended since start, by reason.
+    pub closed: ClosedCounts,
 }
 
 impl HubStats {
     pub fn closed(&self, reason: CloseReason) -> u64 {
-        self.closed_by_reason[reason as usize]
+        self.closed.get(reason)
+    }
+}
+
+/// How many subscriptions ended, for each [`CloseReason`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClosedCounts {
+    pub client_closed: u64,
+    pub slow_consumer: u64,
+    pub shutdown: u64,
+    pub deadline_exceeded: u64,
+    pub write_failed: u64,
+}
+
+impl ClosedCounts {
+    pub fn get(&self, reason: CloseReason) -> u64 {
+        match reason {
+            CloseReason::ClientClosed => self.client_closed,
+            CloseReason::SlowConsumer => self.slow_consumer,
+            CloseReason::Shutdown => self.shutdown,
+            CloseReason::DeadlineExceeded => self.deadline_exceeded,
+            CloseReason::WriteFailed => self.write_failed,
+        }
+    }
+
+    /// Every ending but the client's own choice: what the server cut.
+    pub fn by_server(&self) -> u64 {
+        self.slow_consumer + self.shutdown + self.deadline_exceeded + self.write_failed
     }
 }
 
@@ -294,14 +327,14 @@ struct SubscriberState {
 
 impl SubscriberState {
     fn reason(&self) -> Option<CloseReason> {
-        CloseReason::from_u8(self.reason.load(Ordering::Acquire))
+        CloseReason::from_state(self.reason.load(Ordering::Acquire))
     }
 
     /// The first reason set wins.
     fn set_reason(&self, reason: CloseReason) {
-        let _ = self
-            .reason
-            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.reason
+                .compare_exchange(0, reason.to_state(), Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -329,7 +362,8 @@ pub struct Hub {
     subscribers: [AtomicU64; 2],
     published: AtomicU64,
     delivered: AtomicU64,
-    closed: [AtomicU64; 6],
+    /// Indexed by `CloseReason as usize`.
+    closed: [AtomicU64; CloseReason::ALL.len()],
     /// Set by [`Hub::close_all`]: no new subscribers from then on.
     closing: std::sync::atomic::AtomicBool,
 }
@@ -376,22 +410,27 @@ impl Hub {
 
     /// Checks a draft the way every front door must: the one validation path
     /// shared by gRPC and HTTP.
+    /// Returns the room the draft goes to.
     pub fn validate<'a>(&self, draft: &'a Draft) -> Result<&'a str, Error> {
-        if draft.user.is_empty() {
+        self.check(&draft.room, &draft.user, &draft.content)
+    }
+
+    fn check<'a>(&self, room: &'a str, user: &str, content: &str) -> Result<&'a str, Error> {
+        if user.is_empty() {
             return Err(Error::InvalidArgument("user is required".into()));
         }
-        check_user(&draft.user)?;
-        if draft.content.is_empty() {
+        check_user(user)?;
+        if content.is_empty() {
             return Err(Error::InvalidArgument("content is required".into()));
         }
-        if draft.content.len() > self.config.max_content_bytes {
+        if content.len() > self.config.max_content_bytes {
             return Err(Error::TooLarge(format!(
                 "content is {} bytes, more than the limit of {}",
-                draft.content.len(),
+                content.len(),
                 self.config.max_content_bytes
             )));
         }
-        normalize_room(&draft.room)
+        normalize_room(room)
     }
 
     /// Runs `f` on the live room called `name`, creating it if needed.
@@ -435,15 +474,14 @@ impl Hub {
     /// Validates and publishes a message to every subscriber of its room.
     /// Never blocks on a subscriber. Runs on any thread.
     pub fn publish(&self, draft: Draft) -> Result<Arc<Message>, Error> {
-        self.validate(&draft)?;
         let Draft {
             room,
             user,
             content,
             kind,
         } = draft;
-        // Validated above; no copy of the name on this path.
-        let name = if room.is_empty() { DEFAULT_ROOM } else { &room };
+        // The name validation returns; no copy of it on this path.
+        let name = self.check(&room, &user, &content)?;
         self.with_room(name, |r| self.publish_locked(r, user, content, kind))
     }
 
@@ -618,20 +656,28 @@ impl Hub {
     }
 
     fn unregister(&self, sub: &Subscription) {
-        let mut rooms = self.rooms.lock();
-        let Some(room) = rooms.get(&sub.room).cloned() else {
+        self.subscribers[sub.protocol as usize].fetch_sub(1, Ordering::Relaxed);
+        let Some(room) = self.rooms.lock().get(&sub.room).cloned() else {
             return;
         };
-        let mut guard = room.lock();
-        if let Some(pos) = guard.subscribers.iter().position(|s| s.id == sub.id) {
-            let slot = guard.subscribers.swap_remove(pos);
-            self.count_close(&slot);
+        let freed = {
+            let mut guard = room.lock();
+            if let Some(pos) = guard.subscribers.iter().position(|s| s.id == sub.id) {
+                let slot = guard.subscribers.swap_remove(pos);
+                self.count_close(&slot);
+            }
+            // Marked under the room's lock, removed from the map after it:
+            // a thread that finds the room freed in between looks again.
+            let empty = !guard.freed && guard.subscribers.is_empty() && guard.history.is_empty();
+            guard.freed |= empty;
+            empty
+        };
+        if freed {
+            let mut rooms = self.rooms.lock();
+            if rooms.get(&sub.room).is_some_and(|r| Arc::ptr_eq(r, &room)) {
+                rooms.remove(&sub.room);
+            }
         }
-        if guard.subscribers.is_empty() && guard.history.is_empty() {
-            guard.freed = true;
-            rooms.remove(&sub.room);
-        }
-        self.subscribers[sub.protocol as usize].fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Marks every subscriber as closing for `reason` and removes it; their
@@ -660,9 +706,14 @@ impl Hub {
             stats.subscribers_by_protocol[p as usize] = n;
             stats.subscribers += n;
         }
-        for (i, c) in self.closed.iter().enumerate() {
-            stats.closed_by_reason[i] = c.load(Ordering::Relaxed);
-        }
+        let closed = |r: CloseReason| self.closed[r as usize].load(Ordering::Relaxed);
+        stats.closed = ClosedCounts {
+            client_closed: closed(CloseReason::ClientClosed),
+            slow_consumer: closed(CloseReason::SlowConsumer),
+            shutdown: closed(CloseReason::Shutdown),
+            deadline_exceeded: closed(CloseReason::DeadlineExceeded),
+            write_failed: closed(CloseReason::WriteFailed),
+        };
         stats
     }
 
@@ -978,12 +1029,12 @@ mod tests {
         let hub = hub_with(4, 4);
         let m = hub.publish(Draft::chat("r", "u", "x")).unwrap();
         let mut calls = 0;
-        let a = m.encoded(Wire::Sse, |_| {
+        let a = m.encoded(Protocol::Sse, |_| {
             calls += 1;
             b"one".to_vec()
         });
         assert_eq!(a, b"one");
-        let b = m.encoded(Wire::Sse, |_| b"two".to_vec());
+        let b = m.encoded(Protocol::Sse, |_| b"two".to_vec());
         assert_eq!(b, b"one");
         assert_eq!(calls, 1);
     }

@@ -168,8 +168,7 @@ impl MetricsSampler {
         self.last_completed = completed;
         self.last_at = Instant::now();
         let stats = hub.stats();
-        let dropped: u64 = stats.closed_by_reason.iter().sum::<u64>()
-            - stats.closed(crate::hub::CloseReason::ClientClosed);
+        let dropped = stats.closed.by_server();
         let timestamp = SystemTime::now();
         let m = |name, value| Measurement {
             name,

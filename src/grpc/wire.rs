@@ -10,7 +10,7 @@ use grpcio::{GrpcSlice, MessageReader};
 use protobuf::Message as _;
 
 use super::convert::to_proto;
-use crate::hub::{Message, Wire};
+use crate::hub::{Message, Protocol};
 use crate::proto::chat;
 
 pub enum Outbound {
@@ -23,7 +23,7 @@ impl Outbound {
     pub fn ser(out: &Outbound, buf: &mut GrpcSlice) -> grpcio::Result<()> {
         match out {
             Outbound::Shared(m) => {
-                let bytes = m.encoded(Wire::Grpc, |m| {
+                let bytes = m.encoded(Protocol::Grpc, |m| {
                     to_proto(m).write_to_bytes().unwrap_or_default()
                 });
                 *buf = GrpcSlice::from(bytes);

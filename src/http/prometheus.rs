@@ -202,7 +202,7 @@ mod tests {
         };
         snapshot.hub.subscribers_by_protocol = [4, 1];
         snapshot.hub.published = 10;
-        snapshot.hub.closed_by_reason[CloseReason::SlowConsumer as usize] = 2;
+        snapshot.hub.closed.slow_consumer = 2;
         let text = render(&snapshot);
         let mut declared = std::collections::HashSet::new();
         for line in text.lines() {

@@ -16,8 +16,7 @@ use super::routes::{error_response, EventsParams, MetricsParams};
 use super::sse;
 use super::Shared;
 use crate::hub::{
-    CloseReason, Message, MessageKind, Protocol, Replay, Subscription, Wire, MAX_BURST,
-    SHUTDOWN_NOTICE,
+    CloseReason, Message, MessageKind, Protocol, Replay, Subscription, MAX_BURST, SHUTDOWN_NOTICE,
 };
 use crate::metrics::MetricsSampler;
 use crate::threads::Permit;
@@ -214,7 +213,7 @@ fn replay_notice(room: &str, after: Option<u64>, replay: &Replay) -> Option<Vec<
 }
 
 fn encoded(m: &Message) -> &[u8] {
-    m.encoded(Wire::Sse, sse::encode_message)
+    m.encoded(Protocol::Sse, sse::encode_message)
 }
 
 /// Runs on `sse-N`: the room's messages as events until the client leaves,
