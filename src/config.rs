@@ -375,30 +375,52 @@ pub fn usage(command: &str, summary: &str, args: &str, specs: &[OptSpec]) -> Str
     out
 }
 
-/// The validated settings of `streamhub serve`.
+/// The validated settings of `streamhub serve`: one part per front door
+/// (each door receives only its own), the hub's, and the process's own.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub grpc_addr: SocketAddr,
-    pub http_addr: SocketAddr,
+    pub grpc: GrpcConfig,
+    pub http: HttpConfig,
     pub hub: HubConfig,
+    /// Time open streams get to drain on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Settings of the gRPC front door.
+#[derive(Clone, Debug)]
+pub struct GrpcConfig {
+    pub addr: SocketAddr,
+    /// Largest message received or sent (beyond the content limit, room
+    /// for the other fields is added).
     pub max_message_bytes: usize,
-    pub max_grpc_streams: usize,
+    /// Concurrent streaming calls, each holding a thread.
+    pub max_streams: usize,
     pub max_streams_per_connection: usize,
-    pub grpc_threads: usize,
+    /// grpcio completion-queue threads.
+    pub threads: usize,
     pub keepalive: Duration,
     pub keepalive_timeout: Duration,
     pub chat_heartbeat: Duration,
     pub stream_stack_bytes: usize,
-    pub max_http_connections: usize,
-    pub http_header_timeout: Duration,
-    pub http_idle_timeout: Duration,
     pub write_timeout: Duration,
-    pub http_workers: usize,
+}
+
+/// Settings of the HTTP/SSE front door.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub workers: usize,
     pub max_sse_clients: usize,
     pub sse_keepalive: Duration,
     pub sse_retry_ms: u64,
     pub cors_origins: Vec<String>,
-    pub shutdown_grace: Duration,
+    pub stream_stack_bytes: usize,
 }
 
 impl Config {
@@ -417,9 +439,36 @@ impl Config {
                 )));
             }
         }
+        let write_timeout = raw.secs("write-timeout-secs", 1, 3600)?;
+        let stream_stack_bytes = raw.number("stream-stack-kib", 32, 16 * 1024)? as usize * 1024;
         Ok(Config {
-            grpc_addr: raw.addr("grpc-addr")?,
-            http_addr: raw.addr("http-addr")?,
+            grpc: GrpcConfig {
+                addr: raw.addr("grpc-addr")?,
+                max_message_bytes,
+                max_streams: raw.number("max-grpc-streams", 1, 1 << 20)? as usize,
+                max_streams_per_connection: raw.number("max-streams-per-connection", 1, 1 << 16)?
+                    as usize,
+                threads: grpc_threads,
+                keepalive: raw.secs("keepalive-secs", 1, 86_400)?,
+                keepalive_timeout: raw.secs("keepalive-timeout-secs", 1, 3600)?,
+                chat_heartbeat: raw.secs("chat-heartbeat-secs", 1, 3600)?,
+                stream_stack_bytes,
+                write_timeout,
+            },
+            http: HttpConfig {
+                addr: raw.addr("http-addr")?,
+                max_body_bytes: max_message_bytes,
+                max_connections: raw.number("max-http-connections", 1, 1 << 20)? as usize,
+                header_timeout: raw.secs("http-header-timeout-secs", 1, 3600)?,
+                idle_timeout: raw.secs("http-idle-timeout-secs", 1, 3600)?,
+                write_timeout,
+                workers: raw.number("http-workers", 1, 1024)? as usize,
+                max_sse_clients: raw.number("max-sse-clients", 1, 1 << 20)? as usize,
+                sse_keepalive: raw.secs("sse-keepalive-secs", 1, 3600)?,
+                sse_retry_ms: raw.number("sse-retry-ms", 0, 3_600_000)?,
+                cors_origins,
+                stream_stack_bytes,
+            },
             hub: HubConfig {
                 subscriber_queue: raw.number("subscriber-queue", 1, 1 << 20)? as usize,
                 history: raw.number("history", 0, 1 << 20)? as usize,
@@ -427,24 +476,6 @@ impl Config {
                 max_content_bytes: max_message_bytes,
                 max_rooms: raw.number("max-rooms", 1, 1 << 24)? as usize,
             },
-            max_message_bytes,
-            max_grpc_streams: raw.number("max-grpc-streams", 1, 1 << 20)? as usize,
-            max_streams_per_connection: raw.number("max-streams-per-connection", 1, 1 << 16)?
-                as usize,
-            grpc_threads,
-            keepalive: raw.secs("keepalive-secs", 1, 86_400)?,
-            keepalive_timeout: raw.secs("keepalive-timeout-secs", 1, 3600)?,
-            chat_heartbeat: raw.secs("chat-heartbeat-secs", 1, 3600)?,
-            stream_stack_bytes: raw.number("stream-stack-kib", 32, 16 * 1024)? as usize * 1024,
-            max_http_connections: raw.number("max-http-connections", 1, 1 << 20)? as usize,
-            http_header_timeout: raw.secs("http-header-timeout-secs", 1, 3600)?,
-            http_idle_timeout: raw.secs("http-idle-timeout-secs", 1, 3600)?,
-            write_timeout: raw.secs("write-timeout-secs", 1, 3600)?,
-            http_workers: raw.number("http-workers", 1, 1024)? as usize,
-            max_sse_clients: raw.number("max-sse-clients", 1, 1 << 20)? as usize,
-            sse_keepalive: raw.secs("sse-keepalive-secs", 1, 3600)?,
-            sse_retry_ms: raw.number("sse-retry-ms", 0, 3_600_000)?,
-            cors_origins,
             shutdown_grace: raw.secs("shutdown-grace-secs", 0, 3600)?,
         })
     }
@@ -453,8 +484,8 @@ impl Config {
     pub fn local() -> Config {
         let raw = RawArgs::parse(SERVE_OPTIONS, &[], |_| None).expect("defaults parse");
         let mut config = Config::from_raw(&raw).expect("defaults are valid");
-        config.grpc_addr = "127.0.0.1:0".parse().expect("literal address");
-        config.http_addr = "127.0.0.1:0".parse().expect("literal address");
+        config.grpc.addr = "127.0.0.1:0".parse().expect("literal address");
+        config.http.addr = "127.0.0.1:0".parse().expect("literal address");
         config
     }
 }
@@ -523,6 +554,14 @@ mod tests {
         assert!(printed
             .contains("# --subscriber-queue (from environment)\nSTREAMHUB_SUBSCRIBER_QUEUE=9\n"));
         assert!(printed.contains("# --max-rooms (from default)\nSTREAMHUB_MAX_ROOMS=10000\n"));
+    }
+
+    #[test]
+    fn the_hubs_own_defaults_are_the_option_tables() {
+        // HubConfig::default (for the hub's unit tests, which cannot see
+        // this module) must not drift from the one table of defaults.
+        let ours = format!("{:?}", Config::local().hub);
+        assert_eq!(ours, format!("{:?}", HubConfig::default()));
     }
 
     #[test]

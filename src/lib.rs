@@ -51,7 +51,7 @@ impl App {
         let threads = Threads::new();
         let (stop_tx, stopping) = crossbeam_channel::bounded::<()>(0);
         let grpc = grpc::GrpcServer::start(
-            &config,
+            &config.grpc,
             hub.clone(),
             telemetry.clone(),
             threads.clone(),
@@ -59,11 +59,11 @@ impl App {
         )?;
         log::info!(
             "gRPC listening on {}:{}",
-            config.grpc_addr.ip(),
+            config.grpc.addr.ip(),
             grpc.port()
         );
         let http = http::HttpServer::start(
-            &config,
+            &config.http,
             hub.clone(),
             telemetry.clone(),
             threads.clone(),
@@ -71,7 +71,7 @@ impl App {
         )?;
         log::info!(
             "HTTP listening on {}:{}",
-            config.http_addr.ip(),
+            config.http.addr.ip(),
             http.port()
         );
         Ok(App {

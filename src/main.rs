@@ -52,7 +52,7 @@ fn serve(args: &[String]) -> Result<(), Error> {
     }
     systemd::init_logging();
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
-    let (grpc_addr, http_addr) = (config.grpc_addr, config.http_addr);
+    let (grpc_addr, http_addr) = (config.grpc.addr, config.http.addr);
     let app = App::start(config)?;
     let notifier = Notifier::from_env();
     if notifier.enabled() {

@@ -85,7 +85,7 @@ fn empty_room_is_default_and_rooms_are_separate() {
 #[test]
 fn send_message_rejects_invalid_arguments() {
     let server = common::start_with(|c| {
-        c.max_message_bytes = 1024;
+        c.grpc.max_message_bytes = 1024;
         c.hub.max_content_bytes = 1024;
     });
     let client = server.client();
@@ -190,7 +190,7 @@ fn deadline_ends_the_stream_and_unregisters() {
 fn stuck_subscriber_is_dropped_while_others_get_everything() {
     let server = common::start_with(|c| {
         c.hub.subscriber_queue = 32;
-        c.write_timeout = Duration::from_secs(1);
+        c.grpc.write_timeout = Duration::from_secs(1);
     });
     let stuck_client = server.client();
     let mut stuck = subscribe(&stuck_client, "busy", "");
@@ -298,7 +298,7 @@ fn upload_stops_at_first_invalid_message_naming_its_index() {
 
 #[test]
 fn chat_echoes_publishes_and_sends_heartbeats() {
-    let server = common::start_with(|c| c.chat_heartbeat = Duration::from_secs(1));
+    let server = common::start_with(|c| c.grpc.chat_heartbeat = Duration::from_secs(1));
     let client = server.client();
     let mut watcher = subscribe(&client, "talk", "watcher");
     let (mut tx, mut rx) = client.chat_opt(opt()).unwrap();
@@ -400,7 +400,7 @@ fn stream_metrics_rejects_bad_intervals() {
 
 #[test]
 fn stream_cap_answers_resource_exhausted() {
-    let server = common::start_with(|c| c.max_grpc_streams = 3);
+    let server = common::start_with(|c| c.grpc.max_streams = 3);
     let client = server.client();
     let _open: Vec<_> = (0..3)
         .map(|i| subscribe(&client, "cap", &format!("u{i}")))
@@ -510,7 +510,7 @@ fn streams_past_the_cap_on_one_connection_are_refused_and_the_open_ones_live_on(
     // More than the old per-connection default (256) on one connection:
     // the RPC-level cap must answer, not the HTTP/2 limit, which makes
     // grpc-core clients drop the whole connection.
-    let server = common::start_with(|c| c.max_grpc_streams = 300);
+    let server = common::start_with(|c| c.grpc.max_streams = 300);
     let client = server.client();
     let mut open = Vec::new();
     let mut refused = 0;
@@ -575,7 +575,7 @@ fn subscribe_and_chat_reject_bad_room_names() {
 fn a_second_server_on_the_same_grpc_port_fails_to_start() {
     let first = common::start();
     let mut config = streamhub::config::Config::local();
-    config.grpc_addr = first.grpc_addr.parse().unwrap();
+    config.grpc.addr = first.grpc_addr.parse().unwrap();
     match streamhub::App::start(config) {
         Ok(_) => panic!("two servers share {}", first.grpc_addr),
         Err(e) => assert!(

@@ -356,7 +356,7 @@ fn no_room_means_the_default_room() {
 
 #[test]
 fn keep_alive_comment_arrives_while_idle() {
-    let server = common::start_with(|c| c.sse_keepalive = Duration::from_secs(1));
+    let server = common::start_with(|c| c.http.sse_keepalive = Duration::from_secs(1));
     let mut stream = EventStream::connected(&server, "/events?room=quiet", &[]);
     let started = Instant::now();
     assert_eq!(stream.item().unwrap(), Item::Comment("keep-alive".into()));
@@ -497,7 +497,7 @@ fn type_filter_passes_only_the_listed_types() {
 
 #[test]
 fn user_parameter_announces_join_on_open_and_leave_on_end() {
-    let server = common::start_with(|c| c.sse_keepalive = Duration::from_secs(1));
+    let server = common::start_with(|c| c.http.sse_keepalive = Duration::from_secs(1));
     let mut observer = EventStream::connected(&server, "/events?room=jl", &[]);
     let mut bob = EventStream::connected(&server, "/events?room=jl&user=bob", &[]);
     let join = observer.event();
@@ -550,7 +550,7 @@ fn post_messages_arrives_on_grpc_subscribe_messages() {
 #[test]
 fn post_messages_validates_like_send_message() {
     let server = common::start_with(|c| {
-        c.max_message_bytes = 1024;
+        c.http.max_body_bytes = 1024;
         c.hub.max_content_bytes = 1024;
     });
     let cases: &[(&[u8], u16, &str)] = &[
@@ -623,7 +623,7 @@ fn a_small_event_arrives_within_100_ms() {
 fn a_never_reading_client_is_dropped_while_a_reader_gets_all_20000() {
     const TOTAL: usize = 20_000;
     const BATCH: usize = 250;
-    let server = common::start_with(|c| c.write_timeout = Duration::from_secs(2));
+    let server = common::start_with(|c| c.http.write_timeout = Duration::from_secs(2));
     let mut stalled = EventStream::connected(&server, "/events?room=flood", &[]);
     let reader = EventStream::connected(&server, "/events?room=flood", &[]);
     let (progress_tx, progress) = crossbeam_channel::unbounded::<usize>();
@@ -683,7 +683,7 @@ fn a_never_reading_client_is_dropped_while_a_reader_gets_all_20000() {
 
 #[test]
 fn sse_cap_answers_503_with_retry_after_and_spares_open_streams() {
-    let server = common::start_with(|c| c.max_sse_clients = 2);
+    let server = common::start_with(|c| c.http.max_sse_clients = 2);
     let mut a = EventStream::connected(&server, "/events?room=cap", &[]);
     let mut b = EventStream::connected(&server, "/events?room=cap", &[]);
     let refused = get(&server, "/events?room=cap");
@@ -716,7 +716,7 @@ fn sse_cap_answers_503_with_retry_after_and_spares_open_streams() {
 
 #[test]
 fn connection_cap_answers_503_with_retry_after() {
-    let server = common::start_with(|c| c.max_http_connections = 3);
+    let server = common::start_with(|c| c.http.max_connections = 3);
     let held: Vec<TcpStream> = (0..3).map(|_| connect(&server)).collect();
     let http = server.app.http().unwrap();
     assert!(wait_until(IO_TIMEOUT, || http.open_connections() == 3));
@@ -731,8 +731,8 @@ fn connection_cap_answers_503_with_retry_after() {
 #[test]
 fn every_error_status() {
     let server = common::start_with(|c| {
-        c.http_header_timeout = Duration::from_secs(1);
-        c.max_message_bytes = 100;
+        c.http.header_timeout = Duration::from_secs(1);
+        c.http.max_body_bytes = 100;
     });
     // (request, status); the connection layer's refusals close the
     // connection, a route's answers keep it.
@@ -878,7 +878,7 @@ fn expect_100_continue_with_curl() {
 
 #[test]
 fn keep_alive_reuses_one_connection_and_http_1_0_closes() {
-    let server = common::start_with(|c| c.http_idle_timeout = Duration::from_secs(1));
+    let server = common::start_with(|c| c.http.idle_timeout = Duration::from_secs(1));
     let stream = connect(&server);
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
@@ -1056,7 +1056,7 @@ fn cors_headers_only_when_configured() {
     assert_eq!(reply.header("allow"), Some("POST, OPTIONS"));
     assert_eq!(reply.header("access-control-allow-origin"), None);
 
-    let on = common::start_with(|c| c.cors_origins = vec!["http://a.example".into()]);
+    let on = common::start_with(|c| c.http.cors_origins = vec!["http://a.example".into()]);
     let reply = exchange(&on, preflight);
     assert_eq!(reply.status, 204);
     assert_eq!(
@@ -1165,7 +1165,7 @@ fn a_thousand_unfinished_requests_are_closed_at_the_deadline_without_threads() {
 #[test]
 #[ignore = "run by a_thousand_unfinished_requests_are_closed_at_the_deadline_without_threads in a fresh process"]
 fn alone_thousand_unfinished_requests() {
-    let server = common::start_with(|c| c.http_header_timeout = Duration::from_secs(2));
+    let server = common::start_with(|c| c.http.header_timeout = Duration::from_secs(2));
     assert_healthy(&server);
     let baseline = process_threads();
     let started = Instant::now();
@@ -1372,8 +1372,8 @@ fn browser_eventsource_gets_grpc_messages_and_resumes_after_the_server_closes_th
     // subscription: the server closes the stream mid-flow. Room enough for
     // the five messages before it.
     let server = common::start_with(|c| {
-        c.cors_origins = vec!["*".into()];
-        c.sse_retry_ms = 200;
+        c.http.cors_origins = vec!["*".into()];
+        c.http.sse_retry_ms = 200;
         c.hub.subscriber_queue = 16;
     });
     let hub = server.app.hub().clone();
@@ -1437,7 +1437,7 @@ fn browser_eventsource_gets_grpc_messages_and_resumes_after_the_server_closes_th
 #[test]
 fn a_client_that_leaves_while_idle_is_let_go_before_the_next_keep_alive() {
     // Keep-alive every 60 s: only the liveness check can notice in time.
-    let server = common::start_with(|c| c.sse_keepalive = Duration::from_secs(60));
+    let server = common::start_with(|c| c.http.sse_keepalive = Duration::from_secs(60));
     let stream = EventStream::connected(&server, "/events?room=gone", &[]);
     assert_eq!(server.subscribers(), 1);
     let left = Instant::now();

@@ -209,9 +209,9 @@ fn every_subscriber_of_a_crowded_room_gets_every_message_in_the_same_order() {
         sse = scaled;
     }
     let server = common::start_with(|c| {
-        c.max_sse_clients = sse + 16;
-        c.max_http_connections = sse + publishers + 64;
-        c.max_grpc_streams = grpc + 16;
+        c.http.max_sse_clients = sse + 16;
+        c.http.max_connections = sse + publishers + 64;
+        c.grpc.max_streams = grpc + 16;
     });
     let http = server.app.http_port();
     let mut plan = FanoutPlan::defaults();
@@ -370,7 +370,7 @@ fn sse_churn_with_killed_clients_returns_threads_fds_and_subscribers_to_baseline
 #[ignore = "run by sse_churn_with_killed_clients_returns_threads_fds_and_subscribers_to_baseline in a fresh process"]
 fn alone_sse_churn() {
     let cycles = if long() { 5000 } else { 1000 };
-    let server = common::start_with(|c| c.sse_keepalive = Duration::from_secs(1));
+    let server = common::start_with(|c| c.http.sse_keepalive = Duration::from_secs(1));
     let addrs = Addrs::of(&server);
     let _trickle = Trickle::start(&server, "churn", Duration::from_millis(1));
     let cycle = |i: usize| {
@@ -529,7 +529,7 @@ fn flood<T: Send>(attempt: impl Fn() -> T + Sync) -> Vec<T> {
 
 #[test]
 fn a_flood_past_max_sse_clients_gets_503_while_open_streams_get_everything() {
-    let server = common::start_with(|c| c.max_sse_clients = CAP);
+    let server = common::start_with(|c| c.http.max_sse_clients = CAP);
     let addrs = Addrs::of(&server);
     let mut open: Vec<EventStream> = (0..CAP).map(|_| open_events(&addrs, "cap")).collect();
     let burst = Trickle::burst(&server, "cap", BURST);
@@ -563,7 +563,7 @@ fn a_flood_past_max_sse_clients_gets_503_while_open_streams_get_everything() {
 
 #[test]
 fn a_flood_past_max_grpc_streams_gets_resource_exhausted_while_open_streams_get_everything() {
-    let server = common::start_with(|c| c.max_grpc_streams = CAP);
+    let server = common::start_with(|c| c.grpc.max_streams = CAP);
     let clients: Vec<_> = (0..CAP).map(|_| server.client()).collect();
     let mut open: Vec<_> = clients.iter().map(|c| subscribe(c, "cap", "")).collect();
     let flooders: Vec<_> = (0..8).map(|_| server.client()).collect();
@@ -621,8 +621,8 @@ fn get_status(addrs: &Addrs, path: &str) -> Option<u16> {
 #[test]
 fn a_flood_past_max_http_connections_gets_503_while_open_streams_get_everything() {
     let server = common::start_with(|c| {
-        c.max_http_connections = CAP + 10;
-        c.http_header_timeout = Duration::from_secs(120);
+        c.http.max_connections = CAP + 10;
+        c.http.header_timeout = Duration::from_secs(120);
     });
     let addrs = Addrs::of(&server);
     let mut open: Vec<EventStream> = (0..CAP).map(|_| open_events(&addrs, "cap")).collect();

@@ -28,7 +28,7 @@ use grpcio::{
     ServerCredentials,
 };
 
-use crate::config::Config;
+use crate::config::GrpcConfig;
 use crate::error::Error;
 use crate::hub::{Hub, SHUTDOWN_NOTICE};
 use crate::metrics::Telemetry;
@@ -47,7 +47,7 @@ struct Shared {
     hub: Arc<Hub>,
     telemetry: Arc<Telemetry>,
     threads: Threads,
-    config: Config,
+    config: GrpcConfig,
     /// Streaming calls open now, against `--max-grpc-streams`.
     open_streams: Arc<Slots>,
     next_stream: AtomicU64,
@@ -74,7 +74,7 @@ impl Shared {
 
     /// Takes a stream slot even while stopping (health watches).
     fn open_stream_any_time(&self) -> Result<Permit, Error> {
-        let limit = self.config.max_grpc_streams;
+        let limit = self.config.max_streams;
         self.open_streams.take(limit).ok_or_else(|| {
             Error::ResourceExhausted(format!("too many concurrent streams (limit {limit})"))
         })
@@ -157,15 +157,15 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Binds `config.grpc_addr` and starts serving.
+    /// Binds `config.addr` and starts serving.
     pub fn start(
-        config: &Config,
+        config: &GrpcConfig,
         hub: Arc<Hub>,
         telemetry: Arc<Telemetry>,
         threads: Threads,
         stopping: Receiver<()>,
     ) -> Result<GrpcServer, Error> {
-        if config.max_streams_per_connection <= config.max_grpc_streams {
+        if config.max_streams_per_connection <= config.max_streams {
             // Measured: with grpc-core clients (C++, Python, grpcio) a
             // connection that goes past the HTTP/2 limit is torn down, every
             // stream on it with it; the RPC-level cap answers cleanly.
@@ -173,12 +173,12 @@ impl GrpcServer {
                 "--max-streams-per-connection ({}) is not above --max-grpc-streams ({}): \
                  a client that opens more streams than that on one connection loses all of them",
                 config.max_streams_per_connection,
-                config.max_grpc_streams
+                config.max_streams
             );
         }
         let env = Arc::new(
             EnvBuilder::new()
-                .cq_count(config.grpc_threads)
+                .cq_count(config.threads)
                 .name_prefix("grpc-poll")
                 .build(),
         );
@@ -227,8 +227,8 @@ impl GrpcServer {
             .build()
             .map_err(|e| Error::Io(format!("gRPC server: {e}")))?;
         let port = server
-            .add_listening_port(config.grpc_addr.to_string(), ServerCredentials::insecure())
-            .map_err(|_| Error::Io(format!("cannot listen on {} (gRPC)", config.grpc_addr)))?;
+            .add_listening_port(config.addr.to_string(), ServerCredentials::insecure())
+            .map_err(|_| Error::Io(format!("cannot listen on {} (gRPC)", config.addr)))?;
         server.start();
         Ok(GrpcServer {
             server,

@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
-use crate::config::Config;
+use crate::config::HttpConfig;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::metrics::Telemetry;
@@ -65,7 +65,7 @@ struct Shared {
     hub: Arc<Hub>,
     telemetry: Arc<Telemetry>,
     threads: Threads,
-    config: Config,
+    config: HttpConfig,
     /// Disconnects when shutdown begins.
     stopping: Receiver<()>,
     /// Connections being served (counted against `--max-http-connections`).
@@ -97,19 +97,19 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `config.http_addr` (port 0 picks a free port) and starts the
+    /// Binds `config.addr` (port 0 picks a free port) and starts the
     /// accept thread and the workers.
     pub fn start(
-        config: &Config,
+        config: &HttpConfig,
         hub: Arc<Hub>,
         telemetry: Arc<Telemetry>,
         threads: Threads,
         stopping: Receiver<()>,
     ) -> Result<HttpServer, Error> {
-        let listener = TcpListener::bind(config.http_addr)
-            .map_err(|e| Error::Io(format!("cannot listen on {} (HTTP): {e}", config.http_addr)))?;
+        let listener = TcpListener::bind(config.addr)
+            .map_err(|e| Error::Io(format!("cannot listen on {} (HTTP): {e}", config.addr)))?;
         listener.set_nonblocking(true)?;
-        sys::set_backlog(&listener, config.max_http_connections)?;
+        sys::set_backlog(&listener, config.max_connections)?;
         let port = listener.local_addr()?.port();
         let (wake_tx, wake_rx) = UnixStream::pair()?;
         wake_tx.set_nonblocking(true)?;
@@ -129,7 +129,7 @@ impl HttpServer {
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
         let (back_tx, back_rx) = crossbeam_channel::unbounded();
         let (alive_tx, workers_done) = crossbeam_channel::bounded::<()>(0);
-        for n in 1..=config.http_workers {
+        for n in 1..=config.workers {
             let shared = shared.clone();
             let jobs = jobs_rx.clone();
             let back = server::GiveBack::new(back_tx.clone(), wake.clone());

@@ -196,8 +196,8 @@ impl Poller {
             return;
         }
         let (max_body, header_timeout) = (
-            self.shared.config.max_message_bytes,
-            self.shared.config.http_header_timeout,
+            self.shared.config.max_body_bytes,
+            self.shared.config.header_timeout,
         );
         let step = conn.incoming.advance(max_body, header_timeout, now);
         if conn.incoming.take_continue() {
@@ -274,18 +274,11 @@ impl Poller {
             }
             let _ = stream.set_nodelay(true);
             let _ = stream.set_write_timeout(Some(config.write_timeout));
-            let deadline = now + config.http_header_timeout;
-            let Some(slot) = self
-                .shared
-                .open_connections
-                .take(config.max_http_connections)
-            else {
+            let deadline = now + config.header_timeout;
+            let Some(slot) = self.shared.open_connections.take(config.max_connections) else {
                 let conn = Conn::new(stream, peer, None, deadline);
                 let response = Response::unavailable(
-                    &format!(
-                        "too many connections (limit {})",
-                        config.max_http_connections
-                    ),
+                    &format!("too many connections (limit {})", config.max_connections),
                     1,
                 );
                 self.fail(conn, response, now);
@@ -346,7 +339,7 @@ fn serve(shared: &Arc<Shared>, job: Job, back: &GiveBack) {
         return;
     }
     conn.incoming
-        .rest(Instant::now() + shared.config.http_idle_timeout);
+        .rest(Instant::now() + shared.config.idle_timeout);
     if conn.stream.set_nonblocking(true).is_ok() {
         back.give(conn);
     }
