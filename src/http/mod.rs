@@ -36,6 +36,17 @@ pub mod sse;
 mod stream;
 mod sys;
 
+/// Cases per property test of the submodules; `STREAMHUB_STRESS=long`
+/// (`make stress`) runs many more.
+#[cfg(test)]
+fn property_cases() -> u32 {
+    if std::env::var("STREAMHUB_STRESS").is_ok_and(|v| v == "long") {
+        8192
+    } else {
+        512
+    }
+}
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
