@@ -27,12 +27,12 @@
 //! Pure protocol logic lives in [`request`], [`response`], [`routes`],
 //! [`sse`] and [`prometheus`]; `server` and `stream` are the I/O around it.
 
-pub mod prometheus;
-pub mod request;
-pub mod response;
-pub mod routes;
+pub(crate) mod prometheus;
+pub(crate) mod request;
+pub(crate) mod response;
+pub(crate) mod routes;
 mod server;
-pub mod sse;
+pub(crate) mod sse;
 mod stream;
 mod sys;
 
