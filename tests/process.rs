@@ -230,9 +230,11 @@ fn make_install_and_uninstall_honour_destdir_and_prefix() {
     let root = env!("CARGO_MANIFEST_DIR");
     let dest = std::env::temp_dir().join(format!("streamhub-dest-{}", std::process::id()));
     let make = |target: &str| {
-        // -o build: the binary under test is already built.
+        // -o build: the binary under test is already built, and BIN says
+        // where (not target/ when CARGO_TARGET_DIR points elsewhere).
         Command::new("make")
             .args(["-s", "-C", root, "-o", "build", target, "PREFIX=/usr"])
+            .arg(format!("BIN={BIN}"))
             .arg(format!("DESTDIR={}", dest.display()))
             .output()
             .unwrap()
