@@ -10,32 +10,18 @@
 //! pinned here, is that other clients keep being answered and the server
 //! survives. The memory bound is the transport issue's (own HTTP/2 layer).
 
-use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
-use crate::process::serve;
-
-fn resident_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
+use crate::support::binary::{serve, BIN};
+use crate::support::proc::resident_kib;
+use crate::support::{python, root};
 
 #[test]
 fn rapid_reset_flood_leaves_other_clients_answered_and_the_server_alive() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "run `make test` (or `make py-deps`) to create the venv"
-    );
+    let root = root();
+    let python = python();
     let server = serve(&[]);
     let pid = server.child.id();
     let before = resident_kib(pid);
@@ -69,7 +55,7 @@ fn rapid_reset_flood_leaves_other_clients_answered_and_the_server_alive() {
     assert_eq!(victim["failed"], 0, "{report}");
     assert!(victim["p99_ms"].as_f64().unwrap() < 200.0, "{report}");
     // Still alive and serving once the flood is over.
-    let sent = Command::new(env!("CARGO_BIN_EXE_streamhub"))
+    let sent = Command::new(BIN)
         .args(["send", "--server", &server.grpc_addr, "--room", "after"])
         .args(["--user", "u", "--timeout-secs", "20", "still", "here"])
         .output()

@@ -10,7 +10,10 @@ use protobuf::Enum;
 use streamhub::hub::CloseReason;
 use streamhub::proto::chat;
 
-use crate::common::{self, next, opt, send, status_code, status_message, subscribe, wait_until};
+use crate::support::grpc::{
+    next, opt, send, status_code, status_message, subscribe, subscribe_req,
+};
+use crate::support::{self, wait_until};
 
 fn chat_message(id: &str, room: &str, user: &str, content: &str) -> chat::Message {
     let mut m = chat::Message::new();
@@ -23,7 +26,7 @@ fn chat_message(id: &str, room: &str, user: &str, content: &str) -> chat::Messag
 
 #[test]
 fn send_message_id_is_the_id_subscribers_see() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let mut stream = subscribe(&client, "general", "alice");
     let resp = send(&client, "general", "bob", "hello").unwrap();
@@ -41,10 +44,10 @@ fn send_message_id_is_the_id_subscribers_see() {
 
 #[test]
 fn welcome_names_room_and_user_and_comes_first() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let mut stream = client
-        .subscribe_messages_opt(&common::subscribe_req("lobby", "carol"), opt())
+        .subscribe_messages_opt(&subscribe_req("lobby", "carol"), opt())
         .unwrap();
     let welcome = next(&mut stream).unwrap();
     assert_eq!(
@@ -67,7 +70,7 @@ fn welcome_names_room_and_user_and_comes_first() {
 
 #[test]
 fn empty_room_is_default_and_rooms_are_separate() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let mut default = subscribe(&client, "", "u");
     let mut other = subscribe(&client, "other", "u");
@@ -84,7 +87,7 @@ fn empty_room_is_default_and_rooms_are_separate() {
 
 #[test]
 fn send_message_rejects_invalid_arguments() {
-    let server = common::start_with(|c| {
+    let server = support::start_with(|c| {
         c.grpc.max_message_bytes = 1024;
         c.hub.max_content_bytes = 1024;
     });
@@ -110,7 +113,7 @@ fn send_message_rejects_invalid_arguments() {
 
 #[test]
 fn default_message_limit_is_one_mebibyte() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     assert!(send(&client, "r", "u", &"x".repeat(1024 * 1024)).is_ok());
     let err = send(&client, "r", "u", &"x".repeat(1024 * 1024 + 1)).unwrap_err();
@@ -119,7 +122,7 @@ fn default_message_limit_is_one_mebibyte() {
 
 #[test]
 fn twenty_subscribers_get_500_messages_in_order() {
-    let server = common::start();
+    let server = support::start();
     let clients: Vec<_> = (0..4).map(|_| server.client()).collect();
     let streams: Vec<_> = (0..20)
         .map(|i| subscribe(&clients[i % 4], "fanout", ""))
@@ -146,7 +149,7 @@ fn twenty_subscribers_get_500_messages_in_order() {
 
 #[test]
 fn hundred_cancelled_streams_unregister_within_a_second() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let streams: Vec<_> = (0..100).map(|_| subscribe(&client, "churn", "")).collect();
     assert_eq!(server.subscribers(), 100);
@@ -172,11 +175,11 @@ fn hundred_cancelled_streams_unregister_within_a_second() {
 
 #[test]
 fn deadline_ends_the_stream_and_unregisters() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let mut stream = client
         .subscribe_messages_opt(
-            &common::subscribe_req("late", ""),
+            &subscribe_req("late", ""),
             CallOption::default().timeout(Duration::from_millis(300)),
         )
         .unwrap();
@@ -188,7 +191,7 @@ fn deadline_ends_the_stream_and_unregisters() {
 
 #[test]
 fn stuck_subscriber_is_dropped_while_others_get_everything() {
-    let server = common::start_with(|c| {
+    let server = support::start_with(|c| {
         c.hub.subscriber_queue = 32;
         c.grpc.write_timeout = Duration::from_secs(1);
     });
@@ -246,7 +249,7 @@ fn stuck_subscriber_is_dropped_while_others_get_everything() {
 
 #[test]
 fn upload_publishes_each_message_and_counts() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let mut stream = subscribe(&client, "up", "watcher");
     let (mut tx, rx) = client.upload_messages_opt(opt()).unwrap();
@@ -270,7 +273,7 @@ fn upload_publishes_each_message_and_counts() {
 
 #[test]
 fn upload_stops_at_first_invalid_message_naming_its_index() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let (mut tx, rx) = client.upload_messages_opt(opt()).unwrap();
     let messages = [
@@ -298,7 +301,7 @@ fn upload_stops_at_first_invalid_message_naming_its_index() {
 
 #[test]
 fn chat_echoes_publishes_and_sends_heartbeats() {
-    let server = common::start_with(|c| c.grpc.chat_heartbeat = Duration::from_secs(1));
+    let server = support::start_with(|c| c.grpc.chat_heartbeat = Duration::from_secs(1));
     let client = server.client();
     let mut watcher = subscribe(&client, "talk", "watcher");
     let (mut tx, mut rx) = client.chat_opt(opt()).unwrap();
@@ -338,7 +341,7 @@ fn chat_echoes_publishes_and_sends_heartbeats() {
 
 #[test]
 fn chat_rejects_an_invalid_message() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let (mut tx, mut rx) = client.chat_opt(opt()).unwrap();
     block_on(tx.send((chat_message("x", "talk", "u", ""), WriteFlags::default()))).unwrap();
@@ -355,7 +358,7 @@ fn chat_rejects_an_invalid_message() {
 
 #[test]
 fn stream_metrics_sends_real_measurements() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let _sub = subscribe(&client, "m", "");
     send(&client, "m", "u", "x").unwrap();
@@ -386,7 +389,7 @@ fn stream_metrics_sends_real_measurements() {
 
 #[test]
 fn stream_metrics_rejects_bad_intervals() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     for bad in [-1, 3601] {
         let mut req = chat::MetricsRequest::new();
@@ -400,13 +403,13 @@ fn stream_metrics_rejects_bad_intervals() {
 
 #[test]
 fn stream_cap_answers_resource_exhausted() {
-    let server = common::start_with(|c| c.grpc.max_streams = 3);
+    let server = support::start_with(|c| c.grpc.max_streams = 3);
     let client = server.client();
     let _open: Vec<_> = (0..3)
         .map(|i| subscribe(&client, "cap", &format!("u{i}")))
         .collect();
     let mut refused = client
-        .subscribe_messages_opt(&common::subscribe_req("cap", "extra"), opt())
+        .subscribe_messages_opt(&subscribe_req("cap", "extra"), opt())
         .unwrap();
     let err = next(&mut refused).unwrap_err();
     assert_eq!(status_code(&err), RpcStatusCode::RESOURCE_EXHAUSTED);
@@ -416,7 +419,7 @@ fn stream_cap_answers_resource_exhausted() {
 
 #[test]
 fn shutdown_says_goodbye_with_unavailable_after_delivering_accepted_messages() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let mut stream = subscribe(&client, "bye", "u");
     let mut ids = Vec::new();
@@ -428,7 +431,7 @@ fn shutdown_says_goodbye_with_unavailable_after_delivering_accepted_messages() {
         );
     }
     let started = Instant::now();
-    let common::Server { app, .. } = server;
+    let support::Server { app, .. } = server;
     let stopper = std::thread::spawn(move || app.shutdown());
     let mut got = Vec::new();
     let err = loop {
@@ -465,7 +468,7 @@ fn shutdown_says_goodbye_with_unavailable_after_delivering_accepted_messages() {
 
 #[test]
 fn join_and_leave_are_published_for_named_subscribers() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let mut watcher = subscribe(&client, "jl", "");
     let mut alice = subscribe(&client, "jl", "alice");
@@ -483,7 +486,7 @@ fn join_and_leave_are_published_for_named_subscribers() {
 
 #[test]
 fn clients_cannot_publish_system_join_or_leave_messages() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let mut watcher = subscribe(&client, "forge", "");
     let (mut tx, rx) = client.upload_messages_opt(opt()).unwrap();
@@ -510,13 +513,13 @@ fn streams_past_the_cap_on_one_connection_are_refused_and_the_open_ones_live_on(
     // More than the old per-connection default (256) on one connection:
     // the RPC-level cap must answer, not the HTTP/2 limit, which makes
     // grpc-core clients drop the whole connection.
-    let server = common::start_with(|c| c.grpc.max_streams = 300);
+    let server = support::start_with(|c| c.grpc.max_streams = 300);
     let client = server.client();
     let mut open = Vec::new();
     let mut refused = 0;
     for _ in 0..400 {
         let mut s = client
-            .subscribe_messages_opt(&common::subscribe_req("many", ""), opt())
+            .subscribe_messages_opt(&subscribe_req("many", ""), opt())
             .unwrap();
         match next(&mut s) {
             Ok(_) => open.push(s),
@@ -536,10 +539,10 @@ fn streams_past_the_cap_on_one_connection_are_refused_and_the_open_ones_live_on(
 
 #[test]
 fn subscribe_and_chat_reject_bad_room_names() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let mut stream = client
-        .subscribe_messages_opt(&common::subscribe_req("no spaces please", "u"), opt())
+        .subscribe_messages_opt(&subscribe_req("no spaces please", "u"), opt())
         .unwrap();
     let err = next(&mut stream).unwrap_err();
     assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
@@ -573,7 +576,7 @@ fn subscribe_and_chat_reject_bad_room_names() {
 
 #[test]
 fn a_second_server_on_the_same_grpc_port_fails_to_start() {
-    let first = common::start();
+    let first = support::start();
     let mut config = streamhub::config::Config::local();
     config.grpc.addr = first.grpc_addr.parse().unwrap();
     match streamhub::App::start(config) {
@@ -589,7 +592,7 @@ fn a_second_server_on_the_same_grpc_port_fails_to_start() {
 
 #[test]
 fn cancelled_metrics_chat_and_upload_streams_end_their_threads() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let mut metrics = Vec::new();
     let mut chats = Vec::new();
@@ -626,7 +629,7 @@ fn cancelled_metrics_chat_and_upload_streams_end_their_threads() {
 
 #[test]
 fn chat_participant_joins_the_room_before_their_first_message() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let mut watcher = subscribe(&client, "order", "watcher");
     let (mut tx, mut rx) = client.chat_opt(opt()).unwrap();

@@ -1,76 +1,14 @@
 //! The real `streamhub` binary: the command-line clients and signals.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStderr, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_streamhub");
-
-pub(crate) struct Serve {
-    pub(crate) child: Child,
-    pub(crate) grpc_addr: String,
-    /// Log lines after the "listening" one.
-    logs: mpsc::Receiver<String>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The lines `reader` produces, as they come, from a thread of their own.
-fn lines_of(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-pub(crate) fn serve(extra: &[&str]) -> Serve {
-    serve_with_env(extra, &[])
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-fn signal(child: &Child, name: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{name}");
-}
+use crate::support::binary::{cli, lines_of, serve, serve_with_env, signal, wait_exit, BIN};
 
 #[test]
 fn cli_send_and_subscribe_then_sigterm_exits_zero_with_stream_open() {
     let mut server = serve(&[]);
-    let mut sub = Command::new(BIN)
-        .args([
-            "subscribe",
-            "--server",
-            &server.grpc_addr,
-            "--room",
-            "cli",
-            "--user",
-            "",
-        ])
+    let mut sub = cli("subscribe", &server.grpc_addr, "cli", "")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -81,18 +19,8 @@ fn cli_send_and_subscribe_then_sigterm_exits_zero_with_stream_open() {
         .expect("welcome");
     assert!(welcome.contains("Welcome to room cli"), "{welcome}");
 
-    let out = Command::new(BIN)
-        .args([
-            "send",
-            "--server",
-            &server.grpc_addr,
-            "--room",
-            "cli",
-            "--user",
-            "ann",
-            "hello",
-            "world",
-        ])
+    let out = cli("send", &server.grpc_addr, "cli", "ann")
+        .args(["hello", "world"])
         .output()
         .unwrap();
     assert!(
@@ -173,16 +101,7 @@ fn bad_flags_exit_2_naming_the_flag() {
 #[test]
 fn cli_upload_reads_stdin_lines() {
     let server = serve(&[]);
-    let mut child = Command::new(BIN)
-        .args([
-            "upload",
-            "--server",
-            &server.grpc_addr,
-            "--room",
-            "u",
-            "--user",
-            "bob",
-        ])
+    let mut child = cli("upload", &server.grpc_addr, "u", "bob")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -197,54 +116,6 @@ fn cli_upload_reads_stdin_lines() {
     let mut printed = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut printed).unwrap();
     assert!(printed.contains("uploaded 3 messages"), "{printed}");
-}
-
-fn serve_with_env(extra: &[&str], env: &[(&str, &str)]) -> Serve {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-    ])
-    .args(extra)
-    .env("RUST_LOG", "info")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("binary starts");
-    let stderr: ChildStderr = child.stderr.take().unwrap();
-    let rx = lines_of(stderr);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let grpc_addr = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("server logs its gRPC address");
-        if let Some(addr) = line.split("gRPC listening on ").nth(1) {
-            break addr.trim().to_string();
-        }
-    };
-    Serve {
-        child,
-        grpc_addr,
-        logs: rx,
-    }
-}
-
-fn http_addr_from_logs(server: &Serve) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = server
-            .logs
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("server logs its HTTP address");
-        if let Some(addr) = line.split("HTTP listening on ").nth(1) {
-            return addr.trim().to_string();
-        }
-    }
 }
 
 #[test]
@@ -263,7 +134,7 @@ fn systemd_notify_ready_after_both_ports_answer_watchdog_and_stopping() {
             ("WATCHDOG_USEC", "200000"),
         ],
     );
-    let http_addr = http_addr_from_logs(&server);
+    let http_addr = server.http_addr();
     let recv = |socket: &UnixDatagram| {
         let mut buf = [0u8; 256];
         let n = socket.recv(&mut buf).expect("a notify message");
@@ -318,25 +189,12 @@ fn print_config_takes_flags_over_env_over_defaults() {
 #[test]
 fn journald_logs_have_priorities_and_no_timestamps() {
     let mut server = serve_with_env(&[], &[("JOURNAL_STREAM", "8:1234")]);
-    let line = http_addr_line(&server);
+    let line = server.http_log_line();
     assert!(line.starts_with("<6>["), "{line}");
     signal(&server.child, "TERM");
     assert!(wait_exit(&mut server.child, Duration::from_secs(10))
         .expect("exits")
         .success());
-}
-
-fn http_addr_line(server: &Serve) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = server
-            .logs
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("a log line");
-        if line.contains("HTTP listening on") {
-            return line;
-        }
-    }
 }
 
 #[test]
@@ -372,9 +230,11 @@ fn make_install_and_uninstall_honour_destdir_and_prefix() {
     let root = env!("CARGO_MANIFEST_DIR");
     let dest = std::env::temp_dir().join(format!("streamhub-dest-{}", std::process::id()));
     let make = |target: &str| {
-        // -o build: the binary under test is already built.
+        // -o build: the binary under test is already built, and BIN says
+        // where (not target/ when CARGO_TARGET_DIR points elsewhere).
         Command::new("make")
             .args(["-s", "-C", root, "-o", "build", target, "PREFIX=/usr"])
+            .arg(format!("BIN={BIN}"))
             .arg(format!("DESTDIR={}", dest.display()))
             .output()
             .unwrap()
@@ -401,7 +261,7 @@ fn make_install_and_uninstall_honour_destdir_and_prefix() {
 fn sigterm_with_open_sse_and_grpc_streams_delivers_everything_then_exits_zero() {
     use std::io::{Read, Write};
     let mut server = serve_with_env(&["--shutdown-grace-secs", "5"], &[]);
-    let http_addr = http_addr_from_logs(&server);
+    let http_addr = server.http_addr();
     let mut sse = std::net::TcpStream::connect(&http_addr).unwrap();
     sse.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     sse.write_all(b"GET /events?room=term HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -414,16 +274,7 @@ fn sigterm_with_open_sse_and_grpc_streams_delivers_everything_then_exits_zero() 
         seen.extend_from_slice(&buf[..n]);
     }
     // A gRPC subscriber through the CLI, a grpcio client.
-    let mut sub = Command::new(BIN)
-        .args([
-            "subscribe",
-            "--server",
-            &server.grpc_addr,
-            "--room",
-            "term",
-            "--user",
-            "",
-        ])
+    let mut sub = cli("subscribe", &server.grpc_addr, "term", "")
         .env("USER", "")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -436,16 +287,7 @@ fn sigterm_with_open_sse_and_grpc_streams_delivers_everything_then_exits_zero() 
         .contains("Welcome"));
     let mut ids = Vec::new();
     for i in 0..20 {
-        let out = Command::new(BIN)
-            .args([
-                "send",
-                "--server",
-                &server.grpc_addr,
-                "--room",
-                "term",
-                "--user",
-                "ann",
-            ])
+        let out = cli("send", &server.grpc_addr, "term", "ann")
             .arg(format!("message {i}"))
             .output()
             .unwrap();
@@ -505,7 +347,7 @@ fn a_second_signal_exits_at_once_while_shutdown_waits_for_a_stuck_stream() {
         &["--shutdown-grace-secs", "60", "--write-timeout-secs", "60"],
         &[],
     );
-    let http_addr = http_addr_from_logs(&server);
+    let http_addr = server.http_addr();
     // An SSE client that stops reading: its stream thread blocks in a write
     // once the socket buffers are full, which holds shutdown up.
     let mut stuck = std::net::TcpStream::connect(&http_addr).unwrap();

@@ -1,21 +1,15 @@
 //! Python's grpcio (from PyPI, in the venv `make test` creates) against the
 //! real server: proves a client nobody here wrote works with our proto.
 
-use std::path::Path;
 use std::process::Command;
 
-use crate::common;
+use crate::support::{self, binary::lines_of, python, root};
 
 #[test]
 fn python_grpcio_client_runs_all_five_rpcs() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `make test` (or `make py-deps`) to create the venv",
-        python.display()
-    );
-    let server = common::start();
+    let root = root();
+    let python = python();
+    let server = support::start();
     let out = std::env::temp_dir().join(format!("streamhub-py-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
     let output = Command::new(&python)
@@ -37,18 +31,13 @@ fn python_grpcio_client_runs_all_five_rpcs() {
 
 #[test]
 fn python_health_reflection_and_shutdown_drain() {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     use std::time::{Duration, Instant};
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "run `make test` (or `make py-deps`) to create the venv"
-    );
-    let common::Server { app, grpc_addr, .. } =
-        common::start_with(|c| c.shutdown_grace = Duration::from_secs(5));
+    let root = root();
+    let python = python();
+    let support::Server { app, grpc_addr, .. } =
+        support::start_with(|c| c.shutdown_grace = Duration::from_secs(5));
     let out = std::env::temp_dir().join(format!("streamhub-py2-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
     let mut child = Command::new(&python)
@@ -60,13 +49,7 @@ fn python_health_reflection_and_shutdown_drain() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python runs");
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let lines = lines_of(child.stdout.take().unwrap());
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !seen.iter().any(|l: &String| l == "READY") {

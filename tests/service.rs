@@ -14,7 +14,8 @@ use streamhub::proto::reflection::ServerReflectionRequest;
 use streamhub::proto::services::health::HealthClient;
 use streamhub::proto::services::reflection::ServerReflectionClient;
 
-use crate::common::{self, opt, status_code};
+use crate::support;
+use crate::support::grpc::{opt, status_code};
 
 fn channel(addr: &str) -> grpcio::Channel {
     let env = Arc::new(EnvBuilder::new().cq_count(1).build());
@@ -31,7 +32,7 @@ fn check(client: &HealthClient, service: &str) -> grpcio::Result<ServingStatus> 
 
 #[test]
 fn health_check_and_watch_follow_shutdown() {
-    let common::Server { app, grpc_addr, .. } = common::start();
+    let support::Server { app, grpc_addr, .. } = support::start();
     let client = HealthClient::new(channel(&grpc_addr));
     assert_eq!(check(&client, "").unwrap(), ServingStatus::SERVING);
     assert_eq!(
@@ -70,7 +71,7 @@ fn health_check_and_watch_follow_shutdown() {
 
 #[test]
 fn reflection_v1_lists_and_describes_chat_service() {
-    let server = common::start();
+    let server = support::start();
     let client = ServerReflectionClient::new(channel(&server.grpc_addr));
     let (mut tx, mut rx) = client.server_reflection_info_opt(opt()).unwrap();
     let mut ask = |req: Message_request| {

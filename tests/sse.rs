@@ -3,7 +3,7 @@
 //! clients. Every socket has read and write timeouts; nothing waits on a
 //! sleep where a signal exists.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,286 +12,15 @@ use serde_json::Value;
 use streamhub::hub::{CloseReason, Draft};
 use streamhub::proto::chat;
 
-use crate::common::{self, next, send, subscribe, wait_until, Server};
-
-/// Every socket read or write in these tests ends within this.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn connect(server: &Server) -> TcpStream {
-    let stream = TcpStream::connect(("127.0.0.1", server.app.http_port())).expect("connect");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream
-}
-
-/// One HTTP response as read off the wire.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// Reads a status line and headers.
-fn read_head(r: &mut impl BufRead) -> io::Result<Reply> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, line.clone()))?;
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (n, v) = l.split_once(':').expect("header line");
-        headers.push((n.to_string(), v.trim().to_string()));
-    }
-    Ok(Reply {
-        status,
-        headers,
-        body: Vec::new(),
-    })
-}
-
-/// Reads one whole response (`head_only`: the answer to a HEAD).
-fn read_reply(r: &mut impl BufRead, head_only: bool) -> io::Result<Reply> {
-    let mut reply = read_head(r)?;
-    if head_only {
-        return Ok(reply);
-    }
-    if let Some(len) = reply.header("content-length") {
-        let mut body = vec![0; len.parse().unwrap()];
-        r.read_exact(&mut body)?;
-        reply.body = body;
-    } else {
-        r.read_to_end(&mut reply.body)?;
-    }
-    Ok(reply)
-}
-
-/// Sends raw bytes on a new connection and reads one response.
-fn exchange(server: &Server, raw: &[u8]) -> Reply {
-    let mut stream = connect(server);
-    stream.write_all(raw).unwrap();
-    let mut r = BufReader::new(stream);
-    read_reply(&mut r, raw.starts_with(b"HEAD ")).expect("a response")
-}
-
-fn request(server: &Server, method: &str, target: &str) -> Reply {
-    let raw = format!("{method} {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    exchange(server, raw.as_bytes())
-}
-
-fn get(server: &Server, target: &str) -> Reply {
-    request(server, "GET", target)
-}
-
-fn post_raw(server: &Server, body: &[u8]) -> Reply {
-    let mut raw = format!(
-        "POST /messages HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(body);
-    exchange(server, &raw)
-}
-
-fn post(server: &Server, room: &str, user: &str, content: &str) -> Value {
-    let body = serde_json::json!({ "room": room, "user": user, "content": content });
-    let reply = post_raw(server, body.to_string().as_bytes());
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    reply.json()
-}
-
-/// The server answers normally.
-fn assert_healthy(server: &Server) {
-    let reply = get(server, "/healthz");
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.json()["status"], "ok");
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct SseEvent {
-    id: Option<String>,
-    event: String,
-    data: String,
-}
-
-impl SseEvent {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {}", self.data))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Item {
-    Comment(String),
-    Retry(u64),
-    Event(SseEvent),
-}
-
-/// A client of an event stream that parses it by the WHATWG rules.
-struct EventStream {
-    reader: BufReader<TcpStream>,
-    head: Reply,
-    id: Option<String>,
-    name: String,
-    data: Option<String>,
-}
-
-impl EventStream {
-    fn open(server: &Server, target: &str, headers: &[(&str, &str)]) -> EventStream {
-        let mut stream = connect(server);
-        let mut raw = format!("GET {target} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n");
-        for (n, v) in headers {
-            raw.push_str(&format!("{n}: {v}\r\n"));
-        }
-        raw.push_str("\r\n");
-        stream.write_all(raw.as_bytes()).unwrap();
-        let mut reader = BufReader::new(stream);
-        let head = read_head(&mut reader).expect("response head");
-        EventStream {
-            reader,
-            head,
-            id: None,
-            name: String::new(),
-            data: None,
-        }
-    }
-
-    /// Opens a stream and takes `: connected` and `retry`, after which the
-    /// subscription is registered.
-    fn connected(server: &Server, target: &str, headers: &[(&str, &str)]) -> EventStream {
-        let mut s = EventStream::open(server, target, headers);
-        assert_eq!(s.head.status, 200, "{target}: {:?}", s.head);
-        assert_eq!(s.item().unwrap(), Item::Comment("connected".into()));
-        assert!(matches!(s.item().unwrap(), Item::Retry(_)));
-        s
-    }
-
-    /// One line. The format allows CRLF, LF or CR as line ends; streamhub
-    /// sends LF only, and a CR anywhere would mean a value broke out of its
-    /// field, so it fails the test.
-    fn line(&mut self) -> io::Result<String> {
-        let mut bytes = Vec::new();
-        if self.reader.read_until(b'\n', &mut bytes)? == 0 || bytes.last() != Some(&b'\n') {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        bytes.pop();
-        assert!(
-            !bytes.contains(&b'\r'),
-            "CR on the wire: {:?}",
-            String::from_utf8_lossy(&bytes)
-        );
-        String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }
-
-    /// The next comment, retry field or dispatched event.
-    fn item(&mut self) -> io::Result<Item> {
-        loop {
-            let line = self.line()?;
-            if line.is_empty() {
-                let name = std::mem::take(&mut self.name);
-                if let Some(data) = self.data.take() {
-                    let event = if name.is_empty() {
-                        "message".into()
-                    } else {
-                        name
-                    };
-                    return Ok(Item::Event(SseEvent {
-                        id: self.id.take(),
-                        event,
-                        data,
-                    }));
-                }
-                self.id = None;
-                continue;
-            }
-            if let Some(comment) = line.strip_prefix(':') {
-                return Ok(Item::Comment(
-                    comment.strip_prefix(' ').unwrap_or(comment).into(),
-                ));
-            }
-            let (field, value) = line.split_once(':').unwrap_or((&line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value).to_string();
-            match field {
-                "event" => self.name = value,
-                "data" => match &mut self.data {
-                    Some(data) => {
-                        data.push('\n');
-                        data.push_str(&value);
-                    }
-                    None => self.data = Some(value),
-                },
-                "id" if !value.contains('\0') => self.id = Some(value),
-                "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
-                    return Ok(Item::Retry(value.parse().unwrap()))
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// The next event, skipping comments.
-    fn event(&mut self) -> SseEvent {
-        loop {
-            match self.item().expect("next event") {
-                Item::Event(e) => return e,
-                Item::Comment(_) | Item::Retry(_) => {}
-            }
-        }
-    }
-
-    /// Reads until the server closes the stream; returns the events seen.
-    fn until_closed(&mut self) -> Vec<SseEvent> {
-        let mut events = Vec::new();
-        loop {
-            match self.item() {
-                Ok(Item::Event(e)) => events.push(e),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return events,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return events,
-                Err(e) => panic!("stream did not close: {e}"),
-            }
-        }
-    }
-}
-
-fn statm_resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
-fn process_threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
+use crate::support::browser::{chromium, next_report, Browser, PageServer};
+use crate::support::grpc::{next, send, subscribe};
+use crate::support::http::{
+    assert_healthy, connect, exchange, get, post, post_raw, read_head, read_reply, request,
+    IO_TIMEOUT,
+};
+use crate::support::proc::{resident_bytes, threads};
+use crate::support::sse::{probe_until, EventStream, Item};
+use crate::support::{self, wait_until, Server};
 
 /// A fixed pseudo-random sequence (xorshift64).
 fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
@@ -307,7 +36,7 @@ fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
 
 #[test]
 fn events_stream_has_sse_headers_connected_retry_then_live_events() {
-    let server = common::start();
+    let server = support::start();
     let mut stream = EventStream::open(&server, "/events?room=r1", &[]);
     let head = &stream.head;
     assert_eq!(head.status, 200);
@@ -344,7 +73,7 @@ fn events_stream_has_sse_headers_connected_retry_then_live_events() {
 
 #[test]
 fn no_room_means_the_default_room() {
-    let server = common::start();
+    let server = support::start();
     let mut stream = EventStream::connected(&server, "/events", &[]);
     server
         .app
@@ -356,7 +85,7 @@ fn no_room_means_the_default_room() {
 
 #[test]
 fn keep_alive_comment_arrives_while_idle() {
-    let server = common::start_with(|c| c.http.sse_keepalive = Duration::from_secs(1));
+    let server = support::start_with(|c| c.http.sse_keepalive = Duration::from_secs(1));
     let mut stream = EventStream::connected(&server, "/events?room=quiet", &[]);
     let started = Instant::now();
     assert_eq!(stream.item().unwrap(), Item::Comment("keep-alive".into()));
@@ -366,7 +95,7 @@ fn keep_alive_comment_arrives_while_idle() {
 
 #[test]
 fn multi_line_and_hostile_content_arrives_as_one_intact_event() {
-    let server = common::start();
+    let server = support::start();
     let mut stream = EventStream::connected(&server, "/events?room=hostile", &[]);
     let contents = [
         "line one\nline two\r\nline three\rline four",
@@ -397,7 +126,7 @@ fn multi_line_and_hostile_content_arrives_as_one_intact_event() {
 
 #[test]
 fn replay_by_last_event_id_header_continues_live_without_gap_or_duplicate() {
-    let server = common::start();
+    let server = support::start();
     for i in 1..=5 {
         post(&server, "replay", "u", &format!("m{i}"));
     }
@@ -414,7 +143,7 @@ fn replay_by_last_event_id_header_continues_live_without_gap_or_duplicate() {
 
 #[test]
 fn replay_by_query_and_header_wins_over_query() {
-    let server = common::start();
+    let server = support::start();
     for i in 1..=5 {
         post(&server, "q", "u", &format!("m{i}"));
     }
@@ -431,7 +160,7 @@ fn replay_by_query_and_header_wins_over_query() {
 
 #[test]
 fn missed_messages_notice_comes_first_then_what_is_retained() {
-    let server = common::start_with(|c| c.hub.history = 3);
+    let server = support::start_with(|c| c.hub.history = 3);
     for i in 1..=10 {
         post(&server, "gone", "u", &format!("m{i}"));
     }
@@ -472,7 +201,7 @@ fn missed_messages_notice_comes_first_then_what_is_retained() {
 
 #[test]
 fn type_filter_passes_only_the_listed_types() {
-    let server = common::start();
+    let server = support::start();
     let mut chat_only = EventStream::connected(&server, "/events?room=f&types=chat", &[]);
     let mut joins = EventStream::connected(&server, "/events?room=f&types=join,leave", &[]);
     let mut bob = EventStream::connected(&server, "/events?room=f&user=bob", &[]);
@@ -497,7 +226,7 @@ fn type_filter_passes_only_the_listed_types() {
 
 #[test]
 fn user_parameter_announces_join_on_open_and_leave_on_end() {
-    let server = common::start_with(|c| c.http.sse_keepalive = Duration::from_secs(1));
+    let server = support::start_with(|c| c.http.sse_keepalive = Duration::from_secs(1));
     let mut observer = EventStream::connected(&server, "/events?room=jl", &[]);
     let mut bob = EventStream::connected(&server, "/events?room=jl&user=bob", &[]);
     let join = observer.event();
@@ -508,7 +237,7 @@ fn user_parameter_announces_join_on_open_and_leave_on_end() {
         (Some("bob"), Some("join"))
     );
     assert_eq!(bob.event().event, "join", "bob sees his own join");
-    bob.reader.get_ref().shutdown(Shutdown::Both).unwrap();
+    bob.socket().shutdown(Shutdown::Both).unwrap();
     drop(bob);
     // The server notices the closed socket at its next keep-alive.
     let leave = observer.event();
@@ -521,7 +250,7 @@ fn user_parameter_announces_join_on_open_and_leave_on_end() {
 
 #[test]
 fn grpc_send_message_arrives_on_sse() {
-    let server = common::start();
+    let server = support::start();
     let mut stream = EventStream::connected(&server, "/events?room=x1", &[]);
     let client = server.client();
     let resp = send(&client, "x1", "grpc-user", "from gRPC").unwrap();
@@ -534,7 +263,7 @@ fn grpc_send_message_arrives_on_sse() {
 
 #[test]
 fn post_messages_arrives_on_grpc_subscribe_messages() {
-    let server = common::start();
+    let server = support::start();
     let client = server.client();
     let mut grpc_stream = subscribe(&client, "x2", "");
     let sent = post(&server, "x2", "http-user", "from HTTP");
@@ -549,7 +278,7 @@ fn post_messages_arrives_on_grpc_subscribe_messages() {
 
 #[test]
 fn post_messages_validates_like_send_message() {
-    let server = common::start_with(|c| {
+    let server = support::start_with(|c| {
         c.http.max_body_bytes = 1024;
         c.hub.max_content_bytes = 1024;
     });
@@ -592,7 +321,7 @@ fn post_messages_validates_like_send_message() {
 
 #[test]
 fn a_small_event_arrives_within_100_ms() {
-    let server = common::start();
+    let server = support::start();
     let mut stream = EventStream::connected(&server, "/events?room=fast", &[]);
     // Warm up the path once.
     server
@@ -623,7 +352,7 @@ fn a_small_event_arrives_within_100_ms() {
 fn a_never_reading_client_is_dropped_while_a_reader_gets_all_20000() {
     const TOTAL: usize = 20_000;
     const BATCH: usize = 250;
-    let server = common::start_with(|c| c.http.write_timeout = Duration::from_secs(2));
+    let server = support::start_with(|c| c.http.write_timeout = Duration::from_secs(2));
     let mut stalled = EventStream::connected(&server, "/events?room=flood", &[]);
     let reader = EventStream::connected(&server, "/events?room=flood", &[]);
     let (progress_tx, progress) = crossbeam_channel::unbounded::<usize>();
@@ -683,7 +412,7 @@ fn a_never_reading_client_is_dropped_while_a_reader_gets_all_20000() {
 
 #[test]
 fn sse_cap_answers_503_with_retry_after_and_spares_open_streams() {
-    let server = common::start_with(|c| c.http.max_sse_clients = 2);
+    let server = support::start_with(|c| c.http.max_sse_clients = 2);
     let mut a = EventStream::connected(&server, "/events?room=cap", &[]);
     let mut b = EventStream::connected(&server, "/events?room=cap", &[]);
     let refused = get(&server, "/events?room=cap");
@@ -703,20 +432,13 @@ fn sse_cap_answers_503_with_retry_after_and_spares_open_streams() {
     drop(a);
     drop(b);
     // Slots come back when streams end (noticed at the next write).
-    assert!(wait_until(IO_TIMEOUT, || {
-        server
-            .app
-            .hub()
-            .publish(Draft::chat("cap", "u", "probe"))
-            .unwrap();
-        server.app.http().unwrap().sse_streams() == 0
-    }));
+    assert!(probe_until(&server, "cap", IO_TIMEOUT, |open| open == 0));
     EventStream::connected(&server, "/events?room=cap", &[]);
 }
 
 #[test]
 fn connection_cap_answers_503_with_retry_after() {
-    let server = common::start_with(|c| c.http.max_connections = 3);
+    let server = support::start_with(|c| c.http.max_connections = 3);
     let held: Vec<TcpStream> = (0..3).map(|_| connect(&server)).collect();
     let http = server.app.http().unwrap();
     assert!(wait_until(IO_TIMEOUT, || http.open_connections() == 3));
@@ -730,7 +452,7 @@ fn connection_cap_answers_503_with_retry_after() {
 
 #[test]
 fn every_error_status() {
-    let server = common::start_with(|c| {
+    let server = support::start_with(|c| {
         c.http.header_timeout = Duration::from_secs(1);
         c.http.max_body_bytes = 100;
     });
@@ -816,7 +538,7 @@ fn every_error_status() {
 
 #[test]
 fn chunked_bodies_are_decoded() {
-    let server = common::start();
+    let server = support::start();
     let body = r#"{"room":"ch","user":"u","content":"chunked"}"#;
     let (a, b) = body.split_at(10);
     let raw = format!(
@@ -831,7 +553,7 @@ fn chunked_bodies_are_decoded() {
 
 #[test]
 fn expect_100_continue_over_a_raw_socket() {
-    let server = common::start();
+    let server = support::start();
     let body = r#"{"room":"e","user":"u","content":"after continue"}"#;
     let mut stream = connect(&server);
     let head = format!(
@@ -849,7 +571,7 @@ fn expect_100_continue_over_a_raw_socket() {
 
 #[test]
 fn expect_100_continue_with_curl() {
-    let server = common::start();
+    let server = support::start();
     let content = "y".repeat(4000);
     let body = serde_json::json!({ "room": "curl", "user": "u", "content": content }).to_string();
     let url = format!("http://127.0.0.1:{}/messages", server.app.http_port());
@@ -878,7 +600,7 @@ fn expect_100_continue_with_curl() {
 
 #[test]
 fn keep_alive_reuses_one_connection_and_http_1_0_closes() {
-    let server = common::start_with(|c| c.http.idle_timeout = Duration::from_secs(1));
+    let server = support::start_with(|c| c.http.idle_timeout = Duration::from_secs(1));
     let stream = connect(&server);
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
@@ -918,7 +640,7 @@ fn keep_alive_reuses_one_connection_and_http_1_0_closes() {
 
 #[test]
 fn head_works_for_every_get() {
-    let server = common::start();
+    let server = support::start();
     for target in ["/healthz", "/metrics", "/events?room=h", "/metrics/events"] {
         let get_reply = if target.contains("events") {
             None
@@ -947,7 +669,7 @@ fn head_works_for_every_get() {
 
 #[test]
 fn healthz_and_json_404() {
-    let server = common::start();
+    let server = support::start();
     assert_healthy(&server);
     let reply = get(&server, "/no/such/thing");
     assert_eq!(reply.status, 404);
@@ -959,7 +681,7 @@ fn healthz_and_json_404() {
 
 #[test]
 fn prometheus_metrics_cover_hub_http_grpc_and_process() {
-    let server = common::start();
+    let server = support::start();
     let _stream = EventStream::connected(&server, "/events?room=pm", &[]);
     post(&server, "pm", "u", "counted");
     send(&server.client(), "pm", "u", "via grpc").unwrap();
@@ -1007,7 +729,7 @@ fn prometheus_metrics_cover_hub_http_grpc_and_process() {
 
 #[test]
 fn metrics_events_stream_one_json_event_per_metric() {
-    let server = common::start();
+    let server = support::start();
     let mut stream = EventStream::connected(
         &server,
         "/metrics/events?instance=i1&interval_seconds=1",
@@ -1044,7 +766,7 @@ fn metrics_events_stream_one_json_event_per_metric() {
 
 #[test]
 fn cors_headers_only_when_configured() {
-    let off = common::start();
+    let off = support::start();
     let reply = exchange(
         &off,
         b"GET /healthz HTTP/1.1\r\nOrigin: http://a.example\r\nConnection: close\r\n\r\n",
@@ -1056,7 +778,7 @@ fn cors_headers_only_when_configured() {
     assert_eq!(reply.header("allow"), Some("POST, OPTIONS"));
     assert_eq!(reply.header("access-control-allow-origin"), None);
 
-    let on = common::start_with(|c| c.http.cors_origins = vec!["http://a.example".into()]);
+    let on = support::start_with(|c| c.http.cors_origins = vec!["http://a.example".into()]);
     let reply = exchange(&on, preflight);
     assert_eq!(reply.status, 204);
     assert_eq!(
@@ -1086,7 +808,7 @@ fn cors_headers_only_when_configured() {
 
 #[test]
 fn shutdown_ends_streams_with_a_system_event_after_queued_messages() {
-    let server = common::start();
+    let server = support::start();
     let mut stream = EventStream::connected(&server, "/events?room=bye", &[]);
     server
         .app
@@ -1109,7 +831,7 @@ fn shutdown_ends_streams_with_a_system_event_after_queued_messages() {
 
 #[test]
 fn random_bytes_get_400_or_a_close_and_the_server_stays_healthy() {
-    let server = common::start();
+    let server = support::start();
     for seed in 1..=3u64 {
         let mut stream = connect(&server);
         // The server may close before taking everything: a failed write is
@@ -1125,16 +847,16 @@ fn random_bytes_get_400_or_a_close_and_the_server_stays_healthy() {
 
 #[test]
 fn an_unterminated_200_mib_header_is_cut_off_and_memory_stays_flat() {
-    common::run_alone("sse::alone_unterminated_header");
+    support::run_alone("sse::alone_unterminated_header");
 }
 
 #[test]
 #[ignore = "run by an_unterminated_200_mib_header_is_cut_off_and_memory_stays_flat in a fresh process"]
 fn alone_unterminated_header() {
-    let server = common::start();
+    let server = support::start();
     assert_healthy(&server);
     let chunk = vec![b'a'; 64 * 1024];
-    let before = statm_resident_bytes();
+    let before = resident_bytes();
     let mut stream = connect(&server);
     stream.write_all(b"GET / HTTP/1.1\r\nX-Endless: ").unwrap();
     let mut sent: u64 = 0;
@@ -1147,7 +869,7 @@ fn alone_unterminated_header() {
             Err(e) => break Some(e),
         }
     };
-    let grown = statm_resident_bytes().saturating_sub(before);
+    let grown = resident_bytes().saturating_sub(before);
     assert!(outcome.is_some(), "the server took all 200 MiB");
     assert!(
         sent < 32 << 20,
@@ -1159,15 +881,15 @@ fn alone_unterminated_header() {
 
 #[test]
 fn a_thousand_unfinished_requests_are_closed_at_the_deadline_without_threads() {
-    common::run_alone("sse::alone_thousand_unfinished_requests");
+    support::run_alone("sse::alone_thousand_unfinished_requests");
 }
 
 #[test]
 #[ignore = "run by a_thousand_unfinished_requests_are_closed_at_the_deadline_without_threads in a fresh process"]
 fn alone_thousand_unfinished_requests() {
-    let server = common::start_with(|c| c.http.header_timeout = Duration::from_secs(2));
+    let server = support::start_with(|c| c.http.header_timeout = Duration::from_secs(2));
     assert_healthy(&server);
-    let baseline = process_threads();
+    let baseline = threads();
     let started = Instant::now();
     let mut clients: Vec<TcpStream> = (0..1000)
         .map(|i| {
@@ -1182,9 +904,9 @@ fn alone_thousand_unfinished_requests() {
     let http = server.app.http().unwrap();
     assert!(wait_until(IO_TIMEOUT, || http.open_connections() == 1000));
     assert!(
-        process_threads() <= baseline,
+        threads() <= baseline,
         "{} threads with 1000 pending connections, {baseline} before",
-        process_threads()
+        threads()
     );
     for client in &mut clients {
         let mut reader = BufReader::new(&*client);
@@ -1199,179 +921,19 @@ fn alone_thousand_unfinished_requests() {
     assert!(elapsed < Duration::from_secs(8), "closed late: {elapsed:?}");
     drop(clients);
     assert!(wait_until(IO_TIMEOUT, || http.open_connections() == 0));
-    assert!(wait_until(IO_TIMEOUT, || process_threads() <= baseline));
+    assert!(wait_until(IO_TIMEOUT, || threads() <= baseline));
     assert_healthy(&server);
-}
-
-/// Chromium for the browser test: `$STREAMHUB_CHROMIUM`, else `chromium` or
-/// `chromium-browser` on the PATH.
-fn find_chromium() -> Option<std::path::PathBuf> {
-    if let Some(path) = std::env::var_os("STREAMHUB_CHROMIUM") {
-        return Some(path.into());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
-
-/// A headless Chromium in its own process group, ended (group and all)
-/// when dropped.
-struct Browser {
-    child: std::process::Child,
-    profile: std::path::PathBuf,
-}
-
-impl Browser {
-    fn open(binary: &std::path::Path, url: &str) -> Browser {
-        use std::os::unix::process::CommandExt;
-        let profile = std::env::temp_dir().join(format!(
-            "streamhub-chromium-{}-{}",
-            std::process::id(),
-            server_unique()
-        ));
-        let child = Command::new(binary)
-            .args(["--headless", "--no-sandbox", "--disable-gpu"])
-            .args([
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-extensions",
-            ])
-            .args(["--disable-background-networking", "--disable-dev-shm-usage"])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(url)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start chromium");
-        Browser { child, profile }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // Asked politely, the browser ends its helper processes and reaps
-        // them; whatever is left goes with the group (whose id is the
-        // child's pid, so nothing else is reached).
-        let pid = self.child.id().to_string();
-        let group = format!("-{pid}");
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-fn server_unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Serves `page` to every GET on a local port until dropped (the page must
-/// come from an http origin: Chromium treats file:// pages as opaque).
-struct PageServer {
-    port: u16,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl PageServer {
-    fn start(page: &'static [u8]) -> PageServer {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopped.load(std::sync::atomic::Ordering::Acquire) {
-                    return;
-                }
-                let Ok(mut stream) = stream else { continue };
-                stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-                stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let Ok(head) = read_head_lines(&mut reader) else {
-                    continue;
-                };
-                let found = head.starts_with("GET / ") || head.starts_with("GET /?");
-                let (status, body): (&str, &[u8]) = if found {
-                    ("200 OK", page)
-                } else {
-                    ("404 Not Found", b"")
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(body);
-            }
-        });
-        PageServer { port, stop }
-    }
-}
-
-impl Drop for PageServer {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
-        // Wakes the accept so the thread sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-/// A request head as text (bounded).
-fn read_head_lines(r: &mut impl BufRead) -> io::Result<String> {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 || head.len() > 64 * 1024 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        if line.trim_end().is_empty() {
-            return Ok(head);
-        }
-        head.push_str(&line);
-    }
-}
-
-/// Waits for a message in `reports` whose content starts with `prefix`.
-fn next_report(reports: &streamhub::hub::Subscription, prefix: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let m = reports
-            .receiver()
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("the page did not report '{prefix}' within {timeout:?}"));
-        if m.content.starts_with(prefix) {
-            return m.content.clone();
-        }
-    }
 }
 
 #[test]
 fn browser_eventsource_gets_grpc_messages_and_resumes_after_the_server_closes_the_stream() {
-    let Some(chromium) = find_chromium() else {
-        assert!(
-            std::env::var_os("STREAMHUB_REQUIRE_BROWSER").is_none(),
-            "STREAMHUB_REQUIRE_BROWSER is set but chromium is not installed"
-        );
-        eprintln!("skipped: chromium is not installed (make test installs it)");
+    let Some(chromium) = chromium() else {
         return;
     };
     // A small queue, so that a burst makes the hub drop the browser's
     // subscription: the server closes the stream mid-flow. Room enough for
     // the five messages before it.
-    let server = common::start_with(|c| {
+    let server = support::start_with(|c| {
         c.http.cors_origins = vec!["*".into()];
         c.http.sse_retry_ms = 200;
         c.hub.subscriber_queue = 16;
@@ -1437,7 +999,7 @@ fn browser_eventsource_gets_grpc_messages_and_resumes_after_the_server_closes_th
 #[test]
 fn a_client_that_leaves_while_idle_is_let_go_before_the_next_keep_alive() {
     // Keep-alive every 60 s: only the liveness check can notice in time.
-    let server = common::start_with(|c| c.http.sse_keepalive = Duration::from_secs(60));
+    let server = support::start_with(|c| c.http.sse_keepalive = Duration::from_secs(60));
     let stream = EventStream::connected(&server, "/events?room=gone", &[]);
     assert_eq!(server.subscribers(), 1);
     let left = Instant::now();

@@ -1,5 +1,5 @@
-//! Stress, churn and caps, then property tests of the pure protocol
-//! functions.
+//! Stress, churn and caps. (The property tests of the pure protocol
+//! functions live next to them, in src/http.)
 //!
 //! - A crowded room over both protocols at once: every subscriber gets
 //!   every message, in the same order (the `bench fanout` machinery, run
@@ -16,7 +16,7 @@
 //! runs the sizes of issue 5. Every socket has timeouts; waiting polls a
 //! counter against a deadline only where no signal exists.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,15 +24,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use grpcio::RpcStatusCode;
-use serde_json::Value;
 use streamhub::hub::{CloseReason, Draft};
 use streamhub_tools::fanout::{self, FanoutPlan, PublishVia};
 use streamhub_tools::grpc;
-use streamhub_tools::http::{parse_response_head, BodyFormat, HttpUrl};
+use streamhub_tools::http::BodyFormat;
 use streamhub_tools::proc::open_files_limit;
-use streamhub_tools::sse::{EventStream, OpenError};
 
-use crate::common::{self, next, status_code, subscribe, wait_until, Server};
+use crate::support::grpc::{next, opt, status_code, subscribe, subscribe_req, RawGrpcSubscriber};
+use crate::support::http::{read_head, HttpPort};
+use crate::support::proc::{open_fds, thread_names};
+use crate::support::sse::{probe_until, EventStream, Item};
+use crate::support::{self, wait_until, Server};
 
 /// Every socket read or write here ends within this.
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -66,20 +68,6 @@ fn threads() -> (usize, usize) {
     (names.values().sum::<usize>() - core, core)
 }
 
-/// Names of this process's threads, counted, for failure messages.
-fn thread_names() -> std::collections::BTreeMap<String, usize> {
-    let mut names = std::collections::BTreeMap::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        *names.entry(comm.trim().to_string()).or_default() += 1;
-    }
-    names
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
 /// Where a server listens: what client threads need (a [`Server`] itself
 /// cannot be shared between threads).
 #[derive(Clone, Debug)]
@@ -97,17 +85,18 @@ impl Addrs {
             http_port: server.app.http_port(),
         }
     }
+}
 
-    fn events_url(&self, room: &str) -> HttpUrl {
-        let port = self.http_port;
-        HttpUrl::parse(&format!("http://127.0.0.1:{port}/events?room={room}")).unwrap()
+impl HttpPort for Addrs {
+    fn http_port(&self) -> u16 {
+        self.http_port
     }
 }
 
 /// Opens an event stream whose reads time out.
 fn open_events(addrs: &Addrs, room: &str) -> EventStream {
-    let stream = EventStream::open(&addrs.events_url(room), &[], IO_TIMEOUT).expect("open");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let stream = EventStream::connected(addrs, &format!("/events?room={room}"), &[]);
+    stream.socket().set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     stream
 }
 
@@ -115,15 +104,16 @@ fn open_events(addrs: &Addrs, room: &str) -> EventStream {
 fn read_contents(stream: &mut EventStream, count: usize) -> Vec<String> {
     let mut contents = Vec::with_capacity(count);
     while contents.len() < count {
-        let open = stream
-            .read(|e| {
-                if e.event == b"chat" {
-                    let json: Value = serde_json::from_slice(e.data).unwrap();
-                    contents.push(json["content"].as_str().unwrap().to_string());
-                }
-            })
-            .expect("the stream keeps delivering");
-        assert!(open, "the stream ended after {} events", contents.len());
+        match stream.item() {
+            Ok(Item::Event(e)) if e.event == "chat" => {
+                contents.push(e.json()["content"].as_str().unwrap().to_string());
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                panic!("the stream ended after {} events", contents.len())
+            }
+            Err(e) => panic!("the stream keeps delivering: {e}"),
+        }
     }
     contents
 }
@@ -208,7 +198,7 @@ fn every_subscriber_of_a_crowded_room_gets_every_message_in_the_same_order() {
         }
         sse = scaled;
     }
-    let server = common::start_with(|c| {
+    let server = support::start_with(|c| {
         c.http.max_sse_clients = sse + 16;
         c.http.max_connections = sse + publishers + 64;
         c.grpc.max_streams = grpc + 16;
@@ -363,32 +353,28 @@ fn wait_for_unread(socket: &TcpStream) {
 
 #[test]
 fn sse_churn_with_killed_clients_returns_threads_fds_and_subscribers_to_baseline() {
-    common::run_alone("stress::alone_sse_churn");
+    support::run_alone("stress::alone_sse_churn");
 }
 
 #[test]
 #[ignore = "run by sse_churn_with_killed_clients_returns_threads_fds_and_subscribers_to_baseline in a fresh process"]
 fn alone_sse_churn() {
     let cycles = if long() { 5000 } else { 1000 };
-    let server = common::start_with(|c| c.http.sse_keepalive = Duration::from_secs(1));
+    let server = support::start_with(|c| c.http.sse_keepalive = Duration::from_secs(1));
     let addrs = Addrs::of(&server);
     let _trickle = Trickle::start(&server, "churn", Duration::from_millis(1));
     let cycle = |i: usize| {
         let mut stream = open_events(&addrs, "churn");
-        let mut events = 0;
-        while events == 0 {
-            assert!(stream.read(|_| events += 1).expect("events arrive"));
-        }
-        let socket = stream.socket();
+        stream.event();
         match i % 3 {
             // Killed mid-stream: reset with messages unread.
             0 => {
-                wait_for_unread(&socket);
+                wait_for_unread(stream.socket());
                 drop(stream);
             }
             // A polite close: FIN, then the server notices on its next write.
             1 => {
-                socket.shutdown(std::net::Shutdown::Write).unwrap();
+                stream.socket().shutdown(std::net::Shutdown::Write).unwrap();
                 drop(stream);
             }
             // Gone at once after the first event.
@@ -399,99 +385,23 @@ fn alone_sse_churn() {
     assert_eq!(server.app.http().unwrap().sse_streams(), 0);
 }
 
-/// A gRPC SubscribeMessages call over a raw HTTP/2 connection, so that it
-/// can be killed the way a crashed client dies: the socket simply goes.
-struct RawGrpcSubscriber {
-    socket: TcpStream,
-}
-
-impl RawGrpcSubscriber {
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + payload.len());
-        out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-        out.extend_from_slice(&[kind, flags]);
-        out.extend_from_slice(&stream.to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
-
-    /// HPACK "literal header field without indexing, new name", lengths
-    /// under 127 and no Huffman coding.
-    fn header(out: &mut Vec<u8>, name: &str, value: &str) {
-        out.push(0);
-        out.push(name.len() as u8);
-        out.extend_from_slice(name.as_bytes());
-        out.push(value.len() as u8);
-        out.extend_from_slice(value.as_bytes());
-    }
-
-    /// Opens the call and reads until `messages` messages have arrived
-    /// (the welcome is the first).
-    fn subscribe(addrs: &Addrs, room: &str, messages: usize) -> RawGrpcSubscriber {
-        let mut socket = TcpStream::connect(("127.0.0.1", addrs.grpc_port)).unwrap();
-        socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        socket.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut headers = Vec::new();
-        for (name, value) in [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/chat.ChatService/SubscribeMessages"),
-            (":authority", "127.0.0.1"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ] {
-            Self::header(&mut headers, name, value);
-        }
-        // SubscribeRequest { room } as protobuf, behind the gRPC prefix.
-        let mut request = vec![0x0a, room.len() as u8];
-        request.extend_from_slice(room.as_bytes());
-        let mut body = vec![0];
-        body.extend_from_slice(&(request.len() as u32).to_be_bytes());
-        body.extend_from_slice(&request);
-        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        out.extend(Self::frame(4, 0, 0, &[]));
-        out.extend(Self::frame(1, 0x4, 1, &headers));
-        out.extend(Self::frame(0, 0x1, 1, &body));
-        socket.write_all(&out).unwrap();
-        let mut seen = 0;
-        while seen < messages {
-            let mut head = [0u8; 9];
-            socket.read_exact(&mut head).expect("a frame");
-            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            let mut payload = vec![0u8; len];
-            socket.read_exact(&mut payload).expect("a frame payload");
-            match head[3] {
-                // DATA: messages may share a frame or span two; small ones
-                // here come one per frame.
-                0 => seen += 1,
-                // RST_STREAM or GOAWAY: refused.
-                3 | 7 => panic!("the server refused the call: frame {head:?} {payload:?}"),
-                // SETTINGS without ACK: acknowledge.
-                4 if head[4] & 1 == 0 => socket.write_all(&Self::frame(4, 1, 0, &[])).unwrap(),
-                _ => {}
-            }
-        }
-        RawGrpcSubscriber { socket }
-    }
-}
-
 #[test]
 fn grpc_churn_with_killed_clients_returns_threads_fds_and_subscribers_to_baseline() {
-    common::run_alone("stress::alone_grpc_churn");
+    support::run_alone("stress::alone_grpc_churn");
 }
 
 #[test]
 #[ignore = "run by grpc_churn_with_killed_clients_returns_threads_fds_and_subscribers_to_baseline in a fresh process"]
 fn alone_grpc_churn() {
     let cycles = if long() { 5000 } else { 1000 };
-    let server = common::start();
+    let server = support::start();
     let addrs = Addrs::of(&server);
     let env = grpc::environment(1);
     let _trickle = Trickle::start(&server, "churn", Duration::from_millis(1));
     let cycle = |i: usize| {
         if i % 2 == 0 {
             // Killed mid-stream: a raw connection reset with data unread.
-            let raw = RawGrpcSubscriber::subscribe(&addrs, "churn", 2);
+            let raw = RawGrpcSubscriber::subscribe(addrs.grpc_port, "churn", 2);
             wait_for_unread(&raw.socket);
             drop(raw);
         } else {
@@ -529,15 +439,14 @@ fn flood<T: Send>(attempt: impl Fn() -> T + Sync) -> Vec<T> {
 
 #[test]
 fn a_flood_past_max_sse_clients_gets_503_while_open_streams_get_everything() {
-    let server = common::start_with(|c| c.http.max_sse_clients = CAP);
+    let server = support::start_with(|c| c.http.max_sse_clients = CAP);
     let addrs = Addrs::of(&server);
     let mut open: Vec<EventStream> = (0..CAP).map(|_| open_events(&addrs, "cap")).collect();
     let burst = Trickle::burst(&server, "cap", BURST);
-    let url = addrs.events_url("cap");
-    let outcomes = flood(|| match EventStream::open(&url, &[], IO_TIMEOUT) {
-        Err(OpenError::Status(status)) => status,
-        Err(e) => panic!("refused without a status: {e}"),
-        Ok(_) => 200,
+    let outcomes = flood(|| {
+        EventStream::open(&addrs, "/events?room=cap", &[])
+            .head
+            .status
     });
     burst.join().unwrap();
     assert!(
@@ -549,21 +458,13 @@ fn a_flood_past_max_sse_clients_gets_503_while_open_streams_get_everything() {
     }
     // A slot comes back when a stream ends.
     drop(open.pop());
-    let http = server.app.http().unwrap();
-    assert!(wait_until(IO_TIMEOUT, || {
-        server
-            .app
-            .hub()
-            .publish(Draft::chat("cap", "u", "probe"))
-            .unwrap();
-        http.sse_streams() < CAP
-    }));
+    assert!(probe_until(&server, "cap", IO_TIMEOUT, |open| open < CAP));
     open_events(&addrs, "cap");
 }
 
 #[test]
 fn a_flood_past_max_grpc_streams_gets_resource_exhausted_while_open_streams_get_everything() {
-    let server = common::start_with(|c| c.grpc.max_streams = CAP);
+    let server = support::start_with(|c| c.grpc.max_streams = CAP);
     let clients: Vec<_> = (0..CAP).map(|_| server.client()).collect();
     let mut open: Vec<_> = clients.iter().map(|c| subscribe(c, "cap", "")).collect();
     let flooders: Vec<_> = (0..8).map(|_| server.client()).collect();
@@ -573,7 +474,7 @@ fn a_flood_past_max_grpc_streams_gets_resource_exhausted_while_open_streams_get_
         let n = next_flooder.fetch_add(1, Ordering::Relaxed) as usize;
         let client = &flooders[n % flooders.len()];
         let mut stream = client
-            .subscribe_messages_opt(&common::subscribe_req("cap", ""), common::opt())
+            .subscribe_messages_opt(&subscribe_req("cap", ""), opt())
             .unwrap();
         match next(&mut stream) {
             Err(e) => status_code(&e),
@@ -603,24 +504,17 @@ fn get_status(addrs: &Addrs, path: &str) -> Option<u16> {
     socket.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     socket.write_all(request.as_bytes()).ok()?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Ok(Some((head, _))) = parse_response_head(&buf) {
-            return Some(head.status);
-        }
-        match socket.read(&mut chunk) {
-            Ok(0) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return None,
-            Err(e) => panic!("no answer: {e}"),
-        }
+    match read_head(&mut BufReader::new(socket)) {
+        Ok(head) => Some(head.status),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => None,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => None,
+        Err(e) => panic!("no answer: {e}"),
     }
 }
 
 #[test]
 fn a_flood_past_max_http_connections_gets_503_while_open_streams_get_everything() {
-    let server = common::start_with(|c| {
+    let server = support::start_with(|c| {
         c.http.max_connections = CAP + 10;
         c.http.header_timeout = Duration::from_secs(120);
     });
@@ -645,182 +539,4 @@ fn a_flood_past_max_http_connections_gets_503_while_open_streams_get_everything(
     drop(idle);
     assert!(wait_until(IO_TIMEOUT, || http.open_connections() == CAP));
     assert_eq!(get_status(&addrs, "/healthz"), Some(200));
-}
-
-// ---------------------------------------------------------------------------
-// Properties of the pure functions.
-
-mod properties {
-    use proptest::prelude::*;
-    use streamhub::http::request::{parse_head, parse_query};
-    use streamhub::http::routes::parse_publish;
-    use streamhub::http::sse::{encode_message, parse_last_event_id, write_event, Event};
-    use streamhub::hub::{normalize_room, Draft, Hub, HubConfig, MAX_ROOM_NAME, MAX_USER_NAME};
-    use streamhub_tools::sse::EventParser;
-
-    /// What an event-stream client makes of a stream, split into reads at
-    /// `cuts`: (last event id, type, data) per event.
-    fn parse(stream: &[u8], cuts: &[usize]) -> Vec<(String, String, String)> {
-        let mut parser = EventParser::new();
-        let mut events = Vec::new();
-        let mut from = 0;
-        let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
-        bounds.sort();
-        bounds.push(stream.len());
-        for to in bounds {
-            parser.feed(&stream[from..to.max(from)], |e| {
-                let s = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
-                events.push((s(e.id), s(e.event), s(e.data)));
-            });
-            from = to.max(from);
-        }
-        events
-    }
-
-    /// Text with plenty of what framing must survive: CR, LF, colons,
-    /// NULs, spaces and non-ASCII.
-    fn tricky() -> impl Strategy<Value = String> {
-        proptest::collection::vec(
-            prop_oneof![
-                Just('\r'),
-                Just('\n'),
-                Just(':'),
-                Just(' '),
-                Just('\0'),
-                Just('\u{feff}'),
-                any::<char>(),
-                proptest::char::range('a', 'z'),
-            ],
-            0..40,
-        )
-        .prop_map(|chars| chars.into_iter().collect())
-    }
-
-    fn without_line_ends(text: &str, also_nul: bool) -> String {
-        text.chars()
-            .filter(|c| *c != '\r' && *c != '\n' && !(also_nul && *c == '\0'))
-            .collect()
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(if super::long() { 8192 } else { 512 }))]
-
-        #[test]
-        fn any_event_survives_framing_and_whatwg_parsing(
-            events in proptest::collection::vec((tricky(), tricky(), tricky()), 1..5),
-            cuts in proptest::collection::vec(any::<usize>(), 0..6),
-        ) {
-            let mut stream = Vec::new();
-            for (id, name, data) in &events {
-                write_event(&mut stream, &Event { id: Some(id), event: Some(name), data });
-            }
-            let parsed = parse(&stream, &cuts);
-            prop_assert_eq!(parsed.len(), events.len());
-            for ((id, name, data), (got_id, got_name, got_data)) in events.iter().zip(&parsed) {
-                let name = without_line_ends(name, false);
-                prop_assert_eq!(got_id, &without_line_ends(id, true));
-                prop_assert_eq!(got_name, if name.is_empty() { "message" } else { &name });
-                prop_assert_eq!(got_data, &data.replace("\r\n", "\n").replace('\r', "\n"));
-            }
-        }
-
-        #[test]
-        fn any_message_is_one_event_whose_json_gives_it_back(
-            content in tricky().prop_filter("content is required", |c| !c.is_empty()),
-            user in tricky().prop_filter("user is required", |u| !u.is_empty()),
-            cuts in proptest::collection::vec(any::<usize>(), 0..6),
-        ) {
-            let hub = Hub::new(HubConfig::default());
-            let m = hub.publish(Draft::chat("r", &user, &content)).unwrap();
-            let parsed = parse(&encode_message(&m), &cuts);
-            prop_assert_eq!(parsed.len(), 1);
-            let (id, name, data) = &parsed[0];
-            prop_assert_eq!(id, &m.seq.to_string());
-            prop_assert_eq!(name, "chat");
-            let json: serde_json::Value = serde_json::from_str(data).unwrap();
-            prop_assert_eq!(json["content"].as_str(), Some(content.as_str()));
-            prop_assert_eq!(json["user"].as_str(), Some(user.as_str()));
-            prop_assert_eq!(json["seq"].as_u64(), Some(m.seq));
-        }
-
-        #[test]
-        fn last_event_id_accepts_exactly_padded_decimal_u64(
-            n in any::<u64>(),
-            pad in "[ \t]{0,3}",
-            text in ".{0,24}",
-        ) {
-            prop_assert_eq!(parse_last_event_id(&format!("{pad}{n}{pad}")), Ok(n));
-            let trimmed = text.trim();
-            let expected = (!trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| trimmed.parse::<u64>().ok())
-                .flatten();
-            prop_assert_eq!(parse_last_event_id(&text).ok(), expected);
-        }
-
-        #[test]
-        fn percent_encoded_query_pairs_decode_to_themselves(
-            pairs in proptest::collection::vec((".{0,12}", ".{0,12}"), 0..6),
-            plus_for_space in any::<bool>(),
-        ) {
-            let encode = |text: &str| -> String {
-                text.bytes()
-                    .map(|b| match b {
-                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                            (b as char).to_string()
-                        }
-                        b' ' if plus_for_space => "+".to_string(),
-                        _ => format!("%{b:02X}"),
-                    })
-                    .collect()
-            };
-            let query = pairs
-                .iter()
-                .map(|(n, v)| format!("{}={}", encode(n), encode(v)))
-                .collect::<Vec<_>>()
-                .join("&");
-            prop_assert_eq!(parse_query(&query).unwrap(), pairs);
-        }
-
-        #[test]
-        fn arbitrary_queries_and_heads_never_panic(
-            query in ".{0,64}",
-            head in proptest::collection::vec(any::<u8>(), 0..256),
-        ) {
-            if let Err(rejection) = parse_query(&query) {
-                prop_assert_eq!(rejection.status, 400);
-            }
-            if let Err(rejection) = parse_head(&head) {
-                prop_assert!(rejection.status == 400 || rejection.status == 431);
-            }
-            let mut request = b"GET /events?".to_vec();
-            request.extend_from_slice(query.as_bytes());
-            request.extend_from_slice(b" HTTP/1.1\r\nHost: t\r\n\r\n");
-            let _ = parse_head(&request);
-        }
-
-        #[test]
-        fn validation_accepts_exactly_the_valid_drafts(
-            room in prop_oneof!["[A-Za-z0-9._-]{0,70}", ".{0,10}"],
-            user in prop_oneof![".{0,10}", "u{250,260}"],
-            content_len in 0usize..80,
-        ) {
-            let hub = Hub::new(HubConfig { max_content_bytes: 64, ..HubConfig::default() });
-            let content = "c".repeat(content_len);
-            let draft = Draft::chat(&room, &user, &content);
-            let room_ok = room.is_empty()
-                || (room.len() <= MAX_ROOM_NAME
-                    && room.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
-            prop_assert_eq!(normalize_room(&room).is_ok(), room_ok);
-            let valid = room_ok
-                && !user.is_empty()
-                && user.len() <= MAX_USER_NAME
-                && content_len > 0
-                && content_len <= 64;
-            prop_assert_eq!(hub.validate(&draft).is_ok(), valid);
-            // POST /messages reads the same fields back from any JSON strings.
-            let body = serde_json::json!({"room": room, "user": user, "content": content});
-            let parsed = parse_publish(body.to_string().as_bytes()).unwrap();
-            prop_assert_eq!((parsed.room, parsed.user, parsed.content), (room, user, content));
-        }
-    }
 }

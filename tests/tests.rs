@@ -1,7 +1,6 @@
 //! Integration tests: the real server on 127.0.0.1 port 0 and real clients.
 //! One test binary (see STYLE.md); each area is a module.
 
-mod common;
 mod flood;
 mod grpc;
 mod process;
@@ -9,3 +8,4 @@ mod python;
 mod service;
 mod sse;
 mod stress;
+mod support;

@@ -29,16 +29,27 @@
 //! `server` and `stream` are the I/O around it.
 
 mod conn;
-pub mod prometheus;
-pub mod request;
-pub mod response;
-pub mod routes;
+pub(crate) mod prometheus;
+pub(crate) mod request;
+pub(crate) mod response;
+pub(crate) mod routes;
 mod server;
-pub mod sse;
+pub(crate) mod sse;
 mod stream;
 // The one module allowed `unsafe` (poll(2), listen(2)); see its header.
 #[allow(unsafe_code)]
 mod sys;
+
+/// Cases per property test of the submodules; `STREAMHUB_STRESS=long`
+/// (`make stress`) runs many more.
+#[cfg(test)]
+fn property_cases() -> u32 {
+    if std::env::var("STREAMHUB_STRESS").is_ok_and(|v| v == "long") {
+        8192
+    } else {
+        512
+    }
+}
 
 use std::io::Write;
 use std::net::TcpListener;

@@ -622,3 +622,56 @@ mod tests {
         assert_eq!(decode_in_pieces(ffff, 64, 10).unwrap_err().status, 400);
     }
 }
+
+/// Properties of the pure functions, over generated input.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::{parse_head, parse_query};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::http::property_cases()))]
+
+        #[test]
+        fn percent_encoded_query_pairs_decode_to_themselves(
+            pairs in proptest::collection::vec((".{0,12}", ".{0,12}"), 0..6),
+            plus_for_space in any::<bool>(),
+        ) {
+            let encode = |text: &str| -> String {
+                text.bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                            (b as char).to_string()
+                        }
+                        b' ' if plus_for_space => "+".to_string(),
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect()
+            };
+            let query = pairs
+                .iter()
+                .map(|(n, v)| format!("{}={}", encode(n), encode(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            prop_assert_eq!(parse_query(&query).unwrap(), pairs);
+        }
+
+        #[test]
+        fn arbitrary_queries_and_heads_never_panic(
+            query in ".{0,64}",
+            head in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            if let Err(rejection) = parse_query(&query) {
+                prop_assert_eq!(rejection.status, 400);
+            }
+            if let Err(rejection) = parse_head(&head) {
+                prop_assert!(rejection.status == 400 || rejection.status == 431);
+            }
+            let mut request = b"GET /events?".to_vec();
+            request.extend_from_slice(query.as_bytes());
+            request.extend_from_slice(b" HTTP/1.1\r\nHost: t\r\n\r\n");
+            let _ = parse_head(&request);
+        }
+    }
+}

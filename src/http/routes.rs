@@ -461,3 +461,41 @@ mod tests {
         );
     }
 }
+
+/// Properties of the pure functions, over generated input.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::parse_publish;
+    use crate::hub::{normalize_room, Draft, Hub, HubConfig, MAX_ROOM_NAME, MAX_USER_NAME};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::http::property_cases()))]
+
+        #[test]
+        fn validation_accepts_exactly_the_valid_drafts(
+            room in prop_oneof!["[A-Za-z0-9._-]{0,70}", ".{0,10}"],
+            user in prop_oneof![".{0,10}", "u{250,260}"],
+            content_len in 0usize..80,
+        ) {
+            let hub = Hub::new(HubConfig { max_content_bytes: 64, ..HubConfig::default() });
+            let content = "c".repeat(content_len);
+            let draft = Draft::chat(&room, &user, &content);
+            let room_ok = room.is_empty()
+                || (room.len() <= MAX_ROOM_NAME
+                    && room.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+            prop_assert_eq!(normalize_room(&room).is_ok(), room_ok);
+            let valid = room_ok
+                && !user.is_empty()
+                && user.len() <= MAX_USER_NAME
+                && content_len > 0
+                && content_len <= 64;
+            prop_assert_eq!(hub.validate(&draft).is_ok(), valid);
+            // POST /messages reads the same fields back from any JSON strings.
+            let body = serde_json::json!({"room": room, "user": user, "content": content});
+            let parsed = parse_publish(body.to_string().as_bytes()).unwrap();
+            prop_assert_eq!((parsed.room, parsed.user, parsed.content), (room, user, content));
+        }
+    }
+}

@@ -465,3 +465,113 @@ mod tests {
         assert!(TypeFilter::parse(" , ").is_err());
     }
 }
+
+/// Properties of the pure functions, over generated input.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use streamhub_tools::sse::EventParser;
+
+    use super::{encode_message, parse_last_event_id, write_event, Event};
+    use crate::hub::{Draft, Hub, HubConfig};
+
+    /// What an event-stream client makes of a stream, split into reads at
+    /// `cuts`: (last event id, type, data) per event.
+    fn parse(stream: &[u8], cuts: &[usize]) -> Vec<(String, String, String)> {
+        let mut parser = EventParser::new();
+        let mut events = Vec::new();
+        let mut from = 0;
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        bounds.sort();
+        bounds.push(stream.len());
+        for to in bounds {
+            parser.feed(&stream[from..to.max(from)], |e| {
+                let s = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+                events.push((s(e.id), s(e.event), s(e.data)));
+            });
+            from = to.max(from);
+        }
+        events
+    }
+
+    /// Text with plenty of what framing must survive: CR, LF, colons,
+    /// NULs, spaces and non-ASCII.
+    fn tricky() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just('\r'),
+                Just('\n'),
+                Just(':'),
+                Just(' '),
+                Just('\0'),
+                Just('\u{feff}'),
+                any::<char>(),
+                proptest::char::range('a', 'z'),
+            ],
+            0..40,
+        )
+        .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    fn without_line_ends(text: &str, also_nul: bool) -> String {
+        text.chars()
+            .filter(|c| *c != '\r' && *c != '\n' && !(also_nul && *c == '\0'))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::http::property_cases()))]
+
+        #[test]
+        fn any_event_survives_framing_and_whatwg_parsing(
+            events in proptest::collection::vec((tricky(), tricky(), tricky()), 1..5),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let mut stream = Vec::new();
+            for (id, name, data) in &events {
+                write_event(&mut stream, &Event { id: Some(id), event: Some(name), data });
+            }
+            let parsed = parse(&stream, &cuts);
+            prop_assert_eq!(parsed.len(), events.len());
+            for ((id, name, data), (got_id, got_name, got_data)) in events.iter().zip(&parsed) {
+                let name = without_line_ends(name, false);
+                prop_assert_eq!(got_id, &without_line_ends(id, true));
+                prop_assert_eq!(got_name, if name.is_empty() { "message" } else { &name });
+                prop_assert_eq!(got_data, &data.replace("\r\n", "\n").replace('\r', "\n"));
+            }
+        }
+
+        #[test]
+        fn any_message_is_one_event_whose_json_gives_it_back(
+            content in tricky().prop_filter("content is required", |c| !c.is_empty()),
+            user in tricky().prop_filter("user is required", |u| !u.is_empty()),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let hub = Hub::new(HubConfig::default());
+            let m = hub.publish(Draft::chat("r", &user, &content)).unwrap();
+            let parsed = parse(&encode_message(&m), &cuts);
+            prop_assert_eq!(parsed.len(), 1);
+            let (id, name, data) = &parsed[0];
+            prop_assert_eq!(id, &m.seq.to_string());
+            prop_assert_eq!(name, "chat");
+            let json: serde_json::Value = serde_json::from_str(data).unwrap();
+            prop_assert_eq!(json["content"].as_str(), Some(content.as_str()));
+            prop_assert_eq!(json["user"].as_str(), Some(user.as_str()));
+            prop_assert_eq!(json["seq"].as_u64(), Some(m.seq));
+        }
+
+        #[test]
+        fn last_event_id_accepts_exactly_padded_decimal_u64(
+            n in any::<u64>(),
+            pad in "[ \t]{0,3}",
+            text in ".{0,24}",
+        ) {
+            prop_assert_eq!(parse_last_event_id(&format!("{pad}{n}{pad}")), Ok(n));
+            let trimmed = text.trim();
+            let expected = (!trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| trimmed.parse::<u64>().ok())
+                .flatten();
+            prop_assert_eq!(parse_last_event_id(&text).ok(), expected);
+        }
+    }
+}

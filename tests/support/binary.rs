@@ -1,0 +1,132 @@
+//! The real `streamhub` binary as a child process: started on port 0,
+//! its log lines followed, signalled, and waited for.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_streamhub");
+
+/// A `streamhub serve`, killed when dropped.
+pub struct Serve {
+    pub child: Child,
+    pub grpc_addr: String,
+    /// Log lines after the "listening" one.
+    pub logs: mpsc::Receiver<String>,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The lines `reader` produces, as they come, from a thread of their own.
+pub fn lines_of(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// `streamhub serve` on port 0 with `extra` flags.
+pub fn serve(extra: &[&str]) -> Serve {
+    serve_with_env(extra, &[])
+}
+
+/// `streamhub serve` on port 0 with `extra` flags and `env` variables; returns
+/// once it logged its gRPC address.
+pub fn serve_with_env(extra: &[&str], env: &[(&str, &str)]) -> Serve {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ])
+    .args(extra)
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary starts");
+    let stderr: ChildStderr = child.stderr.take().unwrap();
+    let rx = lines_of(stderr);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let grpc_addr = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server logs its gRPC address");
+        if let Some(addr) = line.split("gRPC listening on ").nth(1) {
+            break addr.trim().to_string();
+        }
+    };
+    Serve {
+        child,
+        grpc_addr,
+        logs: rx,
+    }
+}
+
+impl Serve {
+    /// The log line that gives the HTTP address (it comes after the gRPC one).
+    pub fn http_log_line(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = self
+                .logs
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("server logs its HTTP address");
+            if line.contains("HTTP listening on ") {
+                return line;
+            }
+        }
+    }
+
+    /// The HTTP address, from the logs.
+    pub fn http_addr(&self) -> String {
+        let line = self.http_log_line();
+        let addr = line.split("HTTP listening on ").nth(1).unwrap();
+        addr.trim().to_string()
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Sends signal `name` (`TERM`, `INT`) to `child`.
+pub fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name}");
+}
+
+/// A command-line client run: `streamhub <command> --server <server>
+/// --room <room> --user <user>`, more arguments to follow.
+pub fn cli(command: &str, server: &str, room: &str, user: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([command, "--server", server, "--room", room, "--user", user]);
+    cmd
+}
