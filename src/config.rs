@@ -1,10 +1,14 @@
 //! Command-line flags and `STREAMHUB_*` environment variables, turned into
 //! one validated [`Config`] per subcommand.
 //!
-//! Every option is declared once in a table ([`SERVE_OPTIONS`] and the client
-//! tables) with its flag, variable, default and help; the same table drives
-//! parsing, `--help` and `--print-config`. A flag beats its variable, which
-//! beats the default. Errors name the flag.
+//! Every option is declared once in a table ([`SERVE_OPTIONS`]; the client
+//! commands and the load tool have tables of their own) with its flag,
+//! variable, default and help; the same table drives parsing, `--help`,
+//! `--print-config` and the systemd env file. A flag beats its variable,
+//! which beats the default. Errors name the flag.
+//!
+//! Over 500 lines on purpose: about 200 of them are the option table, which
+//! is data and reads best in one place next to the code that validates it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -14,6 +14,11 @@
 //! the server must drop slow subscribers (streamhub disconnects a subscriber
 //! whose queue fills up; such subscribers are reported as dropped and
 //! left out of the loss count).
+//!
+//! Over 1,000 lines: the plan, the result's arithmetic and the subscriber
+//! and publisher threads of one scenario, which share private state
+//! (`Shared`, `Slot`). It is a tool, not the server; split it by role
+//! (plan and report / client threads) the next time it grows.
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
