@@ -106,7 +106,7 @@ impl Health for HealthService {
         // a stream slot but is not refused once stopping began.
         let permit = self.shared.open_stream_any_time();
         let changes = self.shared.health.watch();
-        self.shared.start_stream_with(
+        self.shared.start_stream(
             permit,
             &ctx,
             "Health.Watch",

@@ -80,31 +80,14 @@ impl Shared {
         })
     }
 
-    /// The one way a streaming call starts: a slot of `--max-grpc-streams`,
-    /// then `prepare` (validation, subscribing), then a named thread
-    /// (`grpc-KIND-N`) that owns the call and its sink for its lifetime.
-    /// Whatever fails on the way answers the call with its status, counted
-    /// and logged.
-    fn start_stream<S, P>(
-        self: &Arc<Self>,
-        ctx: &RpcContext,
-        method: &'static str,
-        kind: &str,
-        sink: S,
-        prepare: impl FnOnce() -> Result<P, Error>,
-        body: impl FnOnce(&Shared, S, P) + Send + 'static,
-    ) where
-        S: FailSink + Send + 'static,
-        P: Send + 'static,
-    {
-        let permit = self.open_stream();
-        self.start_stream_with(permit, ctx, method, kind, sink, prepare, body)
-    }
-
-    /// [`Shared::start_stream`] with the slot already asked for (health
-    /// watches take theirs even while stopping).
+    /// The one way a streaming call starts: with `permit` (a slot of
+    /// `--max-grpc-streams`, from [`Shared::open_stream`], or
+    /// [`Shared::open_stream_any_time`] for health watches), then `prepare`
+    /// (validation, subscribing), then a named thread (`grpc-KIND-N`) that
+    /// owns the call and its sink for its lifetime. Whatever fails on the
+    /// way answers the call with its status, counted and logged.
     #[allow(clippy::too_many_arguments)]
-    fn start_stream_with<S, P>(
+    fn start_stream<S, P>(
         self: &Arc<Self>,
         permit: Result<Permit, Error>,
         ctx: &RpcContext,

@@ -202,6 +202,7 @@ impl ReflectionService {
         method: &'static str,
     ) {
         self.shared.start_stream(
+            self.shared.open_stream(),
             &ctx,
             method,
             "reflect",

@@ -60,6 +60,7 @@ impl ChatService for ChatServiceImpl {
         let (peer, deadline) = (ctx.peer(), ctx.deadline());
         let hub = self.shared.hub.clone();
         self.shared.start_stream(
+            self.shared.open_stream(),
             &ctx,
             "SubscribeMessages",
             "sub",
@@ -78,6 +79,7 @@ impl ChatService for ChatServiceImpl {
         sink: ClientStreamingSink<chat::UploadResponse>,
     ) {
         self.shared.start_stream(
+            self.shared.open_stream(),
             &ctx,
             "UploadMessages",
             "upload",
@@ -95,6 +97,7 @@ impl ChatService for ChatServiceImpl {
     ) {
         let peer = ctx.peer();
         self.shared.start_stream(
+            self.shared.open_stream(),
             &ctx,
             "Chat",
             "chat",
@@ -111,6 +114,7 @@ impl ChatService for ChatServiceImpl {
         sink: ServerStreamingSink<chat::Metric>,
     ) {
         self.shared.start_stream(
+            self.shared.open_stream(),
             &ctx,
             "StreamMetrics",
             "metrics",
