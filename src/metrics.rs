@@ -123,10 +123,16 @@ pub fn stream_interval(seconds: i64) -> Result<Duration, crate::error::Error> {
     match seconds {
         0 => Ok(Duration::from_secs(1)),
         n @ 1..=3600 => Ok(Duration::from_secs(n as u64)),
-        n => Err(crate::error::Error::InvalidArgument(format!(
-            "interval_seconds must be a whole number from 0 to 3600, got {n}"
-        ))),
+        n => Err(bad_interval(n)),
     }
+}
+
+/// The refusal of an interval outside [`stream_interval`]'s rule, showing
+/// what the client sent (a number, or text that is not one).
+pub fn bad_interval(sent: impl std::fmt::Display) -> crate::error::Error {
+    crate::error::Error::InvalidArgument(format!(
+        "interval_seconds must be a whole number from 0 to 3600, got {sent}"
+    ))
 }
 
 /// One named measurement.

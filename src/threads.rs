@@ -26,6 +26,8 @@ struct Inner {
     live: Mutex<HashMap<u64, String>>,
     finished: Condvar,
     next: AtomicU64,
+    /// Numbers the threads [`Threads::spawn_with`] names (`sse-1`, ...).
+    next_numbered: AtomicU64,
 }
 
 /// Removes a thread from the live set when it ends, panic or not.
@@ -85,12 +87,13 @@ impl Threads {
         // takes the entry out of the live set again.
     }
 
-    /// Runs `body(payload)` on a new thread called `name`. If no thread can
-    /// be started, the payload comes back with the error, so that what it
-    /// holds (a connection, a call) can still be answered.
+    /// Runs `body(payload)` on a new thread called `KIND-N` (N counts every
+    /// thread started this way). If no thread can be started, the payload
+    /// comes back with the error, so that what it holds (a connection, a
+    /// call) can still be answered.
     pub fn spawn_with<T, F>(
         &self,
-        name: String,
+        kind: &str,
         stack: Option<usize>,
         payload: T,
         body: F,
@@ -99,6 +102,8 @@ impl Threads {
         T: Send + 'static,
         F: FnOnce(T) + Send + 'static,
     {
+        let n = self.inner.next_numbered.fetch_add(1, Ordering::Relaxed) + 1;
+        let name = format!("{kind}-{n}");
         let slot = Arc::new(Mutex::new(Some(payload)));
         let thread_slot = slot.clone();
         let spawned = self.spawn(name, stack, move || {
@@ -218,12 +223,12 @@ mod tests {
         let threads = Threads::new();
         let (tx, rx) = crossbeam_channel::bounded(1);
         threads
-            .spawn_with("with".into(), None, 42, move |n| tx.send(n).unwrap())
+            .spawn_with("with", None, 42, move |n| tx.send(n).unwrap())
             .map_err(|(_, e)| e)
             .unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(42));
         // A stack no system can give: the payload comes back.
-        let refused = threads.spawn_with("huge".into(), Some(usize::MAX / 2), 7, |_| {});
+        let refused = threads.spawn_with("huge", Some(usize::MAX / 2), 7, |_| {});
         assert_eq!(refused.map_err(|(n, _)| n), Err(7));
     }
 

@@ -18,7 +18,6 @@ mod service;
 mod streams;
 pub mod wire;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,7 +49,6 @@ struct Shared {
     config: GrpcConfig,
     /// Streaming calls open now, against `--max-grpc-streams`.
     open_streams: Arc<Slots>,
-    next_stream: AtomicU64,
     /// Disconnects when shutdown begins.
     stopping: Receiver<()>,
     health: Arc<health::HealthState>,
@@ -105,10 +103,9 @@ impl Shared {
             Ok(v) => v,
             Err(e) => return refuse(ctx, self, method, sink, &e),
         };
-        let n = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let shared = self.clone();
         let spawned = self.threads.spawn_with(
-            format!("grpc-{kind}-{n}"),
+            &format!("grpc-{kind}"),
             Some(self.config.stream_stack_bytes),
             (sink, prepared, permit),
             move |(sink, prepared, permit)| {
@@ -184,7 +181,6 @@ impl GrpcServer {
             threads,
             config: config.clone(),
             open_streams: Slots::new(),
-            next_stream: AtomicU64::new(1),
             stopping,
             health: Arc::default(),
         });

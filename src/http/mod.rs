@@ -54,7 +54,7 @@ fn property_cases() -> u32 {
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -83,7 +83,6 @@ struct Shared {
     open_connections: Arc<Slots>,
     /// Event streams open now (counted against `--max-sse-clients`).
     sse_streams: Arc<Slots>,
-    next_stream: AtomicU64,
     /// `http-accept` and the workers while they run.
     service_threads: Arc<Slots>,
 }
@@ -134,7 +133,6 @@ impl HttpServer {
             stopping,
             open_connections: Slots::new(),
             sse_streams: Slots::new(),
-            next_stream: AtomicU64::new(1),
             service_threads: Slots::new(),
         });
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();

@@ -22,7 +22,7 @@ use super::response::Response;
 use super::sse::{self, TypeFilter};
 use crate::error::Error;
 use crate::hub::{check_user, normalize_room, Draft, Message, MessageKind, DEFAULT_ROOM};
-use crate::metrics::stream_interval;
+use crate::metrics::{bad_interval, stream_interval};
 
 /// What a request asks for, parameters validated.
 #[derive(Debug)]
@@ -151,10 +151,8 @@ fn metrics_params(req: &Request) -> Result<MetricsParams, String> {
         None => Duration::from_secs(1),
         Some(text) => {
             let seconds = text.trim().parse::<i64>().map_err(|_| {
-                format!(
-                    "interval_seconds must be a whole number from 0 to 3600, got '{}'",
-                    text.chars().take(20).collect::<String>()
-                )
+                let shown: String = text.chars().take(20).collect();
+                bad_interval(format!("'{shown}'")).to_string()
             })?;
             stream_interval(seconds).map_err(|e| e.to_string())?
         }

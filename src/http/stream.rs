@@ -4,7 +4,6 @@
 
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,10 +70,9 @@ pub(super) fn open(
         },
         Kind::Metrics(_) => None,
     };
-    let n = shared.next_stream.fetch_add(1, Ordering::Relaxed);
     let name = match kind {
-        Kind::Events(_) => format!("sse-{n}"),
-        Kind::Metrics(_) => format!("sse-metrics-{n}"),
+        Kind::Events(_) => "sse",
+        Kind::Metrics(_) => "sse-metrics",
     };
     // The connection travels to the new thread; if the thread cannot start
     // it comes back here to be answered.
