@@ -75,7 +75,13 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         "subscriber-queue",
         "STREAMHUB_SUBSCRIBER_QUEUE",
         "1024",
-        "messages queued per subscriber before it is dropped as too slow",
+        "how many messages a subscriber may trail its room by (its window); one more and a publish waits --publish-stall-ms, then drops it as too slow",
+    ),
+    opt(
+        "publish-stall-ms",
+        "STREAMHUB_PUBLISH_STALL_MS",
+        "10",
+        "longest a publish waits for a subscriber that is a window behind before dropping it (0: drop at once)",
     ),
     opt(
         "history",
@@ -93,7 +99,13 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         "max-rooms",
         "STREAMHUB_MAX_ROOMS",
         "10000",
-        "most rooms that may exist at once",
+        "most rooms that may exist at once; at the limit the least recently used room without subscribers makes way, history and all",
+    ),
+    opt(
+        "history-total-bytes",
+        "STREAMHUB_HISTORY_TOTAL_BYTES",
+        "67108864",
+        "content bytes retained by all rooms together; over it the least recently used rooms forget their oldest messages",
     ),
     opt(
         "max-grpc-streams",
@@ -136,6 +148,18 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         "STREAMHUB_STREAM_STACK_KIB",
         "128",
         "stack size of each stream thread",
+    ),
+    opt(
+        "stream-priority",
+        "STREAMHUB_STREAM_PRIORITY",
+        "idle",
+        "CPU priority of SSE stream threads: idle (SCHED_IDLE: they yield to the threads that accept publishes, so one wake-up carries many messages), low (nice 19) or normal",
+    ),
+    opt(
+        "sse-send-buffer-bytes",
+        "STREAMHUB_SSE_SEND_BUFFER_BYTES",
+        "65536",
+        "socket send buffer of each event stream (bounds its queue and so its latency; 0: the system default)",
     ),
     opt(
         "max-http-connections",
@@ -347,6 +371,16 @@ impl RawArgs {
         Ok(n)
     }
 
+    /// A stream-thread priority: `idle`, `low` or `normal`.
+    pub fn priority(&self, flag: &str) -> Result<crate::threads::Priority, Error> {
+        let text = self.get(flag).unwrap_or_default();
+        crate::threads::Priority::parse(text.trim()).ok_or_else(|| {
+            Error::Config(format!(
+                "--{flag}: expected idle, low or normal, got '{text}'"
+            ))
+        })
+    }
+
     pub fn secs(&self, flag: &str, min: u64, max: u64) -> Result<Duration, Error> {
         self.number(flag, min, max).map(Duration::from_secs)
     }
@@ -425,6 +459,10 @@ pub struct HttpConfig {
     pub sse_retry_ms: u64,
     pub cors_origins: Vec<String>,
     pub stream_stack_bytes: usize,
+    /// CPU priority of the event-stream threads.
+    pub stream_priority: crate::threads::Priority,
+    /// SO_SNDBUF of each event stream (0: the system's).
+    pub sse_send_buffer: usize,
 }
 
 impl Config {
@@ -472,13 +510,17 @@ impl Config {
                 sse_retry_ms: raw.number("sse-retry-ms", 0, 3_600_000)?,
                 cors_origins,
                 stream_stack_bytes,
+                stream_priority: raw.priority("stream-priority")?,
+                sse_send_buffer: raw.number("sse-send-buffer-bytes", 0, 64 << 20)? as usize,
             },
             hub: HubConfig {
                 subscriber_queue: raw.number("subscriber-queue", 1, 1 << 20)? as usize,
+                publish_stall: Duration::from_millis(raw.number("publish-stall-ms", 0, 10_000)?),
                 history: raw.number("history", 0, 1 << 20)? as usize,
                 history_bytes: raw.number("history-bytes", 0, 1 << 40)? as usize,
                 max_content_bytes: max_message_bytes,
                 max_rooms: raw.number("max-rooms", 1, 1 << 24)? as usize,
+                history_total_bytes: raw.number("history-total-bytes", 0, 1 << 40)? as usize,
             },
             shutdown_grace: raw.secs("shutdown-grace-secs", 0, 3600)?,
         })

@@ -15,6 +15,8 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod proto;
+#[allow(unsafe_code)]
+pub(crate) mod sys;
 pub mod systemd;
 pub mod threads;
 

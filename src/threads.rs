@@ -15,6 +15,56 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
+/// The CPU priority of a stream thread, set by the thread itself when it
+/// starts.
+///
+/// Why `Idle` is the default for event streams: with a thousand stream
+/// threads at normal priority, each woken thread gets the same share of
+/// the CPU as the one thread accepting publishes, so publishing crawls and
+/// every wake-up carries one message. At SCHED_IDLE (weight 3 against 1,024,
+/// and no wake-up preemption of normal threads) the threads that accept
+/// publishes run first, messages pile up in the room log, and each wake-up
+/// carries hundreds in one write. It is not starvation: idle threads share
+/// what normal threads leave, and on an otherwise idle machine that is
+/// everything. Measured in `shared/prototypes/sse-fanout` (1,000
+/// subscribers, 2 cores): normal 86k deliveries/s, nice 19 1.7M, idle 3.5M;
+/// BENCHMARKS.md has streamhub's own figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// SCHED_IDLE.
+    Idle,
+    /// Nice 19.
+    Low,
+    /// Whatever the process runs at.
+    Normal,
+}
+
+impl Priority {
+    pub fn parse(text: &str) -> Option<Priority> {
+        match text {
+            "idle" => Some(Priority::Idle),
+            "low" => Some(Priority::Low),
+            "normal" => Some(Priority::Normal),
+            _ => None,
+        }
+    }
+
+    /// Applies this priority to the calling thread. A failure (a sandbox
+    /// that forbids it) leaves the thread at normal priority, logged once.
+    pub fn apply_to_current_thread(self) {
+        use crate::sys::{set_thread_policy, CpuPolicy};
+        let policy = match self {
+            Priority::Idle => CpuPolicy::Idle,
+            Priority::Low => CpuPolicy::Nice(19),
+            Priority::Normal => return,
+        };
+        if let Err(e) = set_thread_policy(policy) {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| log::warn!("cannot lower stream thread priority ({self:?}): {e}"));
+        }
+    }
+}
+
 /// A tracked set of named threads. Clones share the set.
 #[derive(Clone, Default)]
 pub struct Threads {

@@ -937,9 +937,11 @@ fn browser_eventsource_gets_grpc_messages_and_resumes_after_the_server_closes_th
         c.http.cors_origins = vec!["*".into()];
         c.http.sse_retry_ms = 200;
         c.hub.subscriber_queue = 16;
+        // Dropped at once, not after a stall it might catch up in.
+        c.hub.publish_stall = Duration::ZERO;
     });
     let hub = server.app.hub().clone();
-    let (reports, _) = hub
+    let (mut reports, _) = hub
         .subscribe("browser-report", None, streamhub::hub::Protocol::Grpc)
         .unwrap();
     let page = PageServer::start(include_bytes!("browser/eventsource.html"));
@@ -949,7 +951,7 @@ fn browser_eventsource_gets_grpc_messages_and_resumes_after_the_server_closes_th
         server.app.http_port()
     );
     let browser = Browser::open(&chromium, &url);
-    next_report(&reports, "open 1", Duration::from_secs(60));
+    next_report(&mut reports, "open 1", Duration::from_secs(60));
 
     let client = server.client();
     let mut expected: Vec<String> = Vec::new();
@@ -960,7 +962,7 @@ fn browser_eventsource_gets_grpc_messages_and_resumes_after_the_server_closes_th
     }
     // The page must hold a position (a Last-Event-ID) before the burst drops
     // it: a stream dropped before it delivered anything resumes live.
-    next_report(&reports, "got m5", Duration::from_secs(30));
+    next_report(&mut reports, "got m5", Duration::from_secs(30));
     let mut burst = 0;
     while hub.stats().closed(CloseReason::SlowConsumer) == 0 {
         assert!(
@@ -975,13 +977,13 @@ fn browser_eventsource_gets_grpc_messages_and_resumes_after_the_server_closes_th
             expected.push(content);
         }
     }
-    next_report(&reports, "open 2", Duration::from_secs(30));
+    next_report(&mut reports, "open 2", Duration::from_secs(30));
     for content in ["m6", "m7", "m8", "done"] {
         send(&client, "browser", "grpc", content).unwrap();
         expected.push(content.to_string());
     }
     let summary: Value =
-        serde_json::from_str(&next_report(&reports, "{", Duration::from_secs(30))).unwrap();
+        serde_json::from_str(&next_report(&mut reports, "{", Duration::from_secs(30))).unwrap();
     drop(browser);
     let seqs: Vec<u64> = serde_json::from_value(summary["seqs"].clone()).unwrap();
     let contents: Vec<String> = serde_json::from_value(summary["contents"].clone()).unwrap();
@@ -1013,4 +1015,120 @@ fn a_client_that_leaves_while_idle_is_let_go_before_the_next_keep_alive() {
         server.app.hub().stats().closed(CloseReason::ClientClosed),
         1
     );
+}
+
+/// The CPU policy (field 41 of /proc/.../stat: 0 normal, 5 SCHED_IDLE) and
+/// nice value (field 19) of this process's threads named `sse-N`.
+fn sse_thread_policies() -> Vec<(String, u32, i32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        let comm = comm.trim().to_string();
+        let numbered = comm
+            .strip_prefix("sse-")
+            .is_some_and(|n| n.parse::<u64>().is_ok());
+        if !numbered {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised name start at field 3.
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        out.push((
+            comm,
+            fields[38].parse().unwrap(),
+            fields[16].parse().unwrap(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn event_stream_threads_run_at_the_configured_priority() {
+    // Alone: other tests' event streams would show up in /proc too.
+    support::run_alone("sse::event_stream_threads_run_at_the_configured_priority_alone");
+}
+
+#[test]
+#[ignore = "run alone by event_stream_threads_run_at_the_configured_priority"]
+fn event_stream_threads_run_at_the_configured_priority_alone() {
+    use streamhub::threads::Priority;
+    for (priority, policy, nice) in [
+        (Priority::Idle, 5, 0),
+        (Priority::Low, 0, 19),
+        (Priority::Normal, 0, 0),
+    ] {
+        let server = support::start_with(|c| c.http.stream_priority = priority);
+        let _a = EventStream::connected(&server, "/events?room=prio", &[]);
+        let _b = EventStream::connected(&server, "/events?room=prio2", &[]);
+        let found = sse_thread_policies();
+        assert_eq!(found.len(), 2, "{priority:?}: {found:?}");
+        for (name, p, n) in found {
+            assert_eq!((p, n), (policy, nice), "{priority:?}: {name}");
+        }
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_holds_a_publisher_no_longer_than_the_stall() {
+    let stall = Duration::from_millis(100);
+    let server = support::start_with(|c| {
+        c.hub.publish_stall = stall;
+        c.hub.subscriber_queue = 64;
+    });
+    // Reads nothing after the preamble: its socket buffers fill, its stream
+    // thread blocks in a write and its position stops.
+    let stuck = EventStream::connected(&server, "/events?room=stall", &[]);
+    let mut reader = EventStream::connected(&server, "/events?room=stall", &[]);
+    // 8 MB in all: far more than the stuck client's socket buffers hold.
+    let content = "x".repeat(4096);
+    let total = 2000u64;
+    let reading = std::thread::spawn(move || {
+        for n in 1..=total {
+            assert_eq!(
+                reader.event().id,
+                Some(n.to_string()),
+                "the reader loses nothing"
+            );
+        }
+        reader
+    });
+    let mut slowest = Duration::ZERO;
+    for _ in 0..total {
+        let started = Instant::now();
+        server
+            .app
+            .hub()
+            .publish(Draft::chat("stall", "p", &content))
+            .unwrap();
+        slowest = slowest.max(started.elapsed());
+    }
+    let _reader = reading.join().unwrap();
+    let stats = server.app.hub().stats();
+    assert_eq!(stats.closed(CloseReason::SlowConsumer), 1);
+    assert!(stats.publish_stalls >= 1);
+    // Bounded by the stall; the margin is for a busy test machine, far
+    // below the 10 s write timeout a blocked write would take.
+    assert!(slowest < stall * 5, "a publish took {slowest:?}");
+    let metrics = String::from_utf8_lossy(&get(&server, "/metrics").body).to_string();
+    assert!(
+        metrics.contains("streamhub_publish_stalls_total "),
+        "{metrics}"
+    );
+    // The dropped stream's thread gives up its write and ends promptly.
+    assert!(
+        wait_until(Duration::from_secs(5), || server.subscribers() == 1),
+        "{:?}",
+        server.app.hub().stats()
+    );
+    drop(stuck);
 }

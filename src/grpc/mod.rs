@@ -175,6 +175,7 @@ impl GrpcServer {
             .reuse_port(false)
             .http2_max_ping_strikes(0)
             .build_args();
+        hub.set_encoder(crate::hub::Protocol::Grpc, wire::encode);
         let shared = Arc::new(Shared {
             hub,
             telemetry,

@@ -13,9 +13,16 @@ use grpcio::{
 use super::convert::{self, code_name, status, system_message};
 use super::driver::{Driver, Interrupted, StreamSink, WriteError};
 use super::{wire, Shared};
-use crate::hub::{CloseReason, Draft, Presence, Subscription, MAX_BURST, SHUTDOWN_NOTICE};
+use crate::hub::{CloseReason, Draft, Presence, Subscription, Wait, MAX_BURST, SHUTDOWN_NOTICE};
 use crate::metrics::MetricsSampler;
 use crate::proto::chat;
+
+/// How often an idle subscriber asks grpcio whether its client is still
+/// there. The room log wakes a subscriber only for messages and closes (one
+/// futex for the whole room), not for grpcio's events, so a cancelled call
+/// is noticed within this. (The transport issue replaces grpcio; its own
+/// HTTP/2 layer tells the stream directly.)
+const IDLE_CHECK: Duration = Duration::from_millis(250);
 
 /// Ends a stream because the server is stopping: a last SYSTEM notice, then
 /// UNAVAILABLE so that clients retry elsewhere.
@@ -58,7 +65,7 @@ fn shutdown_notice(room: &str) -> chat::Message {
 /// falls behind or the server stops. Holds no hub lock while writing.
 pub(super) fn run_subscriber(
     shared: &Shared,
-    sub: Subscription,
+    mut sub: Subscription,
     user: String,
     mut sink: ServerStreamingSink<wire::Outbound>,
     peer: String,
@@ -83,24 +90,24 @@ pub(super) fn run_subscriber(
         Err(_) => Some(CloseReason::ClientClosed),
     };
     while reason.is_none() {
-        crossbeam_channel::select! {
-            recv(sub.receiver()) -> first => match first {
-                Ok(first) => {
-                    let burst: Vec<wire::Outbound> = std::iter::once(first)
-                        .chain(sub.receiver().try_iter().take(MAX_BURST - 1))
-                        .map(wire::Outbound::Shared)
-                        .collect();
-                    reason = match driver.send_all(&mut sink, burst, timeout) {
-                        Ok(()) => None,
-                        Err(WriteError::Gone) => Some(CloseReason::ClientClosed),
-                        Err(WriteError::Interrupted(_)) => Some(
-                            sub.close_reason().unwrap_or(CloseReason::WriteFailed),
-                        ),
-                    };
-                }
-                Err(_) => reason = Some(sub.close_reason().unwrap_or(CloseReason::Shutdown)),
-            },
-            recv(driver.woken()) -> _ => {
+        match sub.wait(Some(Instant::now() + IDLE_CHECK)) {
+            Wait::Ready => {
+                let burst: Vec<wire::Outbound> = sub
+                    .peek(MAX_BURST)
+                    .map(|m| wire::Outbound::Shared(m.clone()))
+                    .collect();
+                // Owned copies: taken before the write.
+                sub.advance(burst.len());
+                reason = match driver.send_all(&mut sink, burst, timeout) {
+                    Ok(()) => None,
+                    Err(WriteError::Gone) => Some(CloseReason::ClientClosed),
+                    Err(WriteError::Interrupted(_)) => {
+                        Some(sub.close_reason().unwrap_or(CloseReason::WriteFailed))
+                    }
+                };
+            }
+            Wait::Closed(r) => reason = Some(r),
+            Wait::TimedOut => {
                 if driver.client_gone(&mut sink) {
                     reason = Some(CloseReason::ClientClosed);
                 }

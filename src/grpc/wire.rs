@@ -13,6 +13,12 @@ use super::convert::to_proto;
 use crate::hub::{Message, Protocol};
 use crate::proto::chat;
 
+/// A hub message as `chat.Message` bytes (registered with the hub, which
+/// encodes each message once when it has gRPC subscribers).
+pub fn encode(m: &Message) -> Vec<u8> {
+    to_proto(m).write_to_bytes().unwrap_or_default()
+}
+
 pub enum Outbound {
     Shared(Arc<Message>),
     Own(chat::Message),
@@ -23,9 +29,7 @@ impl Outbound {
     pub fn ser(out: &Outbound, buf: &mut GrpcSlice) -> grpcio::Result<()> {
         match out {
             Outbound::Shared(m) => {
-                let bytes = m.encoded(Protocol::Grpc, |m| {
-                    to_proto(m).write_to_bytes().unwrap_or_default()
-                });
+                let bytes = m.encoded(Protocol::Grpc, encode);
                 *buf = GrpcSlice::from(bytes);
                 Ok(())
             }

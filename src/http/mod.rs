@@ -37,8 +37,6 @@ mod server;
 pub(crate) mod sse;
 mod stream;
 // The one module allowed `unsafe` (poll(2), listen(2)); see its header.
-#[allow(unsafe_code)]
-mod sys;
 
 /// Cases per property test of the submodules; `STREAMHUB_STRESS=long`
 /// (`make stress`) runs many more.
@@ -63,7 +61,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 
 use crate::config::HttpConfig;
 use crate::error::Error;
-use crate::hub::Hub;
+use crate::hub::{Hub, Protocol};
 use crate::metrics::Telemetry;
 use crate::threads::{Slots, Threads};
 
@@ -119,12 +117,13 @@ impl HttpServer {
         let listener = TcpListener::bind(config.addr)
             .map_err(|e| Error::Io(format!("cannot listen on {} (HTTP): {e}", config.addr)))?;
         listener.set_nonblocking(true)?;
-        sys::set_backlog(&listener, config.max_connections)?;
+        crate::sys::set_backlog(&listener, config.max_connections)?;
         let port = listener.local_addr()?.port();
         let (wake_tx, wake_rx) = UnixStream::pair()?;
         wake_tx.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
         let wake = Arc::new(wake_tx);
+        hub.set_encoder(Protocol::Sse, sse::encode_message);
         let shared = Arc::new(Shared {
             hub,
             telemetry,

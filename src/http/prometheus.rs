@@ -88,8 +88,39 @@ pub fn render(s: &Snapshot) -> String {
         &mut out,
         "streamhub_messages_delivered_total",
         "counter",
-        "Messages queued to subscribers (one per subscriber per message).",
+        "Messages taken by subscribers for sending (one per subscriber per message).",
         &one(s.hub.delivered),
+    );
+    family(
+        &mut out,
+        "streamhub_history_bytes",
+        "gauge",
+        "Content bytes retained by all rooms for resuming subscribers.",
+        &one(s.hub.history_bytes),
+    );
+    family(
+        &mut out,
+        "streamhub_publish_stalls_total",
+        "counter",
+        "Publishes that waited for a subscriber a window behind (then caught up or dropped as slow_consumer).",
+        &one(s.hub.publish_stalls),
+    );
+    family(
+        &mut out,
+        "streamhub_publish_stall_seconds_total",
+        "counter",
+        "Time publishes spent waiting for lagging subscribers.",
+        &[(
+            String::new(),
+            format!("{:.6}", s.hub.publish_stall_micros as f64 / 1e6),
+        )],
+    );
+    family(
+        &mut out,
+        "streamhub_rooms_evicted_total",
+        "counter",
+        "Rooms without subscribers removed at the room limit to make way for new ones.",
+        &one(s.hub.rooms_evicted),
     );
     let closed: Vec<_> = CloseReason::ALL
         .iter()

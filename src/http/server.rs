@@ -24,8 +24,8 @@ use super::request::Request;
 use super::response::Response;
 use super::routes::{self, Action};
 use super::stream;
-use super::sys::PollSet;
 use super::Shared;
+use crate::sys::PollSet;
 
 /// Longest `http-accept` sleeps without checking for shutdown.
 const TICK: Duration = Duration::from_millis(100);

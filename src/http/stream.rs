@@ -7,28 +7,32 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-
 use super::conn::Conn;
 use super::response::Response;
 use super::routes::{error_response, EventsParams, MetricsParams};
 use super::sse;
 use super::Shared;
 use crate::hub::{
-    CloseReason, Message, MessageKind, Protocol, Replay, Subscription, MAX_BURST, SHUTDOWN_NOTICE,
+    CloseReason, Message, MessageKind, Protocol, Replay, Subscription, Wait, MAX_BURST,
+    SHUTDOWN_NOTICE,
 };
 use crate::metrics::MetricsSampler;
 use crate::threads::Permit;
 
-/// After shutdown begins, how long a stream waits for the hub to close its
-/// subscription (which comes after what was queued) before leaving anyway.
-const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+/// A burst stops growing at this many bytes: several socket buffers' worth
+/// keeps the socket full, and a smaller burst lets the position move on
+/// sooner (large messages would otherwise make one burst megabytes).
+const MAX_BURST_BYTES: usize = 128 * 1024;
+/// How often a write blocked on a full socket looks up to see whether the
+/// hub dropped its subscriber (then it gives up at once).
+const GIVE_UP_CHECK: Duration = Duration::from_millis(100);
 /// How often an idle event stream checks that its client is still there
 /// (a non-blocking peek). Without it a client that left is noticed only at
 /// the next keep-alive write, holding a thread and a queue until then.
 const LIVENESS_CHECK: Duration = Duration::from_secs(3);
-/// Slices per `writev`; well under every system's IOV_MAX.
-const MAX_SLICES: usize = 64;
+/// Slices per `writev`; under every system's IOV_MAX (1,024 on Linux), and
+/// more than a burst, so a burst is one call when the socket takes it.
+const MAX_SLICES: usize = MAX_BURST + 1;
 
 /// Which stream a request opens.
 pub(super) enum Kind {
@@ -91,6 +95,7 @@ pub(super) fn open(
                 permit,
                 subscription,
             } = opened;
+
             match (kind, subscription) {
                 (Kind::Events(params), Some((sub, replay))) => {
                     run_events(&thread_shared, conn, &cors, params, sub, replay)
@@ -110,6 +115,73 @@ pub(super) fn open(
             let response = Response::unavailable("cannot start a stream thread", 1);
             Err(Box::new((opened.conn, response)))
         }
+    }
+}
+
+/// A stream thread's socket for writing. The socket's own timeout is short
+/// so that a blocked write can look up between tries (has the hub dropped
+/// this subscriber?); a write fails only after `timeout` without progress.
+struct Patient<'a> {
+    stream: &'a TcpStream,
+    timeout: Duration,
+}
+
+impl<'a> Patient<'a> {
+    fn new(stream: &'a TcpStream, timeout: Duration) -> Patient<'a> {
+        let _ = stream.set_write_timeout(Some(GIVE_UP_CHECK.min(timeout)));
+        Patient { stream, timeout }
+    }
+
+    fn plain(&self) -> PatientWrite<'_> {
+        self.giving_up_when(&|| false)
+    }
+
+    /// Writes that also fail, at their next look, once `give_up` holds.
+    fn giving_up_when<'b>(&'b self, give_up: &'b dyn Fn() -> bool) -> PatientWrite<'b> {
+        PatientWrite {
+            stream: self.stream,
+            timeout: self.timeout,
+            give_up,
+        }
+    }
+}
+
+struct PatientWrite<'b> {
+    stream: &'b TcpStream,
+    timeout: Duration,
+    give_up: &'b dyn Fn() -> bool,
+}
+
+impl PatientWrite<'_> {
+    fn retry(&self, mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+        let until = Instant::now() + self.timeout;
+        loop {
+            match f() {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) && !(self.give_up)()
+                        && Instant::now() < until => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Write for PatientWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let stream = self.stream;
+        self.retry(|| (&*stream).write(buf))
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let stream = self.stream;
+        self.retry(|| (&*stream).write_vectored(bufs))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -192,12 +264,16 @@ fn replay_notice(room: &str, after: Option<u64>, replay: &Replay) -> Option<Vec<
     if replay.unknown_position {
         // The room restarted its sequence (a server restart) or the id was
         // made up: what came before the retained messages is gone.
-        let missed = replay.messages.first().map_or(0, |m| m.seq - 1);
+        let missed = if replay.replayed > 0 {
+            replay.first_seq - 1
+        } else {
+            0
+        };
         let content = format!(
             "last event id {} is not a position in room {room} (the server may have restarted); \
              {missed} earlier messages are no longer retained, replaying the {} that are",
             after.unwrap_or_default(),
-            replay.messages.len()
+            replay.replayed
         );
         return Some(sse::system_notice(room, &content, Some(("missed", missed))));
     }
@@ -215,84 +291,88 @@ fn encoded(m: &Message) -> &[u8] {
 }
 
 /// Runs on `sse-N`: the room's messages as events until the client leaves,
-/// falls behind or the server stops. Holds no hub lock while writing.
+/// falls behind or the server stops. Takes no lock: it reads the room log
+/// from its own position and sends everything up to the tail (at most a
+/// burst) with one `writev`.
 fn run_events(
     shared: &Shared,
     conn: Conn,
     cors: &[(&'static str, String)],
     params: EventsParams,
-    sub: Subscription,
+    mut sub: Subscription,
     replay: Replay,
 ) {
+    // Room streams yield the CPU to the threads that accept publishes (see
+    // `threads::Priority`); metrics streams, few and light, do not.
+    shared.config.stream_priority.apply_to_current_thread();
+    let send_buffer = shared.config.sse_send_buffer;
+    if send_buffer > 0 {
+        if let Err(e) = crate::sys::set_send_buffer(&conn.stream, send_buffer) {
+            log::debug!("cannot set an event stream's send buffer: {e}");
+        }
+    }
     let room = sub.room().clone();
     let stream = &conn.stream;
     let types = params.types;
     let user = params.user.as_str();
     log::info!(
-        "SSE opened: room={room} user={user:?} after={:?} peer={}",
+        "SSE opened: room={room} user={user:?} after={:?} replaying={} peer={}",
         params.after_seq,
+        replay.replayed,
         conn.peer
     );
+    let out = Patient::new(stream, shared.config.write_timeout);
     let mut opening = preamble(shared, cors);
     if let Some(notice) = replay_notice(&room, params.after_seq, &replay) {
         if types.passes(MessageKind::System) {
             opening.extend_from_slice(&notice);
         }
     }
-    let mut pieces: Vec<&[u8]> = vec![&opening];
-    pieces.extend(
-        replay
-            .messages
-            .iter()
-            .filter(|m| types.passes(m.kind))
-            .map(|m| encoded(m)),
-    );
-    let mut reason = write_pieces(stream, &pieces)
+    let mut reason = write_pieces(out.plain(), &[&opening])
         .err()
         .map(|e| write_failure(&e));
-    drop(pieces);
-    drop(replay);
+    // JOIN after the replay's cut, so the replay never contains our own.
     let presence = reason.is_none().then(|| shared.hub.presence(&room, user));
     let keepalive = shared.config.sse_keepalive;
     let mut next_beat = Instant::now() + keepalive;
     let mut next_check = Instant::now() + LIVENESS_CHECK;
-    let never = crossbeam_channel::never();
-    let mut drain_until: Option<Instant> = None;
     while reason.is_none() {
-        let stopping: &Receiver<()> = if drain_until.is_some() {
-            &never
-        } else {
-            &shared.stopping
-        };
-        let wake = drain_until
-            .map_or(next_beat, |d| d.min(next_beat))
-            .min(next_check);
-        crossbeam_channel::select! {
-            recv(sub.receiver()) -> first => match first {
-                Ok(first) => {
-                    // Dropped as too slow: what is still queued would only
-                    // keep a stuck writer busy. The client resumes by id.
-                    if sub.close_reason() == Some(CloseReason::SlowConsumer) {
-                        reason = Some(CloseReason::SlowConsumer);
-                    } else {
-                        let batch: Vec<Arc<Message>> = std::iter::once(first)
-                            .chain(sub.receiver().try_iter().take(MAX_BURST - 1))
-                            .filter(|m| types.passes(m.kind))
-                            .collect();
-                        let pieces: Vec<&[u8]> = batch.iter().map(|m| encoded(m)).collect();
-                        reason = write_pieces(stream, &pieces).err().map(|e| write_failure(&e));
-                        next_beat = Instant::now() + keepalive;
+        match sub.wait(Some(next_beat.min(next_check))) {
+            Wait::Ready => {
+                let (mut taken, mut bytes) = (0, 0);
+                let mut pieces: Vec<&[u8]> = Vec::with_capacity(MAX_BURST);
+                for m in sub.peek(MAX_BURST) {
+                    if bytes >= MAX_BURST_BYTES {
+                        break;
+                    }
+                    taken += 1;
+                    if types.passes(m.kind) {
+                        let piece = encoded(m);
+                        bytes += piece.len();
+                        pieces.push(piece);
                     }
                 }
-                Err(_) => reason = Some(sub.close_reason().unwrap_or(CloseReason::Shutdown)),
-            },
-            recv(stopping) -> _ => drain_until = Some(Instant::now() + SHUTDOWN_DRAIN),
-            default(wake.saturating_duration_since(Instant::now())) => {
+                sub.claim(taken);
+                // A writer blocked on a client that stopped reading gives up
+                // as soon as the hub drops it, not at the write timeout.
+                let evicted = || sub.close_reason() == Some(CloseReason::SlowConsumer);
+                reason = write_pieces(out.giving_up_when(&evicted), &pieces)
+                    .err()
+                    .map(|e| {
+                        sub.close_reason()
+                            .filter(|r| *r == CloseReason::SlowConsumer)
+                            .unwrap_or_else(|| write_failure(&e))
+                    });
+                // The borrowed pieces go before the position moves.
+                drop(pieces);
+                sub.advance(taken);
+                next_beat = Instant::now() + keepalive;
+            }
+            Wait::Closed(r) => reason = Some(r),
+            Wait::TimedOut => {
                 let now = Instant::now();
-                if drain_until.is_some_and(|d| now >= d) {
-                    reason = Some(CloseReason::Shutdown);
-                } else if now >= next_beat {
-                    reason = keep_alive(stream);
+                if now >= next_beat {
+                    reason = keep_alive(&out, stream);
                     next_beat = now + keepalive;
                     next_check = now + LIVENESS_CHECK;
                 } else if now >= next_check {
@@ -307,7 +387,7 @@ fn run_events(
     let reason = reason.unwrap_or(CloseReason::ClientClosed);
     if reason == CloseReason::Shutdown && types.passes(MessageKind::System) {
         let goodbye = sse::system_notice(&room, SHUTDOWN_NOTICE, None);
-        let _ = write_pieces(stream, &[&goodbye]);
+        let _ = write_pieces(out.plain(), &[&goodbye]);
     }
     sub.set_close_reason(reason);
     // Unregistered first, so the LEAVE is not sent to the one leaving.
@@ -318,13 +398,13 @@ fn run_events(
 }
 
 /// The keep-alive comment, after checking that the client is still there.
-fn keep_alive(stream: &TcpStream) -> Option<CloseReason> {
+fn keep_alive(out: &Patient, stream: &TcpStream) -> Option<CloseReason> {
     if client_gone(stream) {
         return Some(CloseReason::ClientClosed);
     }
     let mut beat = Vec::new();
     sse::write_comment(&mut beat, "keep-alive");
-    write_pieces(stream, &[&beat])
+    write_pieces(out.plain(), &[&beat])
         .err()
         .map(|e| write_failure(&e))
 }
@@ -349,6 +429,7 @@ fn run_metrics(
     params: MetricsParams,
 ) {
     let stream = &conn.stream;
+    let out = Patient::new(stream, shared.config.write_timeout);
     let MetricsParams { instance, interval } = params;
     log::info!(
         "SSE metrics opened: instance={instance:?} interval={interval:?} peer={}",
@@ -358,7 +439,7 @@ fn run_metrics(
     let keepalive = shared.config.sse_keepalive;
     let mut next_batch = Instant::now() + interval;
     let mut next_beat = Instant::now() + keepalive;
-    let mut reason = write_pieces(stream, &[&preamble(shared, cors)])
+    let mut reason = write_pieces(out.plain(), &[&preamble(shared, cors)])
         .err()
         .map(|e| write_failure(&e));
     while reason.is_none() {
@@ -369,15 +450,15 @@ fn run_metrics(
                 let now = Instant::now();
                 if now >= next_batch {
                     next_batch += interval;
-                    let mut out = Vec::new();
+                    let mut batch = Vec::new();
                     for m in sampler.sample(&shared.hub, &shared.telemetry) {
                         let data = metric_json(&m, &instance);
-                        sse::write_event(&mut out, &sse::Event { id: None, event: Some("metric"), data: &data });
+                        sse::write_event(&mut batch, &sse::Event { id: None, event: Some("metric"), data: &data });
                     }
-                    reason = write_pieces(stream, &[&out]).err().map(|e| write_failure(&e));
+                    reason = write_pieces(out.plain(), &[&batch]).err().map(|e| write_failure(&e));
                     next_beat = now + keepalive;
                 } else if now >= next_beat {
-                    reason = keep_alive(stream);
+                    reason = keep_alive(&out, stream);
                     next_beat = now + keepalive;
                 }
             }
@@ -386,7 +467,7 @@ fn run_metrics(
     let reason = reason.unwrap_or(CloseReason::ClientClosed);
     if reason == CloseReason::Shutdown {
         let goodbye = sse::system_notice("", SHUTDOWN_NOTICE, None);
-        let _ = write_pieces(stream, &[&goodbye]);
+        let _ = write_pieces(out.plain(), &[&goodbye]);
     }
     let _ = stream.shutdown(Shutdown::Both);
     log::info!("SSE metrics closed: instance={instance:?} reason={reason}");

@@ -2,34 +2,43 @@
 //!
 //! The hub owns rooms, their subscribers and their recent history. It knows
 //! nothing of sockets, protobuf or HTTP: a front door turns its request into
-//! a [`Draft`] and publishes it, or subscribes and drains a [`Subscription`]
+//! a [`Draft`] and publishes it, or subscribes and reads a [`Subscription`]
 //! from the thread that serves that stream.
 //!
-//! Publishing never blocks on a subscriber: each one has a bounded queue, and
-//! a subscriber whose queue is full is removed with
-//! [`CloseReason::SlowConsumer`] instead of slowing the publisher or anyone
-//! else. A subscriber that keeps up sees every message of its room, in order.
+//! Each room has one log ([`room_log`]), which is also its history: `publish`
+//! appends the message, moves the tail and wakes the parked subscribers with
+//! one call, only when some are parked. There is no per-subscriber queue and
+//! no per-subscriber work on the publish path. Each subscriber has its own
+//! position in the log and, when it wakes, takes everything between its
+//! position and the tail (at most [`MAX_BURST`]) for one write, so under load
+//! one wake-up carries many messages.
+//!
+//! Flow control: a subscriber may trail the tail by `subscriber_queue`
+//! messages (its window). A publish that would put one past its window waits
+//! at most `publish_stall` for it to catch up, then removes it with
+//! [`CloseReason::SlowConsumer`]. Subscribers that keep up lose nothing; a
+//! stuck one holds publishers for at most the stall, once.
 //!
 //! Locking: one short global lock maps names to rooms; each room has its own
-//! lock, held while a message gets its sequence number and is queued to every
-//! subscriber, so queue order is sequence order. No lock is ever held while
-//! writing to a socket: that happens on the subscriber's own thread.
+//! lock, held while a message gets its sequence number and is appended, so
+//! log order is sequence order. Readers take no lock at all. No lock is ever
+//! held while writing to a socket or while a publisher stalls.
 //!
 //! Lock order: the map lock (`Hub::rooms`) and a room lock are never held
 //! together. A thread takes the room's `Arc` under the map lock, lets go,
-//! then locks the room; a room found `freed` (emptied and about to leave the
-//! map) is looked up again. So no thread ever waits for a room while
-//! holding up every other room's lookup.
+//! then locks the room; a room found `freed` (emptied or evicted, about to
+//! leave the map) is looked up again. So no thread ever waits for a room
+//! while holding up every other room's lookup.
 
 mod message;
+mod room_log;
 mod stats;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 
 use crate::error::Error;
@@ -39,11 +48,21 @@ pub use message::{
 };
 pub use stats::{ClosedCounts, HubConfig, HubStats, RoomStats};
 
-/// What a resuming subscriber gets before live messages.
+/// How long a stalled publisher sleeps between looks at the laggards.
+const STALL_POLL: Duration = Duration::from_micros(100);
+/// When all history together is over its budget, the least recently used
+/// rooms give up history until it is this share of the budget (so shedding
+/// runs once per tenth of the budget, not once per message).
+const SHED_TO_PERCENT: usize = 90;
+
+/// Where a new subscriber starts reading: the replayed part comes through
+/// the [`Subscription`] like live messages, before them.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// Retained messages after the requested sequence, oldest first.
-    pub messages: Vec<Arc<Message>>,
+    /// Retained messages the subscription reads before live ones.
+    pub replayed: u64,
+    /// Sequence of the first of them.
+    pub first_seq: u64,
     /// How many messages the client asked for that are no longer retained.
     pub missed: u64,
     /// The requested position is ahead of this room (an id from before a
@@ -53,12 +72,19 @@ pub struct Replay {
 
 struct Slot {
     id: u64,
-    tx: Sender<Arc<Message>>,
+    protocol: Protocol,
     state: Arc<SubscriberState>,
 }
 
+/// What the hub and one subscriber's thread share.
 struct SubscriberState {
     reason: AtomicU8,
+    /// The last sequence this subscriber took (for the publisher's lag check).
+    taken: AtomicU64,
+    /// The tail when it subscribed: what came before is replay, not lag.
+    joined: u64,
+    /// After a shutdown close, the last sequence it still reads.
+    end: AtomicU64,
 }
 
 impl SubscriberState {
@@ -72,17 +98,33 @@ impl SubscriberState {
             self.reason
                 .compare_exchange(0, reason.to_state(), Ordering::AcqRel, Ordering::Acquire);
     }
+
+    /// The position lag is measured from.
+    fn position(&self) -> u64 {
+        self.taken.load(Ordering::Acquire).max(self.joined)
+    }
 }
 
 struct Room {
     name: Arc<str>,
-    last_seq: u64,
-    history: VecDeque<Arc<Message>>,
-    /// Content bytes in `history`.
-    history_bytes: usize,
+    /// Deliveries made by this room's subscribers (counted as they take).
+    delivered: AtomicU64,
+    /// Subscribers now, readable without the lock (for room eviction).
+    subscribers: AtomicUsize,
+    /// The hub's clock when the room was last looked up.
+    last_used: AtomicU64,
+    state: Mutex<RoomState>,
+}
+
+struct RoomState {
+    log: room_log::Log,
     subscribers: Vec<Slot>,
+    /// Subscribers by protocol: which encodings a publish makes.
+    by_protocol: [usize; 2],
+    /// A lower bound of every subscriber's position: the lag check looks at
+    /// the subscribers only when the tail is a window past it.
+    slowest: u64,
     published: u64,
-    delivered: u64,
     dropped_slow: u64,
     /// Set when the room is removed from the map: a thread that looked it up
     /// just before must look again instead of using an orphan.
@@ -92,17 +134,29 @@ struct Room {
 /// The broadcast hub. Cheap to share: wrap it in an `Arc`.
 pub struct Hub {
     config: HubConfig,
-    rooms: Mutex<HashMap<Arc<str>, Arc<Mutex<Room>>>>,
+    rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
     next_message: AtomicU64,
     next_subscriber: AtomicU64,
+    /// Ticks on every room lookup: orders rooms by last use.
+    clock: AtomicU64,
     subscribers: [AtomicU64; 2],
     published: AtomicU64,
     delivered: AtomicU64,
+    /// Content bytes retained by all rooms together.
+    history_total: AtomicUsize,
+    publish_stalls: AtomicU64,
+    stall_micros: AtomicU64,
+    rooms_evicted: AtomicU64,
     /// Indexed by `CloseReason as usize`.
     closed: [AtomicU64; CloseReason::ALL.len()],
     /// Set by [`Hub::close_all`]: no new subscribers from then on.
-    closing: std::sync::atomic::AtomicBool,
+    closing: AtomicBool,
+    /// Each front door's encoding of a message, registered at its start.
+    encoders: [OnceLock<Encoder>; 2],
 }
+
+/// Makes a message's bytes for one protocol (see [`Hub::set_encoder`]).
+pub type Encoder = fn(&Message) -> Vec<u8>;
 
 impl Hub {
     pub fn new(config: HubConfig) -> Hub {
@@ -111,12 +165,27 @@ impl Hub {
             rooms: Mutex::new(HashMap::new()),
             next_message: AtomicU64::new(1),
             next_subscriber: AtomicU64::new(1),
+            clock: AtomicU64::new(0),
             subscribers: Default::default(),
             published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            history_total: AtomicUsize::new(0),
+            publish_stalls: AtomicU64::new(0),
+            stall_micros: AtomicU64::new(0),
+            rooms_evicted: AtomicU64::new(0),
             closed: Default::default(),
             closing: Default::default(),
+            encoders: Default::default(),
         }
+    }
+
+    /// Registers how `protocol` encodes a message. From then on `publish`
+    /// encodes each message once for that protocol, before its subscribers
+    /// see it, when the room has one: a thousand subscriber threads that
+    /// meet a message not yet encoded would otherwise queue behind the
+    /// first one's encoding.
+    pub fn set_encoder(&self, protocol: Protocol, encode: Encoder) {
+        let _ = self.encoders[protocol as usize].set(encode);
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -148,46 +217,96 @@ impl Hub {
         normalize_room(room)
     }
 
-    /// Runs `f` on the live room called `name`, creating it if needed.
-    fn with_room<T>(&self, name: &str, f: impl FnOnce(&mut Room) -> T) -> Result<T, Error> {
-        loop {
-            let room = self.room(name)?;
-            let mut guard = room.lock();
-            if !guard.freed {
-                return Ok(f(&mut guard));
+    /// The live room called `name`, made if needed. At the room limit the
+    /// least recently used room without subscribers makes way (with its
+    /// history); when every room has subscribers, the limit holds.
+    fn room(&self, name: &str) -> Result<Arc<Room>, Error> {
+        // Each pass evicts one room; another thread may take the place
+        // freed, so a few passes before giving up.
+        for _ in 0..8 {
+            let victim = {
+                let mut rooms = self.rooms.lock();
+                if let Some(room) = rooms.get(name) {
+                    self.touch(room);
+                    return Ok(room.clone());
+                }
+                if rooms.len() < self.config.max_rooms {
+                    let room = self.new_room(name);
+                    rooms.insert(room.name.clone(), room.clone());
+                    return Ok(room);
+                }
+                rooms
+                    .values()
+                    .filter(|r| r.subscribers.load(Ordering::Relaxed) == 0)
+                    .min_by_key(|r| r.last_used.load(Ordering::Relaxed))
+                    .cloned()
+            };
+            match victim {
+                Some(victim) => self.evict_room(&victim),
+                None => break,
             }
+        }
+        Err(Error::ResourceExhausted(format!(
+            "too many rooms with subscribers (limit {})",
+            self.config.max_rooms
+        )))
+    }
+
+    fn new_room(&self, name: &str) -> Arc<Room> {
+        Arc::new(Room {
+            name: Arc::from(name),
+            delivered: AtomicU64::new(0),
+            subscribers: AtomicUsize::new(0),
+            last_used: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
+            state: Mutex::new(RoomState {
+                log: room_log::Log::new(),
+                subscribers: Vec::new(),
+                by_protocol: [0; 2],
+                slowest: 0,
+                published: 0,
+                dropped_slow: 0,
+                freed: false,
+            }),
+        })
+    }
+
+    fn touch(&self, room: &Room) {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        room.last_used.store(now, Ordering::Relaxed);
+    }
+
+    /// Removes `room` if it still has no subscribers, history and all.
+    fn evict_room(&self, room: &Arc<Room>) {
+        let evicted = {
+            let mut state = room.state.lock();
+            if state.freed || !state.subscribers.is_empty() {
+                false
+            } else {
+                state.freed = true;
+                let bytes = state.log.retained_bytes();
+                state.log.forget_all();
+                self.history_total.fetch_sub(bytes, Ordering::Relaxed);
+                true
+            }
+        };
+        if evicted {
+            self.forget_room(room);
+            self.rooms_evicted.fetch_add(1, Ordering::Relaxed);
+            log::debug!("room {} evicted to make way for a new one", room.name);
         }
     }
 
-    fn room(&self, name: &str) -> Result<Arc<Mutex<Room>>, Error> {
+    /// Takes a room marked `freed` out of the map (unless it was replaced).
+    fn forget_room(&self, room: &Arc<Room>) {
         let mut rooms = self.rooms.lock();
-        if let Some(room) = rooms.get(name) {
-            return Ok(room.clone());
+        if rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
+            rooms.remove(&room.name);
         }
-        if rooms.len() >= self.config.max_rooms {
-            return Err(Error::ResourceExhausted(format!(
-                "too many rooms (limit {})",
-                self.config.max_rooms
-            )));
-        }
-        let name: Arc<str> = Arc::from(name);
-        let room = Arc::new(Mutex::new(Room {
-            name: name.clone(),
-            last_seq: 0,
-            history: VecDeque::new(),
-            history_bytes: 0,
-            subscribers: Vec::new(),
-            published: 0,
-            delivered: 0,
-            dropped_slow: 0,
-            freed: false,
-        }));
-        rooms.insert(name, room.clone());
-        Ok(room)
     }
 
     /// Validates and publishes a message to every subscriber of its room.
-    /// Never blocks on a subscriber. Runs on any thread.
+    /// Waits at most `publish_stall` (for a subscriber a window behind),
+    /// never on a socket. Runs on any thread.
     pub fn publish(&self, draft: Draft) -> Result<Arc<Message>, Error> {
         let Draft {
             room,
@@ -197,21 +316,84 @@ impl Hub {
         } = draft;
         // The name validation returns; no copy of it on this path.
         let name = self.check(&room, &user, &content)?;
-        self.with_room(name, |r| self.publish_locked(r, user, content, kind))
+        let mut stalled: Option<Instant> = None;
+        loop {
+            let room = self.room(name)?;
+            let mut state = room.state.lock();
+            if state.freed {
+                continue;
+            }
+            if self.has_laggard(&mut state) {
+                let since = *stalled.get_or_insert_with(Instant::now);
+                let waited = since.elapsed();
+                if waited < self.config.publish_stall {
+                    // Let go of the room while the laggard catches up.
+                    drop(state);
+                    std::thread::sleep(STALL_POLL.min(self.config.publish_stall - waited));
+                    continue;
+                }
+                self.evict_laggards(&room, &mut state);
+            }
+            if let Some(since) = stalled {
+                self.publish_stalls.fetch_add(1, Ordering::Relaxed);
+                let micros = since.elapsed().as_micros() as u64;
+                self.stall_micros.fetch_add(micros, Ordering::Relaxed);
+            }
+            let message = self.append(&room, &mut state, user, content, kind);
+            let shared = state.log.shared().clone();
+            drop(state);
+            shared.wake();
+            if self.history_total.load(Ordering::Relaxed) > self.config.history_total_bytes {
+                self.shed_history();
+            }
+            return Ok(message);
+        }
+    }
+
+    /// Whether appending one more message would put a subscriber more than
+    /// its window behind. Looks at the subscribers only when the cached lower
+    /// bound says one may be.
+    fn has_laggard(&self, state: &mut RoomState) -> bool {
+        let next = state.log.tail() + 1;
+        let window = self.config.subscriber_queue as u64;
+        if next - state.slowest.min(next) <= window {
+            return false;
+        }
+        state.slowest = slowest(&state.subscribers, next);
+        next - state.slowest.min(next) > window
+    }
+
+    fn evict_laggards(&self, room: &Room, state: &mut RoomState) {
+        let next = state.log.tail() + 1;
+        let window = self.config.subscriber_queue as u64;
+        let mut i = 0;
+        while i < state.subscribers.len() {
+            if next - state.subscribers[i].state.position().min(next) > window {
+                let slot = state.subscribers.swap_remove(i);
+                state.by_protocol[slot.protocol as usize] -= 1;
+                slot.state.set_reason(CloseReason::SlowConsumer);
+                state.dropped_slow += 1;
+                room.subscribers.fetch_sub(1, Ordering::Relaxed);
+                self.count_close(&slot);
+            } else {
+                i += 1;
+            }
+        }
+        state.slowest = slowest(&state.subscribers, next);
     }
 
     /// Runs with the room's lock held.
-    fn publish_locked(
+    fn append(
         &self,
-        room: &mut Room,
+        room: &Room,
+        state: &mut RoomState,
         user: String,
         content: String,
         kind: MessageKind,
     ) -> Arc<Message> {
-        room.last_seq += 1;
         let message = Arc::new(Message {
             id: format!("msg_{}", self.next_message.fetch_add(1, Ordering::Relaxed)),
-            seq: room.last_seq,
+            seq: state.log.tail() + 1,
             room: room.name.clone(),
             user,
             content,
@@ -219,54 +401,50 @@ impl Hub {
             timestamp: SystemTime::now(),
             encoded: Default::default(),
         });
-        if self.config.history > 0 {
-            room.history_bytes += message.content.len();
-            room.history.push_back(message.clone());
-            while room.history.len() > self.config.history
-                || (room.history_bytes > self.config.history_bytes && room.history.len() > 1)
-            {
-                if let Some(old) = room.history.pop_front() {
-                    room.history_bytes -= old.content.len();
+        for p in Protocol::ALL {
+            if let Some(encode) = self.encoders[p as usize].get() {
+                if state.by_protocol[p as usize] > 0 {
+                    message.encoded(p, encode);
                 }
             }
         }
-        let mut delivered = 0u64;
-        let mut i = 0;
-        let capacity = self.config.subscriber_queue;
-        while i < room.subscribers.len() {
-            let tx = &room.subscribers[i].tx;
-            // Only publish sends, and only under this room's lock, so the
-            // length cannot grow between the check and the send.
-            let sent = if tx.len() >= capacity {
-                Err(TrySendError::Full(()))
-            } else {
-                tx.try_send(message.clone()).map_err(|e| match e {
-                    TrySendError::Full(_) => TrySendError::Full(()),
-                    TrySendError::Disconnected(_) => TrySendError::Disconnected(()),
-                })
-            };
-            match sent {
-                Ok(()) => {
-                    delivered += 1;
-                    i += 1;
-                }
-                Err(TrySendError::Full(())) => {
-                    let slot = room.subscribers.swap_remove(i);
-                    slot.state.set_reason(CloseReason::SlowConsumer);
-                    room.dropped_slow += 1;
-                    self.count_close(&slot);
-                }
-                Err(TrySendError::Disconnected(())) => {
-                    // Its Subscription is being dropped and will unregister.
-                    i += 1;
-                }
-            }
+        self.history_total
+            .fetch_add(message.content.len(), Ordering::Relaxed);
+        state.log.append(message.clone());
+        // The log keeps what readers still need on its own; retention is
+        // about what a new subscriber can replay.
+        let mut forgotten = 0;
+        while state.log.retained() > self.config.history as u64
+            || (state.log.retained_bytes() > self.config.history_bytes && state.log.retained() > 1)
+        {
+            forgotten += state.log.forget_oldest().unwrap_or(0);
         }
-        room.published += 1;
-        room.delivered += delivered;
+        self.history_total.fetch_sub(forgotten, Ordering::Relaxed);
+        state.published += 1;
         self.published.fetch_add(1, Ordering::Relaxed);
-        self.delivered.fetch_add(delivered, Ordering::Relaxed);
         message
+    }
+
+    /// All retained history is over its budget: the least recently used
+    /// rooms forget their oldest messages until it is back under.
+    fn shed_history(&self) {
+        let target = self.config.history_total_bytes / 100 * SHED_TO_PERCENT;
+        let mut rooms: Vec<Arc<Room>> = self.rooms.lock().values().cloned().collect();
+        rooms.sort_by_key(|r| r.last_used.load(Ordering::Relaxed));
+        for room in rooms {
+            if self.history_total.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            let mut state = room.state.lock();
+            let mut forgotten = 0;
+            while self.history_total.load(Ordering::Relaxed) - forgotten > target {
+                match state.log.forget_oldest() {
+                    Some(bytes) => forgotten += bytes,
+                    None => break,
+                }
+            }
+            self.history_total.fetch_sub(forgotten, Ordering::Relaxed);
+        }
     }
 
     /// Publishes a JOIN or LEAVE for a stream opened with a user name (no-op
@@ -303,9 +481,10 @@ impl Hub {
     }
 
     /// Registers a subscriber on `room` ("" means the default room). With
-    /// `after_seq`, the retained messages with a larger sequence come back in
-    /// the [`Replay`]; registration and the replay cut happen under one lock,
-    /// so there is no gap and no duplicate between replay and live messages.
+    /// `after_seq`, the subscription first reads the retained messages with a
+    /// larger sequence (see [`Replay`]); registration and the replay cut
+    /// happen under one lock, so there is no gap and no duplicate between
+    /// replay and live messages.
     pub fn subscribe(
         self: &Arc<Self>,
         room: &str,
@@ -316,53 +495,55 @@ impl Hub {
         if self.closing.load(Ordering::Acquire) {
             return Err(Error::Unavailable(SHUTDOWN_NOTICE.into()));
         }
-        // The queue is bounded by `publish` (see there), not by the channel:
-        // a crossbeam `bounded` channel allocates every slot up front, 16 KiB
-        // per subscriber at the default 1024, most of an idle stream's cost.
-        // The list flavour grows in blocks of 31 as messages queue up.
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let state = Arc::new(SubscriberState {
-            reason: AtomicU8::new(0),
-        });
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
-        let (room_name, replay) = self.with_room(name, |guard| {
-            let mut replay = Replay::default();
-            if let Some(after) = after_seq {
-                if after > guard.last_seq {
-                    replay.unknown_position = true;
-                    replay.messages = guard.history.iter().cloned().collect();
-                } else {
-                    let oldest = guard
-                        .history
-                        .front()
-                        .map(|m| m.seq)
-                        .unwrap_or(guard.last_seq + 1);
-                    replay.missed = oldest.saturating_sub(after + 1);
-                    replay.messages = guard
-                        .history
-                        .iter()
-                        .filter(|m| m.seq > after)
-                        .cloned()
-                        .collect();
-                }
+        loop {
+            let room = self.room(name)?;
+            let mut guard = room.state.lock();
+            if guard.freed {
+                continue;
             }
+            let tail = guard.log.tail();
+            let oldest = guard.log.first_retained();
+            let mut replay = Replay::default();
+            let from = match after_seq {
+                None => tail + 1,
+                Some(after) if after > tail => {
+                    replay.unknown_position = true;
+                    oldest
+                }
+                Some(after) => {
+                    replay.missed = oldest.saturating_sub(after + 1);
+                    (after + 1).max(oldest)
+                }
+            };
+            replay.first_seq = from;
+            replay.replayed = tail + 1 - from;
+            let state = Arc::new(SubscriberState {
+                reason: AtomicU8::new(0),
+                taken: AtomicU64::new(from - 1),
+                joined: tail,
+                end: AtomicU64::new(u64::MAX),
+            });
+            let reader = guard.log.reader(from);
             guard.subscribers.push(Slot {
                 id,
-                tx,
+                protocol,
                 state: state.clone(),
             });
-            (guard.name.clone(), replay)
-        })?;
-        self.subscribers[protocol as usize].fetch_add(1, Ordering::Relaxed);
-        let subscription = Subscription {
-            hub: self.clone(),
-            room: room_name,
-            id,
-            protocol,
-            rx,
-            state,
-        };
-        Ok((subscription, replay))
+            guard.by_protocol[protocol as usize] += 1;
+            room.subscribers.fetch_add(1, Ordering::Relaxed);
+            drop(guard);
+            self.subscribers[protocol as usize].fetch_add(1, Ordering::Relaxed);
+            let subscription = Subscription {
+                hub: self.clone(),
+                room,
+                id,
+                protocol,
+                reader,
+                state,
+            };
+            return Ok((subscription, replay));
+        }
     }
 
     fn count_close(&self, slot: &Slot) {
@@ -372,40 +553,46 @@ impl Hub {
 
     fn unregister(&self, sub: &Subscription) {
         self.subscribers[sub.protocol as usize].fetch_sub(1, Ordering::Relaxed);
-        let Some(room) = self.rooms.lock().get(&sub.room).cloned() else {
-            return;
-        };
+        let room = &sub.room;
         let freed = {
-            let mut guard = room.lock();
+            let mut guard = room.state.lock();
             if let Some(pos) = guard.subscribers.iter().position(|s| s.id == sub.id) {
                 let slot = guard.subscribers.swap_remove(pos);
+                guard.by_protocol[slot.protocol as usize] -= 1;
+                room.subscribers.fetch_sub(1, Ordering::Relaxed);
                 self.count_close(&slot);
             }
             // Marked under the room's lock, removed from the map after it:
             // a thread that finds the room freed in between looks again.
-            let empty = !guard.freed && guard.subscribers.is_empty() && guard.history.is_empty();
+            let empty = !guard.freed && guard.subscribers.is_empty() && guard.log.retained() == 0;
             guard.freed |= empty;
             empty
         };
         if freed {
-            let mut rooms = self.rooms.lock();
-            if rooms.get(&sub.room).is_some_and(|r| Arc::ptr_eq(r, &room)) {
-                rooms.remove(&sub.room);
-            }
+            self.forget_room(room);
         }
     }
 
     /// Marks every subscriber as closing for `reason` and removes it; their
-    /// threads see the end of their queue after draining what was accepted.
+    /// threads read what was published before this, then see the end.
     pub fn close_all(&self, reason: CloseReason) {
         self.closing.store(true, Ordering::Release);
         let rooms: Vec<_> = self.rooms.lock().values().cloned().collect();
         for room in rooms {
-            let mut guard = room.lock();
-            for slot in guard.subscribers.drain(..) {
-                slot.state.set_reason(reason);
-                self.count_close(&slot);
-            }
+            let shared = {
+                let mut guard = room.state.lock();
+                let tail = guard.log.tail();
+                for slot in guard.subscribers.drain(..) {
+                    // `end` first: a reader that sees the reason sees it.
+                    slot.state.end.store(tail, Ordering::Release);
+                    slot.state.set_reason(reason);
+                    room.subscribers.fetch_sub(1, Ordering::Relaxed);
+                    self.count_close(&slot);
+                }
+                guard.by_protocol = [0; 2];
+                guard.log.shared().clone()
+            };
+            shared.wake();
         }
     }
 
@@ -414,6 +601,10 @@ impl Hub {
             rooms: self.rooms.lock().len() as u64,
             published: self.published.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
+            history_bytes: self.history_total.load(Ordering::Relaxed) as u64,
+            publish_stalls: self.publish_stalls.load(Ordering::Relaxed),
+            publish_stall_micros: self.stall_micros.load(Ordering::Relaxed),
+            rooms_evicted: self.rooms_evicted.load(Ordering::Relaxed),
             ..HubStats::default()
         };
         for p in Protocol::ALL {
@@ -435,16 +626,26 @@ impl Hub {
     /// Counts for one room, or `None` when it does not exist.
     pub fn room_stats(&self, room: &str) -> Option<RoomStats> {
         let room = self.rooms.lock().get(room).cloned()?;
-        let r = room.lock();
+        let r = room.state.lock();
         Some(RoomStats {
             subscribers: r.subscribers.len() as u64,
             published: r.published,
-            delivered: r.delivered,
+            delivered: room.delivered.load(Ordering::Relaxed),
             dropped_slow: r.dropped_slow,
-            retained: r.history.len() as u64,
-            last_seq: r.last_seq,
+            retained: r.log.retained(),
+            retained_bytes: r.log.retained_bytes() as u64,
+            last_seq: r.log.tail(),
         })
     }
+}
+
+/// The lowest position of `subscribers`, or `next` when there are none.
+fn slowest(subscribers: &[Slot], next: u64) -> u64 {
+    subscribers
+        .iter()
+        .map(|s| s.state.position())
+        .min()
+        .unwrap_or(next)
 }
 
 /// A stream's presence in a room: JOIN was announced when it was made, LEAVE
@@ -463,25 +664,115 @@ impl Drop for Presence {
     }
 }
 
-/// One subscriber's end of the hub. Unregisters when dropped.
+/// What [`Subscription::wait`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Messages are there to take.
+    Ready,
+    /// The deadline passed with nothing to take.
+    TimedOut,
+    /// The subscription is over, and everything it still had to read was
+    /// read (a slow consumer ends at once: what it trails would only keep a
+    /// stuck writer busy; the client resumes by id).
+    Closed(CloseReason),
+}
+
+/// One subscriber's end of the hub: its position in the room's log.
+/// Unregisters when dropped.
 pub struct Subscription {
     hub: Arc<Hub>,
-    room: Arc<str>,
+    room: Arc<Room>,
     id: u64,
     protocol: Protocol,
-    rx: Receiver<Arc<Message>>,
+    reader: room_log::Reader,
     state: Arc<SubscriberState>,
 }
 
 impl Subscription {
     pub fn room(&self) -> &Arc<str> {
-        &self.room
+        &self.room.name
     }
 
-    /// The queue to block on. It reports disconnection once the hub removed
-    /// this subscriber and everything queued before that was taken.
-    pub fn receiver(&self) -> &Receiver<Arc<Message>> {
-        &self.rx
+    /// Messages there to take now.
+    pub fn available(&self) -> u64 {
+        let end = self.state.end.load(Ordering::Acquire);
+        let before_end = end.saturating_add(1).saturating_sub(self.reader.next());
+        self.reader.available().min(before_end)
+    }
+
+    /// Blocks until there is something to take, the subscription ends, or
+    /// `deadline` passes. Spurious returns do not happen: `Ready` means
+    /// [`Subscription::peek`] has messages.
+    pub fn wait(&self, deadline: Option<Instant>) -> Wait {
+        loop {
+            match self.state.reason() {
+                Some(CloseReason::SlowConsumer) => return Wait::Closed(CloseReason::SlowConsumer),
+                Some(reason) if self.available() == 0 => return Wait::Closed(reason),
+                _ => {}
+            }
+            if self.available() > 0 {
+                return Wait::Ready;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Wait::TimedOut;
+            }
+            self.reader.shared().park(deadline, || {
+                self.available() > 0 || self.state.reason().is_some()
+            });
+        }
+    }
+
+    /// Up to `max` of the messages there to take, oldest first, borrowed
+    /// from the log (no copy, no reference count touched). Taking them is
+    /// [`Subscription::advance`].
+    pub fn peek(&self, max: usize) -> impl Iterator<Item = &Arc<Message>> + '_ {
+        let max = (self.available() as usize).min(max);
+        self.reader.peek(max)
+    }
+
+    /// Says that the next `n` messages are taken, before they are written
+    /// (the borrowed ones are still in use): the lag check measures from
+    /// here, so a writer busy with a burst does not count as behind by it.
+    /// A writer blocked for good still stops claiming, falls a window behind
+    /// and is dropped.
+    pub fn claim(&self, n: usize) {
+        self.state
+            .taken
+            .store(self.reader.next() - 1 + n as u64, Ordering::Release);
+    }
+
+    /// Takes the next `n` messages (after they were sent).
+    pub fn advance(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.reader.advance(n as u64);
+        self.state
+            .taken
+            .store(self.reader.next() - 1, Ordering::Release);
+        self.room.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        self.hub.delivered.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Takes one message, waiting at most `timeout`; `None` on timeout or
+    /// once the subscription is over. (Clones the `Arc`: for tests and
+    /// simple readers.)
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Arc<Message>> {
+        match self.wait(Some(Instant::now() + timeout)) {
+            Wait::Ready => {
+                let m = self.peek(1).next().cloned();
+                self.advance(1);
+                m
+            }
+            _ => None,
+        }
+    }
+
+    /// Takes everything there to take now.
+    pub fn drain(&mut self) -> Vec<Arc<Message>> {
+        let all: Vec<Arc<Message>> = self.peek(usize::MAX).cloned().collect();
+        self.advance(all.len());
+        all
     }
 
     /// Why the hub removed this subscriber, if it did, or the reason set by
@@ -516,15 +807,20 @@ mod tests {
         }))
     }
 
-    fn drain(sub: &Subscription) -> Vec<Arc<Message>> {
-        sub.receiver().try_iter().collect()
+    fn drain(sub: &mut Subscription) -> Vec<Arc<Message>> {
+        sub.drain()
+    }
+
+    /// What a new subscription reads before anything else is published.
+    fn replay_of(sub: &mut Subscription) -> Vec<Arc<Message>> {
+        sub.drain()
     }
 
     #[test]
     fn messages_arrive_in_order_with_room_sequence_and_unique_ids() {
         let hub = hub_with(16, 10);
-        let (a, _) = hub.subscribe("a", None, Protocol::Grpc).unwrap();
-        let (b, _) = hub.subscribe("b", None, Protocol::Sse).unwrap();
+        let (mut a, _) = hub.subscribe("a", None, Protocol::Grpc).unwrap();
+        let (mut b, _) = hub.subscribe("b", None, Protocol::Sse).unwrap();
         let mut ids = std::collections::HashSet::new();
         for i in 0..5 {
             let m = hub.publish(Draft::chat("a", "u", format!("a{i}"))).unwrap();
@@ -532,13 +828,13 @@ mod tests {
             let m = hub.publish(Draft::chat("b", "u", format!("b{i}"))).unwrap();
             assert!(ids.insert(m.id.clone()));
         }
-        let got: Vec<_> = drain(&a)
+        let got: Vec<_> = drain(&mut a)
             .iter()
             .map(|m| (m.seq, m.content.clone()))
             .collect();
         let want: Vec<_> = (0..5).map(|i| (i as u64 + 1, format!("a{i}"))).collect();
         assert_eq!(got, want);
-        assert!(drain(&b).iter().all(|m| &*m.room == "b"));
+        assert!(drain(&mut b).iter().all(|m| &*m.room == "b"));
     }
 
     #[test]
@@ -570,26 +866,145 @@ mod tests {
         ));
     }
 
+    fn hub_stalling(queue: usize, stall: Duration) -> Arc<Hub> {
+        Arc::new(Hub::new(HubConfig {
+            subscriber_queue: queue,
+            publish_stall: stall,
+            history: 0,
+            ..HubConfig::default()
+        }))
+    }
+
     #[test]
     fn slow_subscriber_is_dropped_publisher_never_blocks() {
-        let hub = hub_with(8, 0);
-        let (slow, _) = hub.subscribe("r", None, Protocol::Grpc).unwrap();
-        let (fast, _) = hub.subscribe("r", None, Protocol::Grpc).unwrap();
+        let hub = hub_stalling(8, Duration::ZERO);
+        let (mut slow, _) = hub.subscribe("r", None, Protocol::Grpc).unwrap();
+        let (mut fast, _) = hub.subscribe("r", None, Protocol::Grpc).unwrap();
         let mut got = Vec::new();
         for i in 0..100 {
             let started = Instant::now();
             hub.publish(Draft::chat("r", "u", i.to_string())).unwrap();
             assert!(started.elapsed() < Duration::from_millis(100));
-            got.extend(drain(&fast));
+            got.extend(drain(&mut fast));
         }
         assert_eq!(got.len(), 100);
         assert!(got.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
         assert_eq!(slow.close_reason(), Some(CloseReason::SlowConsumer));
-        // The slow one still gets what was queued before removal, then the end.
-        assert_eq!(drain(&slow).len(), 8);
-        assert!(slow.receiver().recv().is_err());
+        // A slow consumer ends at once: what it trails is not sent.
+        assert_eq!(slow.wait(None), Wait::Closed(CloseReason::SlowConsumer));
+        assert!(slow.recv_timeout(Duration::from_millis(1)).is_none());
         assert_eq!(hub.stats().closed(CloseReason::SlowConsumer), 1);
         assert_eq!(hub.room_stats("r").unwrap().subscribers, 1);
+        assert_eq!(hub.room_stats("r").unwrap().dropped_slow, 1);
+        drop(slow);
+        assert_eq!(hub.stats().subscribers, 1, "the dropped one is gone");
+        assert_eq!(
+            hub.stats().closed(CloseReason::SlowConsumer),
+            1,
+            "counted once"
+        );
+    }
+
+    #[test]
+    fn a_subscriber_exactly_its_window_behind_stays_and_one_more_goes() {
+        let hub = hub_stalling(5, Duration::ZERO);
+        let (mut sub, _) = hub.subscribe("r", None, Protocol::Sse).unwrap();
+        for i in 0..5 {
+            hub.publish(Draft::chat("r", "u", i.to_string())).unwrap();
+        }
+        assert_eq!(
+            sub.close_reason(),
+            None,
+            "five behind with a window of five"
+        );
+        // Taking two makes room for two more.
+        let first: Vec<u64> = sub.peek(2).map(|m| m.seq).collect();
+        assert_eq!(first, vec![1, 2]);
+        sub.advance(2);
+        for i in 5..7 {
+            hub.publish(Draft::chat("r", "u", i.to_string())).unwrap();
+        }
+        assert_eq!(sub.close_reason(), None);
+        assert_eq!(sub.available(), 5);
+        hub.publish(Draft::chat("r", "u", "one too many")).unwrap();
+        assert_eq!(sub.close_reason(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[test]
+    fn a_stuck_subscriber_holds_a_publisher_for_the_stall_at_most_once() {
+        let stall = Duration::from_millis(50);
+        let hub = hub_stalling(4, stall);
+        let (mut keeps_up, _) = hub.subscribe("r", None, Protocol::Sse).unwrap();
+        let (stuck, _) = hub.subscribe("r", None, Protocol::Sse).unwrap();
+        let mut slowest = Duration::ZERO;
+        for i in 0..50 {
+            let started = Instant::now();
+            hub.publish(Draft::chat("r", "u", i.to_string())).unwrap();
+            let took = started.elapsed();
+            slowest = slowest.max(took);
+            assert_eq!(keeps_up.drain().len(), 1);
+        }
+        assert_eq!(stuck.close_reason(), Some(CloseReason::SlowConsumer));
+        assert!(slowest >= stall, "the publisher waited {slowest:?}");
+        // Bounded by the stall plus one look (the machine may be busy).
+        assert!(slowest < stall * 10, "the publisher waited {slowest:?}");
+        let stats = hub.stats();
+        assert_eq!(stats.publish_stalls, 1);
+        assert!(stats.publish_stall_micros >= stall.as_micros() as u64);
+        assert_eq!(stats.delivered, 50);
+    }
+
+    #[test]
+    fn a_stalled_publisher_goes_on_as_soon_as_the_laggard_catches_up() {
+        let hub = hub_stalling(4, Duration::from_secs(30));
+        let (mut sub, _) = hub.subscribe("r", None, Protocol::Sse).unwrap();
+        for i in 0..4 {
+            hub.publish(Draft::chat("r", "u", i.to_string())).unwrap();
+        }
+        let publisher = {
+            let hub = hub.clone();
+            thread::spawn(move || hub.publish(Draft::chat("r", "u", "fifth")).unwrap().seq)
+        };
+        // The publisher is stalled on us (or about to be) until we read one.
+        let got = sub.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(got.seq, 1);
+        let started = Instant::now();
+        assert_eq!(publisher.join().unwrap(), 5);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not the whole stall"
+        );
+        assert_eq!(sub.close_reason(), None);
+        let rest: Vec<u64> = sub.drain().iter().map(|m| m.seq).collect();
+        assert_eq!(rest, vec![2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn shutdown_delivers_what_was_published_before_it_then_ends() {
+        let hub = hub_with(100, 0);
+        let (mut sub, _) = hub.subscribe("r", None, Protocol::Sse).unwrap();
+        for i in 0..3 {
+            hub.publish(Draft::chat("r", "u", i.to_string())).unwrap();
+        }
+        hub.close_all(CloseReason::Shutdown);
+        hub.publish(Draft::chat("r", "u", "after")).unwrap();
+        assert_eq!(sub.drain().len(), 3);
+        assert_eq!(sub.wait(None), Wait::Closed(CloseReason::Shutdown));
+        assert!(hub.subscribe("r", None, Protocol::Sse).is_err());
+    }
+
+    #[test]
+    fn a_parked_subscriber_wakes_for_a_publish_from_another_thread() {
+        let hub = hub_with(100, 0);
+        let (mut sub, _) = hub.subscribe("r", None, Protocol::Sse).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = thread::spawn(move || {
+            tx.send(()).unwrap();
+            sub.recv_timeout(Duration::from_secs(10)).map(|m| m.seq)
+        });
+        rx.recv().unwrap();
+        hub.publish(Draft::chat("r", "u", "x")).unwrap();
+        assert_eq!(reader.join().unwrap(), Some(1));
     }
 
     #[test]
@@ -599,26 +1014,27 @@ mod tests {
             hub.publish(Draft::chat("r", "u", i.to_string())).unwrap();
         }
         // Retained: 4..=8.
-        let (_s, replay) = hub.subscribe("r", Some(5), Protocol::Sse).unwrap();
+        let (mut s, replay) = hub.subscribe("r", Some(5), Protocol::Sse).unwrap();
         assert_eq!(replay.missed, 0);
-        let seqs: Vec<_> = replay.messages.iter().map(|m| m.seq).collect();
+        let seqs: Vec<_> = replay_of(&mut s).iter().map(|m| m.seq).collect();
         assert_eq!(seqs, vec![6, 7, 8]);
+        assert_eq!((replay.replayed, replay.first_seq), (3, 6));
 
-        let (_s, replay) = hub.subscribe("r", Some(3), Protocol::Sse).unwrap();
+        let (mut s, replay) = hub.subscribe("r", Some(3), Protocol::Sse).unwrap();
         assert_eq!(replay.missed, 0);
-        assert_eq!(replay.messages.len(), 5);
+        assert_eq!(replay_of(&mut s).len(), 5);
 
-        let (_s, replay) = hub.subscribe("r", Some(1), Protocol::Sse).unwrap();
+        let (mut s, replay) = hub.subscribe("r", Some(1), Protocol::Sse).unwrap();
         assert_eq!(replay.missed, 2, "2 and 3 are gone");
-        assert_eq!(replay.messages[0].seq, 4);
+        assert_eq!(replay_of(&mut s)[0].seq, 4);
 
-        let (_s, replay) = hub.subscribe("r", Some(8), Protocol::Sse).unwrap();
-        assert!(replay.messages.is_empty());
+        let (mut s, replay) = hub.subscribe("r", Some(8), Protocol::Sse).unwrap();
+        assert!(replay_of(&mut s).is_empty());
         assert!(!replay.unknown_position);
 
-        let (_s, replay) = hub.subscribe("r", Some(99), Protocol::Sse).unwrap();
+        let (mut s, replay) = hub.subscribe("r", Some(99), Protocol::Sse).unwrap();
         assert!(replay.unknown_position);
-        assert_eq!(replay.messages.len(), 5);
+        assert_eq!(replay_of(&mut s).len(), 5);
     }
 
     #[test]
@@ -634,9 +1050,9 @@ mod tests {
         }
         // 300 bytes each: three fit in 1000.
         assert_eq!(hub.room_stats("r").unwrap().retained, 3);
-        let (_s, replay) = hub.subscribe("r", Some(0), Protocol::Sse).unwrap();
+        let (mut s, replay) = hub.subscribe("r", Some(0), Protocol::Sse).unwrap();
         assert_eq!(replay.missed, 7);
-        assert_eq!(replay.messages[0].seq, 8);
+        assert_eq!(replay_of(&mut s)[0].seq, 8);
         // One message larger than the budget is still kept on its own.
         hub.publish(Draft::chat("r", "u", "x".repeat(5000)))
             .unwrap();
@@ -658,10 +1074,9 @@ mod tests {
         while hub.room_stats("r").map(|s| s.last_seq).unwrap_or(0) < 100 {
             thread::yield_now();
         }
-        let (sub, replay) = hub.subscribe("r", Some(50), Protocol::Sse).unwrap();
+        let (mut sub, _) = hub.subscribe("r", Some(50), Protocol::Sse).unwrap();
         publisher.join().unwrap();
-        let mut seqs: Vec<u64> = replay.messages.iter().map(|m| m.seq).collect();
-        seqs.extend(drain(&sub).iter().map(|m| m.seq));
+        let seqs: Vec<u64> = drain(&mut sub).iter().map(|m| m.seq).collect();
         assert!(seqs == (51..=2000).collect::<Vec<_>>(), "gap or duplicate");
     }
 
@@ -679,18 +1094,81 @@ mod tests {
     }
 
     #[test]
-    fn room_limit_is_enforced() {
+    fn at_the_room_limit_the_least_recently_used_idle_room_makes_way() {
         let hub = Arc::new(Hub::new(HubConfig {
             max_rooms: 2,
             ..HubConfig::default()
         }));
         hub.publish(Draft::chat("a", "u", "x")).unwrap();
         hub.publish(Draft::chat("b", "u", "x")).unwrap();
+        hub.publish(Draft::chat("a", "u", "y")).unwrap();
+        // b is the least recently used: it goes, history and all.
+        hub.publish(Draft::chat("c", "u", "x")).unwrap();
+        assert!(hub.room_stats("b").is_none());
+        assert_eq!(hub.room_stats("a").unwrap().retained, 2);
+        assert_eq!(hub.stats().rooms, 2);
+        assert_eq!(hub.stats().rooms_evicted, 1);
+        assert_eq!(hub.stats().history_bytes, 3);
+        // Rooms with subscribers never make way: then the limit holds.
+        let (_a, _) = hub.subscribe("a", None, Protocol::Sse).unwrap();
+        let (_c, _) = hub.subscribe("c", None, Protocol::Sse).unwrap();
         assert!(matches!(
-            hub.publish(Draft::chat("c", "u", "x")),
+            hub.publish(Draft::chat("d", "u", "x")),
             Err(Error::ResourceExhausted(_))
         ));
-        assert!(hub.publish(Draft::chat("a", "u", "y")).is_ok());
+        assert!(hub.publish(Draft::chat("a", "u", "z")).is_ok());
+    }
+
+    #[test]
+    fn touching_ten_thousand_room_names_does_not_lock_out_new_rooms() {
+        let hub = Arc::new(Hub::new(HubConfig {
+            max_rooms: 100,
+            ..HubConfig::default()
+        }));
+        for i in 0..10_000 {
+            hub.publish(Draft::chat(format!("r{i}"), "u", "x")).unwrap();
+        }
+        assert_eq!(hub.stats().rooms, 100);
+        assert!(hub.subscribe("fresh", None, Protocol::Sse).is_ok());
+    }
+
+    #[test]
+    fn all_history_together_stays_under_its_budget_oldest_rooms_first() {
+        let hub = Arc::new(Hub::new(HubConfig {
+            history: 1000,
+            history_bytes: 1 << 20,
+            history_total_bytes: 10_000,
+            ..HubConfig::default()
+        }));
+        for i in 0..40 {
+            hub.publish(Draft::chat("old", "u", format!("{i:0>100}")))
+                .unwrap();
+        }
+        for i in 0..60 {
+            hub.publish(Draft::chat("new", "u", format!("{i:0>100}")))
+                .unwrap();
+        }
+        assert_eq!(hub.stats().history_bytes, 10_000);
+        // One more: over budget, so the least recently used room gives up
+        // its history first, down to 90% of the budget.
+        hub.publish(Draft::chat("new", "u", "x".repeat(100)))
+            .unwrap();
+        let stats = hub.stats();
+        assert_eq!(stats.history_bytes, 9_000);
+        let old = hub.room_stats("old").unwrap();
+        let new = hub.room_stats("new").unwrap();
+        assert_eq!(old.retained, 29, "the old room gave up its oldest 11");
+        assert_eq!(new.retained, 61, "the new one kept everything");
+        assert_eq!(old.retained_bytes + new.retained_bytes, stats.history_bytes);
+        // A subscriber resuming in the old room is told what it missed.
+        let (_s, replay) = hub.subscribe("old", Some(0), Protocol::Sse).unwrap();
+        assert_eq!(replay.missed, 11);
+        assert_eq!(replay.replayed, 29);
+        // Shedding more than a room holds moves on to the next room.
+        hub.publish(Draft::chat("new", "u", "y".repeat(5_000)))
+            .unwrap();
+        assert_eq!(hub.room_stats("old").unwrap().retained, 0);
+        assert!(hub.stats().history_bytes <= 9_000);
     }
 
     #[test]
@@ -713,11 +1191,12 @@ mod tests {
         let readers: Vec<_> = subs
             .into_iter()
             .map(|sub| {
+                let mut sub = sub;
                 thread::spawn(move || {
                     let mut last = 0;
                     let mut per_publisher = [0u32; 4];
                     for _ in 0..20_000 {
-                        let m = sub.receiver().recv().unwrap();
+                        let m = sub.recv_timeout(Duration::from_secs(30)).unwrap();
                         assert_eq!(m.seq, last + 1);
                         last = m.seq;
                         let p: usize = m.user[1..].parse().unwrap();
@@ -739,6 +1218,116 @@ mod tests {
         assert_eq!(hub.stats().delivered, 160_000);
     }
 
+    /// A reader thread that takes everything in bursts, checking order.
+    fn reader(
+        mut sub: Subscription,
+        total: u64,
+        pause_every: Option<u64>,
+    ) -> thread::JoinHandle<(u64, Option<CloseReason>)> {
+        thread::spawn(move || {
+            let mut expected = 1;
+            while expected <= total {
+                match sub.wait(Some(Instant::now() + Duration::from_secs(30))) {
+                    Wait::Ready => {
+                        let mut n = 0;
+                        for m in sub.peek(MAX_BURST) {
+                            assert_eq!(m.seq, expected, "in order, nothing missing");
+                            expected += 1;
+                            n += 1;
+                        }
+                        sub.advance(n);
+                        if let Some(every) = pause_every {
+                            if expected % every < n as u64 {
+                                // Stops reading for far longer than the
+                                // window lasts at this publish rate.
+                                thread::sleep(Duration::from_millis(500));
+                            }
+                        }
+                    }
+                    Wait::Closed(r) => return (expected - 1, Some(r)),
+                    Wait::TimedOut => panic!("nothing for 30 s at {expected}"),
+                }
+            }
+            (expected - 1, None)
+        })
+    }
+
+    #[test]
+    fn a_million_messages_through_one_room_with_a_slow_and_a_fast_subscriber() {
+        const TOTAL: u64 = 1_000_000;
+        let hub = Arc::new(Hub::new(HubConfig {
+            subscriber_queue: 1 << 16,
+            publish_stall: Duration::from_millis(20),
+            history: 100,
+            ..HubConfig::default()
+        }));
+        let fast = reader(
+            hub.subscribe("r", None, Protocol::Sse).unwrap().0,
+            TOTAL,
+            None,
+        );
+        let slow = reader(
+            hub.subscribe("r", None, Protocol::Sse).unwrap().0,
+            TOTAL,
+            Some(100_000),
+        );
+        for i in 0..TOTAL {
+            hub.publish(Draft::chat("r", "u", i.to_string())).unwrap();
+        }
+        assert_eq!(fast.join().unwrap(), (TOTAL, None), "the fast one got all");
+        let (got, reason) = slow.join().unwrap();
+        assert!(got < TOTAL);
+        assert_eq!(reason, Some(CloseReason::SlowConsumer));
+        let stats = hub.stats();
+        assert_eq!(stats.closed(CloseReason::SlowConsumer), 1);
+        assert_eq!(stats.delivered, TOTAL + got);
+        // The log held what readers needed, no more: history is 100.
+        assert_eq!(hub.room_stats("r").unwrap().retained, 100);
+    }
+
+    #[test]
+    fn many_rooms_published_concurrently_keep_their_own_order() {
+        const ROOMS: usize = 8;
+        const EACH: u64 = 5_000;
+        let hub = hub_with(1 << 16, 10);
+        let readers: Vec<_> = (0..ROOMS)
+            .flat_map(|r| {
+                let hub = &hub;
+                (0..2).map(move |_| {
+                    reader(
+                        hub.subscribe(&format!("room{r}"), None, Protocol::Sse)
+                            .unwrap()
+                            .0,
+                        EACH * 2,
+                        None,
+                    )
+                })
+            })
+            .collect();
+        let publishers: Vec<_> = (0..4)
+            .map(|p| {
+                let hub = hub.clone();
+                thread::spawn(move || {
+                    for i in 0..EACH {
+                        for r in 0..ROOMS {
+                            if (r + p) % 2 == 0 {
+                                hub.publish(Draft::chat(format!("room{r}"), "u", i.to_string()))
+                                    .unwrap();
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.join().unwrap();
+        }
+        for r in readers {
+            assert_eq!(r.join().unwrap(), (EACH * 2, None));
+        }
+        assert_eq!(hub.stats().published, ROOMS as u64 * EACH * 2);
+    }
+
     #[test]
     fn encoding_is_made_once_and_shared() {
         let hub = hub_with(4, 4);
@@ -752,5 +1341,115 @@ mod tests {
         let b = m.encoded(Protocol::Sse, |_| b"two".to_vec());
         assert_eq!(b, b"one");
         assert_eq!(calls, 1);
+    }
+}
+
+/// The hub against a model a few lines long: random publishes, subscribes
+/// (live and resuming), takes and drops in two rooms, with a small window
+/// and history and no stall, so that every eviction is deterministic.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const WINDOW: u64 = 4;
+    const HISTORY: u64 = 5;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Publish(usize),
+        Subscribe(usize, Option<u64>),
+        Take(usize, usize),
+        Drop(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..2usize).prop_map(Op::Publish),
+            1 => (0..2usize, proptest::option::of(0..30u64)).prop_map(|(r, a)| Op::Subscribe(r, a)),
+            3 => (0..8usize, 1..6usize).prop_map(|(s, n)| Op::Take(s, n)),
+            1 => (0..8usize).prop_map(Op::Drop),
+        ]
+    }
+
+    struct ModelSub {
+        room: usize,
+        next: u64,
+        joined: u64,
+        evicted: bool,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #[test]
+        fn the_hub_behaves_like_its_model(ops in proptest::collection::vec(op(), 1..120)) {
+            let hub = Arc::new(Hub::new(HubConfig {
+                subscriber_queue: WINDOW as usize,
+                publish_stall: Duration::ZERO,
+                history: HISTORY as usize,
+                ..HubConfig::default()
+            }));
+            let names = ["a", "b"];
+            let mut tails = [0u64; 2];
+            let mut subs: Vec<(Subscription, ModelSub)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Publish(r) => {
+                        let next = tails[r] + 1;
+                        for (_, m) in subs.iter_mut().filter(|(_, m)| m.room == r && !m.evicted) {
+                            if next - (m.next - 1).max(m.joined) > WINDOW {
+                                m.evicted = true;
+                            }
+                        }
+                        let got = hub.publish(Draft::chat(names[r], "u", "x")).unwrap();
+                        prop_assert_eq!(got.seq, next);
+                        tails[r] = next;
+                    }
+                    Op::Subscribe(r, after) => {
+                        if subs.len() >= 8 {
+                            continue;
+                        }
+                        let tail = tails[r];
+                        let oldest = tail.saturating_sub(HISTORY) + 1;
+                        let (sub, replay) = hub.subscribe(names[r], after, Protocol::Sse).unwrap();
+                        let from = match after {
+                            None => tail + 1,
+                            Some(a) if a > tail => {
+                                prop_assert!(replay.unknown_position);
+                                oldest
+                            }
+                            Some(a) => {
+                                prop_assert_eq!(replay.missed, oldest.saturating_sub(a + 1));
+                                (a + 1).max(oldest)
+                            }
+                        };
+                        prop_assert_eq!(replay.replayed, tail + 1 - from);
+                        subs.push((sub, ModelSub { room: r, next: from, joined: tail, evicted: false }));
+                    }
+                    Op::Take(i, max) => {
+                        let Some((sub, m)) = subs.get_mut(i) else { continue };
+                        if m.evicted {
+                            prop_assert_eq!(sub.close_reason(), Some(CloseReason::SlowConsumer));
+                            prop_assert_eq!(sub.wait(None), Wait::Closed(CloseReason::SlowConsumer));
+                            continue;
+                        }
+                        prop_assert_eq!(sub.close_reason(), None);
+                        let end = (m.next + max as u64).min(tails[m.room] + 1);
+                        let got: Vec<u64> = sub.peek(max).map(|x| x.seq).collect();
+                        prop_assert_eq!(got, (m.next..end).collect::<Vec<_>>());
+                        sub.advance((end - m.next) as usize);
+                        m.next = end;
+                        prop_assert_eq!(sub.available(), tails[m.room] + 1 - m.next);
+                    }
+                    Op::Drop(i) => {
+                        if i < subs.len() {
+                            subs.swap_remove(i);
+                        }
+                    }
+                }
+            }
+            let stats = hub.stats();
+            prop_assert_eq!(stats.subscribers, subs.len() as u64);
+        }
     }
 }

@@ -146,7 +146,7 @@ impl Drop for PageServer {
 /// Waits for a message in `reports` (where the page reports what it saw)
 /// whose content starts with `prefix`.
 pub fn next_report(
-    reports: &streamhub::hub::Subscription,
+    reports: &mut streamhub::hub::Subscription,
     prefix: &str,
     timeout: Duration,
 ) -> String {
@@ -154,9 +154,8 @@ pub fn next_report(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let m = reports
-            .receiver()
             .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("the page did not report '{prefix}' within {timeout:?}"));
+            .unwrap_or_else(|| panic!("the page did not report '{prefix}' within {timeout:?}"));
         if m.content.starts_with(prefix) {
             return m.content.clone();
         }
