@@ -123,6 +123,12 @@ impl Incoming {
 
     /// A response was written: keep the connection for the next request
     /// until `until`.
+    /// Frees the read buffer of a connection that becomes a stream (nothing
+    /// more is read from it): an idle stream should hold no request bytes.
+    pub fn release(&mut self) {
+        self.buf = Vec::new();
+    }
+
     pub fn rest(&mut self, until: Instant) {
         self.phase = Phase::Idle;
         self.deadline = until;

@@ -13,7 +13,7 @@ use super::routes::{error_response, EventsParams, MetricsParams};
 use super::sse;
 use super::Shared;
 use crate::hub::{
-    CloseReason, Message, MessageKind, Protocol, Replay, Subscription, Wait, MAX_BURST,
+    CloseReason, Message, MessageKind, Presence, Protocol, Replay, Subscription, Wait, MAX_BURST,
     SHUTDOWN_NOTICE,
 };
 use crate::metrics::MetricsSampler;
@@ -44,7 +44,18 @@ pub(super) enum Kind {
 struct Opened {
     conn: Conn,
     permit: Permit,
-    subscription: Option<(Subscription, Replay)>,
+    events: Option<EventsStart>,
+}
+
+/// A room stream, made ready on the worker: subscribed, its first bytes
+/// made, its presence announced. The one-off work (formatting, logging,
+/// the JOIN's encoding) happens here so that the stream thread's stack
+/// stays shallow: an idle stream costs the pages its thread ever touched.
+struct EventsStart {
+    params: EventsParams,
+    sub: Subscription,
+    opening: Vec<u8>,
+    presence: Presence,
 }
 
 /// A stream that could not open: its connection and what to answer.
@@ -67,23 +78,57 @@ pub(super) fn open(
         let message = format!("too many event streams (limit {limit})");
         return Err(Box::new((conn, Response::unavailable(&message, 5))));
     };
-    let subscription = match &kind {
-        Kind::Events(p) => match shared.hub.subscribe(&p.room, p.after_seq, Protocol::Sse) {
-            Ok(subscribed) => Some(subscribed),
-            Err(e) => return Err(Box::new((conn, error_response(&e)))),
-        },
-        Kind::Metrics(_) => None,
+    let (kind, events) = match kind {
+        Kind::Events(params) => {
+            let (sub, replay) =
+                match shared
+                    .hub
+                    .subscribe(&params.room, params.after_seq, Protocol::Sse)
+                {
+                    Ok(subscribed) => subscribed,
+                    Err(e) => return Err(Box::new((conn, error_response(&e)))),
+                };
+            let room = sub.room().clone();
+            log::info!(
+                "SSE opened: room={room} user={:?} after={:?} replaying={} peer={}",
+                params.user,
+                params.after_seq,
+                replay.replayed,
+                conn.peer
+            );
+            let mut opening = preamble(shared, &cors);
+            if let Some(notice) = replay_notice(&room, params.after_seq, &replay) {
+                if params.types.passes(MessageKind::System) {
+                    opening.extend_from_slice(&notice);
+                }
+            }
+            let presence = shared.hub.presence(&room, &params.user);
+            (
+                None,
+                Some(EventsStart {
+                    params,
+                    sub,
+                    opening,
+                    presence,
+                }),
+            )
+        }
+        Kind::Metrics(params) => (Some(params), None),
     };
-    let name = match kind {
-        Kind::Events(_) => "sse",
-        Kind::Metrics(_) => "sse-metrics",
+    // What the request line and headers needed is done with.
+    let mut conn = conn;
+    conn.incoming.release();
+    let name = if events.is_some() {
+        "sse"
+    } else {
+        "sse-metrics"
     };
     // The connection travels to the new thread; if the thread cannot start
     // it comes back here to be answered.
     let opened = Opened {
         conn,
         permit,
-        subscription,
+        events,
     };
     let thread_shared = shared.clone();
     let stack = Some(shared.config.stream_stack_bytes);
@@ -93,15 +138,12 @@ pub(super) fn open(
             let Opened {
                 conn,
                 permit,
-                subscription,
+                events,
             } = opened;
-
-            match (kind, subscription) {
-                (Kind::Events(params), Some((sub, replay))) => {
-                    run_events(&thread_shared, conn, &cors, params, sub, replay)
-                }
-                (Kind::Metrics(params), _) => run_metrics(&thread_shared, conn, &cors, params),
-                (Kind::Events(_), None) => unreachable!("events streams always subscribe"),
+            match (events, kind) {
+                (Some(start), _) => run_events(&thread_shared, conn, start),
+                (None, Some(params)) => run_metrics(&thread_shared, conn, &cors, params),
+                (None, None) => {}
             }
             drop(permit);
         });
@@ -294,14 +336,13 @@ fn encoded(m: &Message) -> &[u8] {
 /// falls behind or the server stops. Takes no lock: it reads the room log
 /// from its own position and sends everything up to the tail (at most a
 /// burst) with one `writev`.
-fn run_events(
-    shared: &Shared,
-    conn: Conn,
-    cors: &[(&'static str, String)],
-    params: EventsParams,
-    mut sub: Subscription,
-    replay: Replay,
-) {
+fn run_events(shared: &Shared, conn: Conn, start: EventsStart) {
+    let EventsStart {
+        params,
+        mut sub,
+        opening,
+        presence,
+    } = start;
     // Room streams yield the CPU to the threads that accept publishes (see
     // `threads::Priority`); metrics streams, few and light, do not.
     shared.config.stream_priority.apply_to_current_thread();
@@ -315,24 +356,11 @@ fn run_events(
     let stream = &conn.stream;
     let types = params.types;
     let user = params.user.as_str();
-    log::info!(
-        "SSE opened: room={room} user={user:?} after={:?} replaying={} peer={}",
-        params.after_seq,
-        replay.replayed,
-        conn.peer
-    );
     let out = Patient::new(stream, shared.config.write_timeout);
-    let mut opening = preamble(shared, cors);
-    if let Some(notice) = replay_notice(&room, params.after_seq, &replay) {
-        if types.passes(MessageKind::System) {
-            opening.extend_from_slice(&notice);
-        }
-    }
     let mut reason = write_pieces(out.plain(), &[&opening])
         .err()
         .map(|e| write_failure(&e));
-    // JOIN after the replay's cut, so the replay never contains our own.
-    let presence = reason.is_none().then(|| shared.hub.presence(&room, user));
+    drop(opening);
     let keepalive = shared.config.sse_keepalive;
     let mut next_beat = Instant::now() + keepalive;
     let mut next_check = Instant::now() + LIVENESS_CHECK;
