@@ -27,6 +27,7 @@ pub mod grpc;
 pub mod hold;
 pub mod http;
 pub mod proc;
+pub mod publish_cost;
 pub mod report;
 pub mod sse;
 pub mod startup;
@@ -230,6 +231,23 @@ pub const GRPC_BODY_OPTIONS: &[OptSpec] = &[
     opt("user", "bench", "user of the message"),
 ];
 
+/// Options of `streamhub-bench publish-cost`.
+pub const PUBLISH_COST_OPTIONS: &[OptSpec] = &[
+    opt(
+        "subscribers",
+        "1,1000,10000",
+        "subscriber counts to measure, each on a fresh hub",
+    ),
+    opt("rate", "100", "publishes per second"),
+    opt("duration-secs", "3", "how long to publish at each count"),
+    opt("size", "100", "content bytes per message"),
+    opt(
+        "priority",
+        "idle",
+        "CPU priority of the subscriber threads: idle, low or normal",
+    ),
+];
+
 /// Scenario name, summary, option table.
 pub const SCENARIOS: &[(&str, &str, &[OptSpec])] = &[
     (
@@ -251,6 +269,11 @@ pub const SCENARIOS: &[(&str, &str, &[OptSpec])] = &[
         "startup",
         "time from start to READY, idle memory and threads",
         STARTUP_OPTIONS,
+    ),
+    (
+        "publish-cost",
+        "what a publish costs on the hub itself at 1, 1,000, 10,000 subscribers",
+        PUBLISH_COST_OPTIONS,
     ),
     (
         "grpc-body",
@@ -318,6 +341,9 @@ pub fn run(args: &[String]) -> Result<(), Error> {
             hold::run(&plan)?.report()
         }
         "startup" => startup::run(&startup::StartupPlan::from_raw(&raw)?)?.report(),
+        "publish-cost" => {
+            publish_cost::run(&publish_cost::PublishCostPlan::from_raw(&raw)?)?.report()
+        }
         _ => {
             let out = raw.string("out");
             if out.is_empty() {
@@ -395,6 +421,7 @@ mod tests {
                 "fanout" => fanout::FanoutPlan::from_raw(&raw).is_ok(),
                 "hold" => hold::HoldPlan::from_raw(&raw).is_ok(),
                 "startup" => startup::StartupPlan::from_raw(&raw).is_ok(),
+                "publish-cost" => publish_cost::PublishCostPlan::from_raw(&raw).is_ok(),
                 _ => true,
             };
             assert!(ok, "defaults of {name} do not validate");
