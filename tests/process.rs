@@ -392,3 +392,67 @@ fn a_second_signal_exits_at_once_while_shutdown_waits_for_a_stuck_stream() {
     );
     drop(stuck);
 }
+
+/// The syscalls `systemd-analyze syscall-filter` lists for `name` (a group
+/// such as `@system-service`, expanded through its subgroups, or a call).
+fn syscalls_in(name: &str, seen: &mut std::collections::HashSet<String>) -> Vec<String> {
+    if !name.starts_with('@') {
+        return vec![name.to_string()];
+    }
+    if !seen.insert(name.to_string()) {
+        return Vec::new();
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["syscall-filter", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "systemd-analyze syscall-filter {name}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .flat_map(|l| syscalls_in(l, seen))
+        .collect()
+}
+
+#[test]
+fn systemd_units_syscall_filter_lets_stream_threads_lower_their_priority() {
+    // --stream-priority idle|low calls sched_setscheduler(SCHED_IDLE) or
+    // setpriority on each event-stream thread, and the room log parks on a
+    // futex: the hardened unit must allow all three. (RestrictRealtime=
+    // only forbids the real-time policies, which streamhub never asks for.)
+    let root = env!("CARGO_MANIFEST_DIR");
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: systemd-analyze is not installed (Debian package 'systemd')");
+        return;
+    }
+    let unit = std::fs::read_to_string(format!("{root}/systemd/streamhub.service")).unwrap();
+    let (mut allowed, mut denied) = (Vec::new(), Vec::new());
+    let mut seen = std::collections::HashSet::new();
+    for line in unit.lines() {
+        let Some(value) = line.trim().strip_prefix("SystemCallFilter=") else {
+            continue;
+        };
+        let (list, names) = match value.strip_prefix('~') {
+            Some(rest) => (&mut denied, rest),
+            None => (&mut allowed, value),
+        };
+        for name in names.split_whitespace() {
+            seen.clear();
+            list.extend(syscalls_in(name, &mut seen));
+        }
+    }
+    assert!(!allowed.is_empty(), "the unit has an allow-list");
+    for call in ["sched_setscheduler", "setpriority", "futex"] {
+        assert!(allowed.iter().any(|c| c == call), "{call} is not allowed");
+        assert!(!denied.iter().any(|c| c == call), "{call} is denied");
+    }
+}
