@@ -26,7 +26,7 @@
 //! some reader is parked: one call wakes them all, however many.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,9 @@ pub(super) struct Shared {
     word: AtomicU32,
     /// Readers parked (or about to park) on `word`.
     parked: AtomicU32,
+    /// A wake is on its way (see [`Shared::announce`]): later publishes
+    /// need not ask for another.
+    wake_pending: AtomicBool,
 }
 
 impl Shared {
@@ -77,12 +80,33 @@ impl Shared {
         self.tail.load(Ordering::Acquire)
     }
 
-    /// Wakes every parked reader (after a publish or a close).
+    /// Wakes every parked reader now (after a close).
     pub(super) fn wake(&self) {
         self.word.fetch_add(1, Ordering::SeqCst);
         if self.parked.load(Ordering::SeqCst) > 0 {
             sys::futex_wake_all(&self.word);
         }
+    }
+
+    /// After a publish: tells readers that the tail moved. Returns true when
+    /// some reader is parked and no wake is pending yet: then the caller
+    /// makes sure [`Shared::wake_now`] runs soon. Until it has, later
+    /// publishes ask for nothing, so one wake carries all of them.
+    ///
+    /// No reader misses a wake: a publisher that finds a wake pending moved
+    /// the word before it looked, and the pending wake clears the flag
+    /// before it calls the kernel, so that call comes after the word moved
+    /// (all SeqCst); a reader that parks later sees the new tail or the new
+    /// word and does not sleep.
+    pub(super) fn announce(&self) -> bool {
+        self.word.fetch_add(1, Ordering::SeqCst);
+        self.parked.load(Ordering::SeqCst) > 0 && !self.wake_pending.swap(true, Ordering::SeqCst)
+    }
+
+    /// The wake [`Shared::announce`] asked for.
+    pub(super) fn wake_now(&self) {
+        self.wake_pending.store(false, Ordering::SeqCst);
+        sys::futex_wake_all(&self.word);
     }
 
     /// Parks until `ready()` holds, a wake, or `deadline`. Returns at once
@@ -129,6 +153,7 @@ impl Log {
                 tail: AtomicU64::new(0),
                 word: AtomicU32::new(0),
                 parked: AtomicU32::new(0),
+                wake_pending: AtomicBool::new(false),
             }),
             chunks: VecDeque::from([Chunk::new(1)]),
             back_len: 0,
