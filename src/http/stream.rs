@@ -230,41 +230,37 @@ impl Write for PatientWrite<'_> {
 /// Writes every piece, in order, with as few `writev` calls as the socket
 /// allows. The pieces are cached encodings shared by all subscribers, so
 /// nothing is copied.
-pub(super) fn write_pieces(mut out: impl Write, pieces: &[&[u8]]) -> io::Result<()> {
-    let (mut i, mut offset) = (0, 0);
-    while i < pieces.len() {
-        if offset == pieces[i].len() {
-            i += 1;
-            offset = 0;
-            continue;
-        }
-        let slices: Vec<IoSlice> = std::iter::once(IoSlice::new(&pieces[i][offset..]))
-            .chain(
-                pieces[i + 1..]
-                    .iter()
-                    .take(MAX_SLICES - 1)
-                    .map(|p| IoSlice::new(p)),
-            )
-            .collect();
-        let mut written = match out.write_vectored(&slices) {
+pub(super) fn write_pieces(out: impl Write, pieces: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+    write_slices(out, &mut slices)
+}
+
+/// Writes every slice, in order, with as few `writev` calls as the socket
+/// allows ([`MAX_SLICES`] at most each). Allocates nothing: the stream loop
+/// calls it for every burst.
+pub(super) fn write_slices(mut out: impl Write, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let n = slices.len().min(MAX_SLICES);
+        match out.write_vectored(&slices[..n]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(written) => IoSlice::advance_slices(&mut slices, written),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
-        };
-        while written > 0 {
-            let left = pieces[i].len() - offset;
-            if written >= left {
-                written -= left;
-                i += 1;
-                offset = 0;
-            } else {
-                offset += written;
-                written = 0;
-            }
         }
     }
     Ok(())
+}
+
+/// An empty vector of slices with the allocation of `v`, whatever the
+/// lifetime of what `v` pointed into. The stream loop's burst borrows from
+/// the subscription, which must be free again (to move on) before the next
+/// burst; this keeps one allocation for the stream's whole life. (`collect`
+/// of a vector's own iterator reuses its buffer, and an empty one maps
+/// nothing.)
+fn recycle<'b>(mut v: Vec<IoSlice<'_>>) -> Vec<IoSlice<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("empty")).collect()
 }
 
 /// Why writing failed: a timeout means the client stopped reading.
@@ -364,11 +360,17 @@ fn run_events(shared: &Shared, conn: Conn, start: EventsStart) {
     let keepalive = shared.config.sse_keepalive;
     let mut next_beat = Instant::now() + keepalive;
     let mut next_check = Instant::now() + LIVENESS_CHECK;
+    // Why no allocation per burst: with a thousand stream threads at
+    // SCHED_IDLE, malloc's arena locks are shared by many of them, and one
+    // preempted while holding a lock stalls every thread that needs that
+    // arena until a CPU is free (the profile showed the lock waits; p99 at
+    // 400 msgs/s was 3-4x the prototype's, which allocates nothing here).
+    let mut spare: Vec<IoSlice<'static>> = Vec::with_capacity(MAX_BURST);
     while reason.is_none() {
         match sub.wait(Some(next_beat.min(next_check))) {
             Wait::Ready => {
                 let (mut taken, mut bytes) = (0, 0);
-                let mut pieces: Vec<&[u8]> = Vec::with_capacity(MAX_BURST);
+                let mut pieces = recycle(std::mem::take(&mut spare));
                 for m in sub.peek(MAX_BURST) {
                     if bytes >= MAX_BURST_BYTES {
                         break;
@@ -377,14 +379,14 @@ fn run_events(shared: &Shared, conn: Conn, start: EventsStart) {
                     if types.passes(m.kind) {
                         let piece = encoded(m);
                         bytes += piece.len();
-                        pieces.push(piece);
+                        pieces.push(IoSlice::new(piece));
                     }
                 }
                 sub.claim(taken);
                 // A writer blocked on a client that stopped reading gives up
                 // as soon as the hub drops it, not at the write timeout.
                 let evicted = || sub.close_reason() == Some(CloseReason::SlowConsumer);
-                reason = write_pieces(out.giving_up_when(&evicted), &pieces)
+                reason = write_slices(out.giving_up_when(&evicted), &mut pieces)
                     .err()
                     .map(|e| {
                         sub.close_reason()
@@ -392,7 +394,7 @@ fn run_events(shared: &Shared, conn: Conn, start: EventsStart) {
                             .unwrap_or_else(|| write_failure(&e))
                     });
                 // The borrowed pieces go before the position moves.
-                drop(pieces);
+                spare = recycle(pieces);
                 sub.advance(taken);
                 next_beat = Instant::now() + keepalive;
             }
