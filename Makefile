@@ -10,7 +10,7 @@ VENV := .venv
 BIN := target/release/streamhub
 BENCH_BIN := target/release/streamhub-bench
 
-.PHONY: run test build deps test-deps apt-install py-deps fmt clippy install uninstall
+.PHONY: run test build deps test-deps apt-install py-deps fmt clippy install uninstall bench bench-sse
 
 # cmake builds the gRPC C core; g++ compiles it. Installed only when missing.
 deps:
@@ -114,6 +114,13 @@ test-arm64: cross-arm64 build
 .PHONY: stress bench
 stress: deps
 	STREAMHUB_STRESS=long $(CARGO) test --release --test tests stress:: -- --test-threads=1
+
+# SSE fan-out side by side with nginx+nchan and the prototype: fresh server
+# per figure, 3 runs interleaved, medians (bench/README.md; nchan comes from
+# apt-get when missing). BENCH_SSE_ARGS passes options, e.g. "--rate 400".
+bench-sse: build
+	$(CARGO) build --release -p streamhub-tools
+	bench/sse-fanout.sh $(BENCH_SSE_ARGS)
 
 # A short run of every bench scenario against a local server started here
 # (BENCHMARKS.md has the careful method and the figures). The idle-stream

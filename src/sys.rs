@@ -117,17 +117,29 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     }
 }
 
-/// Wakes every thread sleeping in [`futex_wait`] on `word`.
+/// Wakes every thread sleeping in [`futex_wait`] on `word`, in calls of at
+/// most [`FUTEX_WAKE_BATCH`]: the kernel wakes a futex's waiters with its
+/// hash bucket locked and preemption off, so one call for ten thousand
+/// waiters would keep that CPU from anything else for milliseconds.
 pub fn futex_wake_all(word: &AtomicU32) {
+    while futex_wake(word, FUTEX_WAKE_BATCH) >= FUTEX_WAKE_BATCH {}
+}
+
+/// Waiters woken per futex call by [`futex_wake_all`].
+pub const FUTEX_WAKE_BATCH: usize = 128;
+
+/// Wakes at most `n` threads sleeping on `word`; returns how many woke.
+fn futex_wake(word: &AtomicU32, n: usize) -> usize {
     // SAFETY: as in `futex_wait`; FUTEX_WAKE does not even read the word.
-    unsafe {
+    let woken = unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-        );
-    }
+            n.min(i32::MAX as usize) as libc::c_int,
+        )
+    };
+    woken.max(0) as usize
 }
 
 /// The calling thread's CPU policy.
@@ -135,6 +147,9 @@ pub fn futex_wake_all(word: &AtomicU32) {
 pub enum CpuPolicy {
     /// SCHED_IDLE: runs when nothing at normal priority wants the CPU.
     Idle,
+    /// SCHED_BATCH: normal weight, but its wake-ups never preempt the
+    /// thread that woke it.
+    Batch,
     /// SCHED_OTHER at nice `n`.
     Nice(i32),
 }
@@ -146,9 +161,14 @@ pub fn set_thread_policy(policy: CpuPolicy) -> io::Result<()> {
     // `param` lives on this stack frame for the call.
     let rc = unsafe {
         match policy {
-            CpuPolicy::Idle => {
+            CpuPolicy::Idle | CpuPolicy::Batch => {
                 let param = libc::sched_param { sched_priority: 0 };
-                libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+                let policy = if policy == CpuPolicy::Idle {
+                    libc::SCHED_IDLE
+                } else {
+                    libc::SCHED_BATCH
+                };
+                libc::sched_setscheduler(0, policy, &param)
             }
             CpuPolicy::Nice(n) => {
                 let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
