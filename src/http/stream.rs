@@ -365,7 +365,8 @@ fn run_events(shared: &Shared, conn: Conn, start: EventsStart) {
     // preempted while holding a lock stalls every thread that needs that
     // arena until a CPU is free (the profile showed the lock waits; p99 at
     // 400 msgs/s was 3-4x the prototype's, which allocates nothing here).
-    let mut spare: Vec<IoSlice<'static>> = Vec::with_capacity(MAX_BURST);
+    // Empty until the first burst: an idle stream holds no buffer.
+    let mut spare: Vec<IoSlice<'static>> = Vec::new();
     while reason.is_none() {
         match sub.wait(Some(next_beat.min(next_check))) {
             Wait::Ready => {
