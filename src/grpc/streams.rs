@@ -71,6 +71,13 @@ pub(super) fn run_subscriber(
     peer: String,
     deadline: grpcio::Deadline,
 ) {
+    // SCHED_BATCH: normal weight, but woken with a thousand others for a
+    // message it does not preempt grpcio's poll threads, which complete the
+    // writes of all of them (at normal policy the herd starved them: p99
+    // 69 -> 400-1,900 ms, BENCHMARKS.md).
+    if let Err(e) = crate::sys::set_thread_policy(crate::sys::CpuPolicy::Batch) {
+        log::debug!("gRPC subscriber stays at normal policy: {e}");
+    }
     let room = sub.room().clone();
     log::info!("SubscribeMessages opened: room={room} user={user:?} peer={peer}");
     let mut driver = Driver::new(shared.stopping.clone());
