@@ -7,6 +7,7 @@ use grpcio::{RpcStatus, RpcStatusCode};
 use protobuf::well_known_types::timestamp::Timestamp;
 use protobuf::MessageField;
 
+use super::call::{Code, Status};
 use crate::error::Error;
 use crate::hub::{Message, MessageKind};
 use crate::proto::chat;
@@ -52,38 +53,13 @@ pub fn system_message(id: String, user: &str, room: &str, content: String) -> ch
 }
 
 pub fn status(e: &Error) -> RpcStatus {
-    let code = match e {
-        Error::InvalidArgument(_) => RpcStatusCode::INVALID_ARGUMENT,
-        Error::TooLarge(_) | Error::ResourceExhausted(_) => RpcStatusCode::RESOURCE_EXHAUSTED,
-        Error::Unavailable(_) => RpcStatusCode::UNAVAILABLE,
-        _ => RpcStatusCode::INTERNAL,
-    };
-    RpcStatus::with_message(code, e.to_string())
+    let st = Status::from(e);
+    RpcStatus::with_message(st.code.number(), st.message)
 }
 
 /// The canonical upper-case name of a status code, for metrics and logs.
 pub fn code_name(code: RpcStatusCode) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    let i: i32 = code.into();
-    NAMES.get(i as usize).copied().unwrap_or("UNKNOWN")
+    Code::from_number(code.into()).name()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! futures from those threads. Every sink is closed or failed explicitly:
 //! dropping one cancels the call.
 
+pub mod call;
 mod convert;
 mod driver;
 pub mod health;
