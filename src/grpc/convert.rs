@@ -1,14 +1,11 @@
-//! Conversions between hub values and the generated `chat` protobuf types,
-//! and from [`Error`] to gRPC status. The only place both meet.
+//! Conversions between hub values and the generated `chat` protobuf types:
+//! the only place both meet. (Errors become statuses in `call.rs`.)
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use grpcio::{RpcStatus, RpcStatusCode};
 use protobuf::well_known_types::timestamp::Timestamp;
 use protobuf::MessageField;
 
-use super::call::{Code, Status};
-use crate::error::Error;
 use crate::hub::{Message, MessageKind};
 use crate::proto::chat;
 
@@ -52,36 +49,10 @@ pub fn system_message(id: String, user: &str, room: &str, content: String) -> ch
     out
 }
 
-pub fn status(e: &Error) -> RpcStatus {
-    let st = Status::from(e);
-    RpcStatus::with_message(st.code.number(), st.message)
-}
-
-/// The canonical upper-case name of a status code, for metrics and logs.
-pub fn code_name(code: RpcStatusCode) -> &'static str {
-    Code::from_number(code.into()).name()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use protobuf::Enum;
-
-    #[test]
-    fn errors_map_to_status_codes() {
-        let s = status(&Error::InvalidArgument("user is required".into()));
-        assert_eq!(s.code(), RpcStatusCode::INVALID_ARGUMENT);
-        assert_eq!(s.message(), "user is required");
-        assert_eq!(
-            status(&Error::TooLarge("x".into())).code(),
-            RpcStatusCode::RESOURCE_EXHAUSTED
-        );
-        assert_eq!(
-            code_name(RpcStatusCode::RESOURCE_EXHAUSTED),
-            "RESOURCE_EXHAUSTED"
-        );
-        assert_eq!(code_name(RpcStatusCode::OK), "OK");
-    }
 
     #[test]
     fn kinds_keep_the_proto_enum_values() {
