@@ -13,7 +13,8 @@
 
 pub mod call;
 mod convert;
-mod grpcio_adapter;
+// pub(crate): the generated SubscribeMessages marshaller names its hooks.
+pub(crate) mod grpcio_adapter;
 pub mod health;
 pub mod reflection;
 mod service;

@@ -7,8 +7,9 @@
 //!
 //! Outside it grpcio is named by: the generated code (`crate::proto`, whose
 //! server traits this module implements), and `wire.rs`'s SubscribeMessages
-//! marshaller hooks (the next step moves them here). (The CLI client, a
-//! module of the binary, is a grpcio *client* and not part of the server.)
+//! marshaller hooks, which live here ([`ser_outbound`], [`de_outbound`]) so
+//! that `wire.rs` stays neutral. (The CLI client, a module of the binary,
+//! is a grpcio *client* and not part of the server.)
 
 mod driver;
 mod server;
@@ -173,9 +174,50 @@ fn answer_unary<T>(ctx: &RpcContext, sink: UnarySink<T>, answer: Result<T, Statu
     });
 }
 
+/// The SubscribeMessages marshaller's serializer (build.rs names it): a
+/// copy of the encoding the hub cached, or an encoding of the server's own
+/// message.
+pub(crate) fn ser_outbound(
+    out: &super::wire::Outbound,
+    buf: &mut grpcio::GrpcSlice,
+) -> grpcio::Result<()> {
+    match out {
+        super::wire::Outbound::Shared(m) => {
+            *buf = grpcio::GrpcSlice::from(super::wire::shared_bytes(m));
+            Ok(())
+        }
+        super::wire::Outbound::Own(m) => grpcio::pb_ser(m, buf),
+    }
+}
+
+/// Never called: the server only sends this type.
+pub(crate) fn de_outbound(_: grpcio::MessageReader) -> grpcio::Result<super::wire::Outbound> {
+    Err(grpcio::Error::Codec("Outbound is never received".into()))
+}
+
 #[cfg(test)]
 mod tests {
+    use protobuf::Message as _;
+
     use super::*;
+    use crate::grpc::convert::to_proto;
+    use crate::grpc::wire::Outbound;
+    use crate::hub::{Draft, Hub, HubConfig};
+    use crate::proto::chat;
+
+    #[test]
+    fn shared_encoding_decodes_to_the_same_message() {
+        let hub = Hub::new(HubConfig::default());
+        let m = hub.publish(Draft::chat("r", "u", "hello")).unwrap();
+        let mut buf = grpcio::GrpcSlice::default();
+        ser_outbound(&Outbound::Shared(m.clone()), &mut buf).unwrap();
+        let decoded = chat::Message::parse_from_bytes(buf.as_slice()).unwrap();
+        assert_eq!(decoded, to_proto(&m));
+        // The second subscriber gets the cached bytes.
+        let mut again = grpcio::GrpcSlice::default();
+        ser_outbound(&Outbound::Shared(m), &mut again).unwrap();
+        assert_eq!(again.as_slice(), buf.as_slice());
+    }
 
     #[test]
     fn statuses_keep_their_code_and_message() {
