@@ -21,14 +21,18 @@ use protobuf::descriptor::{
 use protobuf::Message as _;
 
 /// Server-side response types that replace the generated message type for
-/// one method: `(full method name, Rust type)`. The type must provide
-/// `fn ser(&T, &mut GrpcSlice) -> grpcio::Result<()>` and
-/// `fn de(MessageReader) -> grpcio::Result<T>`. SubscribeMessages sends
+/// one method: `(full method name, Rust type, serializer, deserializer)`.
+/// The hooks have grpcio's marshaller shapes,
+/// `fn(&T, &mut GrpcSlice) -> grpcio::Result<()>` and
+/// `fn(MessageReader) -> grpcio::Result<T>`; they live in the grpcio adapter
+/// so the type itself stays transport-neutral. SubscribeMessages sends
 /// messages that are encoded once at publish time and shared by every
 /// subscriber, instead of encoding each one per subscriber.
-const SERVER_RESPONSE_OVERRIDES: &[(&str, &str)] = &[(
+const SERVER_RESPONSE_OVERRIDES: &[(&str, &str, &str, &str)] = &[(
     "/chat.ChatService/SubscribeMessages",
     "crate::grpc::wire::Outbound",
+    "crate::grpc::grpcio_adapter::ser_outbound",
+    "crate::grpc::grpcio_adapter::de_outbound",
 )];
 
 /// The `.proto` files compiled into the binary, relative to `proto/`.
@@ -229,9 +233,11 @@ fn generate_service(
         req: String,
         resp: String,
         kind: RpcKind,
-        /// The const and response type the server side registers.
+        /// The const, response type and marshaller hooks the server side
+        /// registers.
         server_konst: String,
         server_resp: String,
+        server_mar: Option<(String, String)>,
     }
     let rpcs: Vec<Rpc> = service
         .method
@@ -241,12 +247,16 @@ fn generate_service(
             let konst = format!("METHOD_{service_upper}_{}", snake.to_uppercase());
             let resp = lookup(m.output_type());
             let full = format!("/{full_service}/{}", m.name());
-            let (server_konst, server_resp) = match SERVER_RESPONSE_OVERRIDES
+            let (server_konst, server_resp, server_mar) = match SERVER_RESPONSE_OVERRIDES
                 .iter()
-                .find(|(name, _)| *name == full)
+                .find(|(name, ..)| *name == full)
             {
-                Some((_, ty)) => (format!("SERVER_{konst}"), ty.to_string()),
-                None => (konst.clone(), resp.clone()),
+                Some((_, ty, ser, de)) => (
+                    format!("SERVER_{konst}"),
+                    ty.to_string(),
+                    Some((ser.to_string(), de.to_string())),
+                ),
+                None => (konst.clone(), resp.clone(), None),
             };
             Rpc {
                 name: m.name().to_string(),
@@ -257,6 +267,7 @@ fn generate_service(
                 kind: RpcKind::of(m),
                 server_konst,
                 server_resp,
+                server_mar,
             }
         })
         .collect();
@@ -274,16 +285,17 @@ fn generate_service(
             kind = rpc.kind.method_type(),
             name = rpc.name,
         );
-        if rpc.server_konst != rpc.konst {
-            // The one place generated code names a type of streamhub's own
+        if let Some((ser, de)) = &rpc.server_mar {
+            // The one place generated code names items of streamhub's own
             // gRPC front door (see SERVER_RESPONSE_OVERRIDES): the server
-            // side of the method sends messages encoded once at publish time.
+            // side of the method sends messages encoded once at publish time,
+            // through the grpcio adapter's marshaller hooks.
             let _ = writeln!(
                 out,
-                "\n// Names {sresp}, streamhub's encode-once response type (build.rs, SERVER_RESPONSE_OVERRIDES).\npub const {sk}: ::grpcio::Method<{req}, {sresp}> = ::grpcio::Method {{\n    \
+                "\n// Names {sresp}, streamhub's encode-once response type, and its hooks (build.rs, SERVER_RESPONSE_OVERRIDES).\npub const {sk}: ::grpcio::Method<{req}, {sresp}> = ::grpcio::Method {{\n    \
                  ty: ::grpcio::MethodType::{kind},\n    name: \"/{full_service}/{name}\",\n    \
                  req_mar: ::grpcio::Marshaller {{ ser: ::grpcio::pb_ser, de: ::grpcio::pb_de }},\n    \
-                 resp_mar: ::grpcio::Marshaller {{ ser: {sresp}::ser, de: {sresp}::de }},\n}};",
+                 resp_mar: ::grpcio::Marshaller {{ ser: {ser}, de: {de} }},\n}};",
                 sk = rpc.server_konst,
                 req = rpc.req,
                 sresp = rpc.server_resp,

@@ -78,7 +78,7 @@ fn failure(what: &str, e: grpcio::Error) -> Error {
     match e {
         grpcio::Error::RpcFailure(s) => Error::Io(format!(
             "{what}: {} {}",
-            streamhub::grpc::code_name(s.code()),
+            streamhub::grpc::call::Code::from_number(s.code().into()),
             s.message()
         )),
         other => Error::Io(format!("{what}: {other}")),

@@ -1,13 +1,11 @@
-//! Conversions between hub values and the generated `chat` protobuf types,
-//! and from [`Error`] to gRPC status. The only place both meet.
+//! Conversions between hub values and the generated `chat` protobuf types:
+//! the only place both meet. (Errors become statuses in `call.rs`.)
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use grpcio::{RpcStatus, RpcStatusCode};
 use protobuf::well_known_types::timestamp::Timestamp;
 use protobuf::MessageField;
 
-use crate::error::Error;
 use crate::hub::{Message, MessageKind};
 use crate::proto::chat;
 
@@ -51,61 +49,10 @@ pub fn system_message(id: String, user: &str, room: &str, content: String) -> ch
     out
 }
 
-pub fn status(e: &Error) -> RpcStatus {
-    let code = match e {
-        Error::InvalidArgument(_) => RpcStatusCode::INVALID_ARGUMENT,
-        Error::TooLarge(_) | Error::ResourceExhausted(_) => RpcStatusCode::RESOURCE_EXHAUSTED,
-        Error::Unavailable(_) => RpcStatusCode::UNAVAILABLE,
-        _ => RpcStatusCode::INTERNAL,
-    };
-    RpcStatus::with_message(code, e.to_string())
-}
-
-/// The canonical upper-case name of a status code, for metrics and logs.
-pub fn code_name(code: RpcStatusCode) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    let i: i32 = code.into();
-    NAMES.get(i as usize).copied().unwrap_or("UNKNOWN")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use protobuf::Enum;
-
-    #[test]
-    fn errors_map_to_status_codes() {
-        let s = status(&Error::InvalidArgument("user is required".into()));
-        assert_eq!(s.code(), RpcStatusCode::INVALID_ARGUMENT);
-        assert_eq!(s.message(), "user is required");
-        assert_eq!(
-            status(&Error::TooLarge("x".into())).code(),
-            RpcStatusCode::RESOURCE_EXHAUSTED
-        );
-        assert_eq!(
-            code_name(RpcStatusCode::RESOURCE_EXHAUSTED),
-            "RESOURCE_EXHAUSTED"
-        );
-        assert_eq!(code_name(RpcStatusCode::OK), "OK");
-    }
 
     #[test]
     fn kinds_keep_the_proto_enum_values() {

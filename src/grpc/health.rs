@@ -1,19 +1,18 @@
 //! `grpc.health.v1.Health`: Check and Watch for the whole server (`""`) and
 //! for `chat.ChatService`. Both report SERVING while the server runs and
-//! NOT_SERVING from the moment shutdown begins.
+//! NOT_SERVING from the moment shutdown begins. In the call interface's
+//! terms, like the chat handlers.
 
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
-use grpcio::{RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, UnarySink};
 use parking_lot::Mutex;
 
-use super::driver::Driver;
+use super::call::{Code, Responses, Started, Status};
 use super::Shared;
 use crate::hub::SHUTDOWN_NOTICE;
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
-use crate::proto::services::health::Health;
 
 /// The services health answers for.
 pub const SERVICES: &[&str] = &["", "chat.ChatService"];
@@ -68,54 +67,41 @@ fn response(status: ServingStatus) -> HealthCheckResponse {
     resp
 }
 
-#[derive(Clone)]
-pub struct HealthService {
-    pub(super) shared: Arc<Shared>,
+/// Health.Check: the status of one service, or NOT_FOUND.
+pub(super) fn check(
+    shared: &Shared,
+    req: HealthCheckRequest,
+) -> Result<HealthCheckResponse, Status> {
+    let state = shared.health.status_of(&req.service);
+    if state == ServingStatus::SERVICE_UNKNOWN {
+        shared.done("Health.Check", Code::NotFound);
+        Err(Status::new(
+            Code::NotFound,
+            format!("unknown service '{}'", req.service),
+        ))
+    } else {
+        shared.done("Health.Check", Code::Ok);
+        Ok(response(state))
+    }
 }
 
-impl Health for HealthService {
-    fn check(
-        &mut self,
-        ctx: RpcContext,
-        req: HealthCheckRequest,
-        sink: UnarySink<HealthCheckResponse>,
-    ) {
-        let state = self.shared.health.status_of(&req.service);
-        let reply = if state == ServingStatus::SERVICE_UNKNOWN {
-            self.shared.done("Health.Check", RpcStatusCode::NOT_FOUND);
-            sink.fail(RpcStatus::with_message(
-                RpcStatusCode::NOT_FOUND,
-                format!("unknown service '{}'", req.service),
-            ))
-        } else {
-            self.shared.done("Health.Check", RpcStatusCode::OK);
-            sink.success(response(state))
-        };
-        ctx.spawn(async move {
-            let _ = reply.await;
-        });
-    }
-
-    fn watch(
-        &mut self,
-        ctx: RpcContext,
-        req: HealthCheckRequest,
-        sink: ServerStreamingSink<HealthCheckResponse>,
-    ) {
-        // Watching goes on through shutdown (that is its point), so it takes
-        // a stream slot but is not refused once stopping began.
-        let permit = self.shared.open_stream_any_time();
-        let changes = self.shared.health.watch();
-        self.shared.start_stream(
-            permit,
-            &ctx,
-            "Health.Watch",
-            "health",
-            sink,
-            || Ok(changes),
-            move |shared, sink, changes| run_watch(shared, req.service, changes, sink),
-        );
-    }
+pub(super) fn watch<C: Responses<HealthCheckResponse>>(
+    shared: &Arc<Shared>,
+    req: HealthCheckRequest,
+    call: C,
+) -> Started<C> {
+    // Watching goes on through shutdown (that is its point), so it takes
+    // a stream slot but is not refused once stopping began.
+    let permit = shared.open_stream_any_time();
+    let changes = shared.health.watch();
+    shared.start_stream(
+        permit,
+        "Health.Watch",
+        "health",
+        call,
+        || Ok(changes),
+        move |shared, call, changes| run_watch(shared, req.service, changes, call),
+    )
 }
 
 /// Runs on `grpc-health-N`: sends the current status, then every change;
@@ -124,36 +110,28 @@ fn run_watch(
     shared: &Shared,
     service: String,
     changes: Receiver<()>,
-    mut sink: ServerStreamingSink<HealthCheckResponse>,
+    mut call: impl Responses<HealthCheckResponse>,
 ) {
-    let mut driver = Driver::new(shared.stopping.clone());
-    driver.ignore_stopping();
+    call.ignore_stopping();
     let timeout = shared.write_timeout();
     let mut last = None;
     let code = loop {
         let now = shared.health.status_of(&service);
         if last != Some(now) {
-            if driver
-                .send_all(&mut sink, [response(now)], timeout)
-                .is_err()
-            {
-                break RpcStatusCode::CANCELLED;
+            if call.send_all([response(now)], timeout).is_err() {
+                break Code::Cancelled;
             }
             last = Some(now);
         }
         if now == ServingStatus::NOT_SERVING {
-            driver.close_with(
-                sink,
-                RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, SHUTDOWN_NOTICE.into()),
-                timeout,
-            );
-            break RpcStatusCode::UNAVAILABLE;
+            call.finish(Status::new(Code::Unavailable, SHUTDOWN_NOTICE), timeout);
+            break Code::Unavailable;
         }
         crossbeam_channel::select! {
             recv(changes) -> _ => {}
-            recv(driver.woken()) -> _ => {
-                if driver.client_gone(&mut sink) {
-                    break RpcStatusCode::CANCELLED;
+            recv(call.woken()) -> _ => {
+                if call.client_gone() {
+                    break Code::Cancelled;
                 }
             }
         }

@@ -1,17 +1,20 @@
-//! The gRPC front door: `chat.ChatService` on grpcio.
+//! The gRPC front door: `chat.ChatService`, health and reflection.
 //!
-//! Split by role: this module is the server's lifecycle (start, options,
-//! stop) and the one way a streaming call starts ([`Shared::start_stream`]);
-//! `service` holds the handlers, which run on grpcio's completion-queue
-//! threads and never block there; `streams` holds the bodies of the
-//! streaming calls, each on its own named thread (`grpc-sub-N`,
-//! `grpc-chat-N`, `grpc-upload-N`, `grpc-metrics-N`) that blocks on the hub
-//! queue and is the only writer of its sink; `driver` drives grpcio's
-//! futures from those threads. Every sink is closed or failed explicitly:
-//! dropping one cancels the call.
+//! Split by role: this module is the server's lifecycle (start, stop) and
+//! the one way a streaming call starts ([`Shared::start_stream`]); `service`
+//! (and `health`, `reflection`) hold the handlers, which run on the
+//! transport's receiving threads and never block there; `streams` holds the
+//! bodies of the streaming calls, each on its own named thread
+//! (`grpc-sub-N`, `grpc-chat-N`, `grpc-upload-N`, `grpc-metrics-N`) that
+//! blocks on the hub and is the only writer of its call. All of them talk
+//! to the transport through `call` only; `grpcio_adapter` is the one module
+//! that names grpcio, and the one the transport issue swaps. Every call is
+//! finished explicitly: dropping one cancels it.
 
+pub mod call;
 mod convert;
-mod driver;
+// pub(crate): the generated SubscribeMessages marshaller names its hooks.
+pub(crate) mod grpcio_adapter;
 pub mod health;
 pub mod reflection;
 mod service;
@@ -22,21 +25,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use grpcio::{
-    ChannelBuilder, EnvBuilder, Environment, RpcContext, RpcStatusCode, ServerBuilder,
-    ServerCredentials,
-};
 
 use crate::config::GrpcConfig;
 use crate::error::Error;
 use crate::hub::{Hub, SHUTDOWN_NOTICE};
 use crate::metrics::Telemetry;
-use crate::proto::services::create_chat_service;
 use crate::threads::{Permit, Slots, Threads};
-pub use convert::code_name;
-use convert::status;
-use driver::FailSink;
-use service::ChatServiceImpl;
+use call::{Code, Refused, Started, Status};
 
 /// Extra room above the content limit for the other fields of a message.
 const ENVELOPE_BYTES: usize = 64 * 1024;
@@ -82,45 +77,54 @@ impl Shared {
     /// `--max-grpc-streams`, from [`Shared::open_stream`], or
     /// [`Shared::open_stream_any_time`] for health watches), then `prepare`
     /// (validation, subscribing), then a named thread (`grpc-KIND-N`) that
-    /// owns the call and its sink for its lifetime. Whatever fails on the
-    /// way answers the call with its status, counted and logged.
-    #[allow(clippy::too_many_arguments)]
-    fn start_stream<S, P>(
+    /// owns the call for its lifetime. Whatever fails on the way is
+    /// counted and logged, and handed back with its status for the
+    /// transport to answer at once.
+    fn start_stream<C, P>(
         self: &Arc<Self>,
         permit: Result<Permit, Error>,
-        ctx: &RpcContext,
         method: &'static str,
         kind: &str,
-        sink: S,
+        call: C,
         prepare: impl FnOnce() -> Result<P, Error>,
-        body: impl FnOnce(&Shared, S, P) + Send + 'static,
-    ) where
-        S: FailSink + Send + 'static,
+        body: impl FnOnce(&Shared, C, P) + Send + 'static,
+    ) -> Started<C>
+    where
+        C: Send + 'static,
         P: Send + 'static,
     {
         let started = permit.and_then(|permit| Ok((permit, prepare()?)));
         let (permit, prepared) = match started {
             Ok(v) => v,
-            Err(e) => return refuse(ctx, self, method, sink, &e),
+            Err(e) => return Err(self.refuse(method, call, &e)),
         };
         let shared = self.clone();
         let spawned = self.threads.spawn_with(
             &format!("grpc-{kind}"),
             Some(self.config.stream_stack_bytes),
-            (sink, prepared, permit),
-            move |(sink, prepared, permit)| {
-                body(&shared, sink, prepared);
+            (call, prepared, permit),
+            move |(call, prepared, permit)| {
+                body(&shared, call, prepared);
                 drop(permit);
             },
         );
-        if let Err(((sink, _, _), e)) = spawned {
+        if let Err(((call, _, _), e)) = spawned {
             let e = Error::ResourceExhausted(format!("cannot start a stream thread: {e}"));
-            refuse(ctx, self, method, sink, &e);
+            return Err(self.refuse(method, call, &e));
         }
+        Ok(())
     }
 
-    fn done(&self, method: &'static str, code: RpcStatusCode) {
-        self.telemetry.grpc_call_done(method, code_name(code));
+    /// A streaming call that could not start, counted and logged.
+    fn refuse<C>(&self, method: &'static str, call: C, e: &Error) -> Refused<C> {
+        let status = Status::from(e);
+        self.done(method, status.code);
+        log::warn!("{method} refused: {e}");
+        Refused { call, status }
+    }
+
+    fn done(&self, method: &'static str, code: Code) {
+        self.telemetry.grpc_call_done(method, code.name());
     }
 
     fn write_timeout(&self) -> Duration {
@@ -130,10 +134,8 @@ impl Shared {
 
 /// The running gRPC server.
 pub struct GrpcServer {
-    server: grpcio::Server,
+    server: grpcio_adapter::Server,
     shared: Arc<Shared>,
-    port: u16,
-    _env: Arc<Environment>,
 }
 
 impl GrpcServer {
@@ -156,25 +158,6 @@ impl GrpcServer {
                 config.max_streams
             );
         }
-        let env = Arc::new(
-            EnvBuilder::new()
-                .cq_count(config.threads)
-                .name_prefix("grpc-poll")
-                .build(),
-        );
-        let max_len = (config.max_message_bytes + ENVELOPE_BYTES).min(i32::MAX as usize) as i32;
-        let args = ChannelBuilder::new(env.clone())
-            .max_concurrent_stream(config.max_streams_per_connection as i32)
-            .max_receive_message_len(max_len)
-            .max_send_message_len(max_len)
-            .keepalive_time(config.keepalive)
-            .keepalive_timeout(config.keepalive_timeout)
-            .keepalive_permit_without_calls(true)
-            // gRPC's core sets SO_REUSEPORT by default, so a second server on
-            // the same port would start and silently share the traffic.
-            .reuse_port(false)
-            .http2_max_ping_strikes(0)
-            .build_args();
         hub.set_encoder(crate::hub::Protocol::Grpc, wire::encode);
         let shared = Arc::new(Shared {
             hub,
@@ -185,41 +168,12 @@ impl GrpcServer {
             stopping,
             health: Arc::default(),
         });
-        let chat = create_chat_service(ChatServiceImpl {
-            shared: shared.clone(),
-        });
-        let health = crate::proto::services::health::create_health(health::HealthService {
-            shared: shared.clone(),
-        });
-        let reflection = reflection::ReflectionService {
-            shared: shared.clone(),
-        };
-        let mut server = ServerBuilder::new(env.clone())
-            .register_service(chat)
-            .register_service(health)
-            .register_service(
-                crate::proto::services::reflection::create_server_reflection(reflection.clone()),
-            )
-            .register_service(
-                crate::proto::services::reflection_v1alpha::create_server_reflection(reflection),
-            )
-            .channel_args(args)
-            .build()
-            .map_err(|e| Error::Io(format!("gRPC server: {e}")))?;
-        let port = server
-            .add_listening_port(config.addr.to_string(), ServerCredentials::insecure())
-            .map_err(|_| Error::Io(format!("cannot listen on {} (gRPC)", config.addr)))?;
-        server.start();
-        Ok(GrpcServer {
-            server,
-            shared,
-            port,
-            _env: env,
-        })
+        let server = grpcio_adapter::Server::start(config, shared.clone())?;
+        Ok(GrpcServer { server, shared })
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// Health turns NOT_SERVING (the first step of shutdown).
@@ -229,38 +183,7 @@ impl GrpcServer {
 
     /// Cancels what is left and stops the server. Call after the stream
     /// threads had their chance to say goodbye.
-    pub fn stop(mut self, timeout: Duration) {
-        self.server.cancel_all_calls();
-        let done = futures_executor::block_on(async {
-            let shutdown = self.server.shutdown();
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            std::thread::Builder::new()
-                .name("grpc-shutdown".into())
-                .spawn(move || {
-                    let _ = tx.send(futures_executor::block_on(shutdown));
-                })
-                .ok()
-                .and_then(|_| rx.recv_timeout(timeout).ok())
-        });
-        if done.is_none() {
-            log::warn!("gRPC server did not shut down within {timeout:?}");
-        }
+    pub fn stop(self, timeout: Duration) {
+        self.server.stop(timeout);
     }
-}
-
-/// Answers a streaming call that could not start.
-fn refuse<S: FailSink>(
-    ctx: &RpcContext,
-    shared: &Shared,
-    method: &'static str,
-    sink: S,
-    e: &Error,
-) {
-    let st = status(e);
-    shared.done(method, st.code());
-    log::warn!("{method} refused: {e}");
-    let f = sink.fail_with(st);
-    ctx.spawn(async move {
-        let _ = f.await;
-    });
 }

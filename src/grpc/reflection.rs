@@ -3,16 +3,16 @@
 //! and call every service without the `.proto` files.
 //!
 //! Answers are a pure function of the request ([`ReflectionIndex::answer`]);
-//! the stream thread only reads requests and writes answers.
+//! the stream thread only reads requests and writes answers, through the
+//! call interface.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 
-use grpcio::{DuplexSink, RequestStream, RpcContext, RpcStatusCode};
 use protobuf::descriptor::{DescriptorProto, FileDescriptorProto, FileDescriptorSet};
 use protobuf::Message as _;
 
-use super::driver::{Driver, Interrupted};
+use super::call::{Code, Interrupted, Received, Requests, Responses, Started, Status};
 use super::streams::say_goodbye_with;
 use super::Shared;
 use crate::proto::reflection::server_reflection_request::Message_request as Request;
@@ -21,7 +21,6 @@ use crate::proto::reflection::{
     ErrorResponse, ExtensionNumberResponse, FileDescriptorResponse, ListServiceResponse,
     ServerReflectionRequest, ServerReflectionResponse, ServiceResponse,
 };
-use crate::proto::services::{reflection, reflection_v1alpha};
 use crate::proto::DESCRIPTORS;
 
 /// What reflection can look up, built once from [`DESCRIPTORS`].
@@ -121,7 +120,7 @@ impl ReflectionIndex {
                 r.file_descriptor_proto = bytes;
                 Answer::FileDescriptorResponse(r)
             }
-            None => error(RpcStatusCode::NOT_FOUND, format!("{what} not found")),
+            None => error(Code::NotFound, format!("{what} not found")),
         }
     }
 
@@ -152,7 +151,7 @@ impl ReflectionIndex {
                 )
             }
             Some(Request::FileContainingExtension(ext)) => error(
-                RpcStatusCode::NOT_FOUND,
+                Code::NotFound,
                 format!(
                     "extension {} of '{}' not found",
                     ext.extension_number, ext.containing_type
@@ -164,11 +163,11 @@ impl ReflectionIndex {
                     r.base_type_name = t.clone();
                     Answer::AllExtensionNumbersResponse(r)
                 } else {
-                    error(RpcStatusCode::NOT_FOUND, format!("type '{t}' not found"))
+                    error(Code::NotFound, format!("type '{t}' not found"))
                 }
             }
             _ => error(
-                RpcStatusCode::INVALID_ARGUMENT,
+                Code::InvalidArgument,
                 "the request names nothing to look up".into(),
             ),
         };
@@ -180,91 +179,50 @@ impl ReflectionIndex {
     }
 }
 
-fn error(code: RpcStatusCode, message: String) -> Answer {
+fn error(code: Code, message: String) -> Answer {
     let mut e = ErrorResponse::new();
-    e.error_code = code.into();
+    e.error_code = code.number();
     e.error_message = message;
     Answer::ErrorResponse(e)
 }
 
-/// Serves both reflection versions; their messages are the same.
-#[derive(Clone)]
-pub struct ReflectionService {
-    pub(super) shared: Arc<Shared>,
-}
-
-impl ReflectionService {
-    fn serve(
-        &self,
-        ctx: RpcContext,
-        stream: RequestStream<ServerReflectionRequest>,
-        sink: DuplexSink<ServerReflectionResponse>,
-        method: &'static str,
-    ) {
-        self.shared.start_stream(
-            self.shared.open_stream(),
-            &ctx,
-            method,
-            "reflect",
-            sink,
-            || Ok(stream),
-            move |shared, sink, stream| run_reflection(shared, stream, sink, method),
-        );
-    }
-}
-
-impl reflection::ServerReflection for ReflectionService {
-    fn server_reflection_info(
-        &mut self,
-        ctx: RpcContext,
-        stream: RequestStream<ServerReflectionRequest>,
-        sink: DuplexSink<ServerReflectionResponse>,
-    ) {
-        self.serve(ctx, stream, sink, "ServerReflection.v1");
-    }
-}
-
-impl reflection_v1alpha::ServerReflection for ReflectionService {
-    fn server_reflection_info(
-        &mut self,
-        ctx: RpcContext,
-        stream: RequestStream<ServerReflectionRequest>,
-        sink: DuplexSink<ServerReflectionResponse>,
-    ) {
-        self.serve(ctx, stream, sink, "ServerReflection.v1alpha");
-    }
+/// ServerReflectionInfo, either version (their messages are the same);
+/// `method` names the version for metrics.
+pub(super) fn serve<C>(shared: &Arc<Shared>, method: &'static str, call: C) -> Started<C>
+where
+    C: Requests<ServerReflectionRequest> + Responses<ServerReflectionResponse>,
+{
+    shared.start_stream(
+        shared.open_stream(),
+        method,
+        "reflect",
+        call,
+        || Ok(()),
+        move |shared, call, ()| run_reflection(shared, call, method),
+    )
 }
 
 /// Runs on `grpc-reflect-N`: one answer per request, in order.
-fn run_reflection(
-    shared: &Shared,
-    mut stream: RequestStream<ServerReflectionRequest>,
-    mut sink: DuplexSink<ServerReflectionResponse>,
-    method: &'static str,
-) {
-    let mut driver = Driver::new(shared.stopping.clone());
+fn run_reflection<C>(shared: &Shared, mut call: C, method: &'static str)
+where
+    C: Requests<ServerReflectionRequest> + Responses<ServerReflectionResponse>,
+{
     let timeout = shared.write_timeout();
     let index = ReflectionIndex::get();
     let code = loop {
-        match driver.block_on(
-            |cx| futures_util::StreamExt::poll_next_unpin(&mut stream, cx),
-            None,
-        ) {
-            Ok(Some(Ok(req))) => {
-                if driver
-                    .send_all(&mut sink, [index.answer(&req)], timeout)
-                    .is_err()
-                {
-                    break RpcStatusCode::CANCELLED;
+        match call.next(None) {
+            Ok(Received::Message(req)) => {
+                if call.send_all([index.answer(&req)], timeout).is_err() {
+                    break Code::Cancelled;
                 }
             }
-            Ok(None) => {
-                driver.close_ok(sink, timeout);
-                break RpcStatusCode::OK;
+            Ok(Received::Ended) => {
+                call.finish(Status::ok(), timeout);
+                break Code::Ok;
             }
-            Ok(Some(Err(_))) => break RpcStatusCode::CANCELLED,
+            Ok(Received::Failed(_)) => break Code::Cancelled,
             Err(Interrupted::Stopping) | Err(Interrupted::TimedOut) => {
-                break say_goodbye_with(&mut driver, sink, timeout);
+                break say_goodbye_with(call, timeout);
             }
         }
     };
@@ -335,7 +293,7 @@ mod tests {
         else {
             panic!("expected an error");
         };
-        assert_eq!(e.error_code, i32::from(RpcStatusCode::NOT_FOUND));
+        assert_eq!(e.error_code, Code::NotFound.number());
         let Answer::ErrorResponse(_) = ask(Request::FileByFilename("missing.proto".into())) else {
             panic!("expected an error");
         };

@@ -1,131 +1,102 @@
-//! The `chat.ChatService` handlers. They run on grpcio's completion-queue
-//! threads and never block there: SendMessage publishes and answers at
-//! once; every streaming call is handed to [`Shared::start_stream`], which
-//! gives it a thread running one of the bodies in [`super::streams`].
+//! The `chat.ChatService` handlers, in the call interface's terms (the
+//! grpcio adapter calls them from its implementation of the generated
+//! trait). They run on the transport's receiving threads and never block
+//! there: SendMessage publishes and answers at once; every streaming call is
+//! handed to [`Shared::start_stream`], which gives it a thread running one
+//! of the bodies in [`super::streams`], or says how to refuse it.
 
 use std::sync::Arc;
 
-use grpcio::{
-    ClientStreamingSink, DuplexSink, RequestStream, RpcContext, RpcStatusCode, ServerStreamingSink,
-    UnarySink,
-};
-
-use super::convert::{self, status};
+use super::call::{Code, Reply, Requests, Responses, Started, Status};
+use super::convert;
 use super::streams::{run_chat, run_metrics, run_subscriber, run_upload};
 use super::{wire, Shared};
 use crate::hub::{Draft, Protocol};
 use crate::metrics::stream_interval;
 use crate::proto::chat;
-use crate::proto::services::ChatService;
 
-#[derive(Clone)]
-pub(super) struct ChatServiceImpl {
-    pub(super) shared: Arc<Shared>,
+/// SendMessage: publishes, and answers with the message's id and time.
+pub(super) fn send_message(
+    shared: &Shared,
+    req: chat::SendMessageRequest,
+) -> Result<chat::SendMessageResponse, Status> {
+    let draft = Draft::chat(req.room, req.user, req.content);
+    match shared.hub.publish(draft) {
+        Ok(m) => {
+            let mut resp = chat::SendMessageResponse::new();
+            resp.message_id = m.id.clone();
+            resp.timestamp = convert::timestamp(m.timestamp);
+            shared.done("SendMessage", Code::Ok);
+            Ok(resp)
+        }
+        Err(e) => {
+            let st = Status::from(&e);
+            shared.done("SendMessage", st.code);
+            Err(st)
+        }
+    }
 }
 
-impl ChatService for ChatServiceImpl {
-    fn send_message(
-        &mut self,
-        ctx: RpcContext,
-        req: chat::SendMessageRequest,
-        sink: UnarySink<chat::SendMessageResponse>,
-    ) {
-        let draft = Draft::chat(req.room, req.user, req.content);
-        let shared = self.shared.clone();
-        let reply = match shared.hub.publish(draft) {
-            Ok(m) => {
-                let mut resp = chat::SendMessageResponse::new();
-                resp.message_id = m.id.clone();
-                resp.timestamp = convert::timestamp(m.timestamp);
-                shared.done("SendMessage", RpcStatusCode::OK);
-                sink.success(resp)
-            }
-            Err(e) => {
-                let st = status(&e);
-                shared.done("SendMessage", st.code());
-                sink.fail(st)
-            }
-        };
-        ctx.spawn(async move {
-            let _ = reply.await;
-        });
-    }
+pub(super) fn subscribe_messages<C: Responses<wire::Outbound>>(
+    shared: &Arc<Shared>,
+    req: chat::SubscribeRequest,
+    call: C,
+) -> Started<C> {
+    let hub = shared.hub.clone();
+    shared.start_stream(
+        shared.open_stream(),
+        "SubscribeMessages",
+        "sub",
+        call,
+        move || Ok((hub.subscribe(&req.room, None, Protocol::Grpc)?.0, req.user)),
+        |shared, call, (sub, user)| run_subscriber(shared, sub, user, call),
+    )
+}
 
-    fn subscribe_messages(
-        &mut self,
-        ctx: RpcContext,
-        req: chat::SubscribeRequest,
-        sink: ServerStreamingSink<wire::Outbound>,
-    ) {
-        let (peer, deadline) = (ctx.peer(), ctx.deadline());
-        let hub = self.shared.hub.clone();
-        self.shared.start_stream(
-            self.shared.open_stream(),
-            &ctx,
-            "SubscribeMessages",
-            "sub",
-            sink,
-            move || Ok((hub.subscribe(&req.room, None, Protocol::Grpc)?.0, req.user)),
-            move |shared, sink, (sub, user)| {
-                run_subscriber(shared, sub, user, sink, peer, deadline)
-            },
-        );
-    }
+pub(super) fn upload_messages<C>(shared: &Arc<Shared>, call: C) -> Started<C>
+where
+    C: Requests<chat::Message> + Reply<chat::UploadResponse>,
+{
+    shared.start_stream(
+        shared.open_stream(),
+        "UploadMessages",
+        "upload",
+        call,
+        || Ok(()),
+        |shared, call, ()| run_upload(shared, call),
+    )
+}
 
-    fn upload_messages(
-        &mut self,
-        ctx: RpcContext,
-        stream: RequestStream<chat::Message>,
-        sink: ClientStreamingSink<chat::UploadResponse>,
-    ) {
-        self.shared.start_stream(
-            self.shared.open_stream(),
-            &ctx,
-            "UploadMessages",
-            "upload",
-            sink,
-            || Ok(stream),
-            |shared, sink, stream| run_upload(shared, stream, sink),
-        );
-    }
+pub(super) fn chat<C>(shared: &Arc<Shared>, call: C) -> Started<C>
+where
+    C: Requests<chat::Message> + Responses<chat::Message>,
+{
+    shared.start_stream(
+        shared.open_stream(),
+        "Chat",
+        "chat",
+        call,
+        || Ok(()),
+        |shared, call, ()| run_chat(shared, call),
+    )
+}
 
-    fn chat(
-        &mut self,
-        ctx: RpcContext,
-        stream: RequestStream<chat::Message>,
-        sink: DuplexSink<chat::Message>,
-    ) {
-        let peer = ctx.peer();
-        self.shared.start_stream(
-            self.shared.open_stream(),
-            &ctx,
-            "Chat",
-            "chat",
-            sink,
-            || Ok(stream),
-            move |shared, sink, stream| run_chat(shared, stream, sink, peer),
-        );
-    }
-
-    fn stream_metrics(
-        &mut self,
-        ctx: RpcContext,
-        req: chat::MetricsRequest,
-        sink: ServerStreamingSink<chat::Metric>,
-    ) {
-        self.shared.start_stream(
-            self.shared.open_stream(),
-            &ctx,
-            "StreamMetrics",
-            "metrics",
-            sink,
-            || {
-                Ok((
-                    stream_interval(req.interval_seconds.into())?,
-                    req.instance_id,
-                ))
-            },
-            |shared, sink, (interval, instance)| run_metrics(shared, instance, interval, sink),
-        );
-    }
+pub(super) fn stream_metrics<C: Responses<chat::Metric>>(
+    shared: &Arc<Shared>,
+    req: chat::MetricsRequest,
+    call: C,
+) -> Started<C> {
+    shared.start_stream(
+        shared.open_stream(),
+        "StreamMetrics",
+        "metrics",
+        call,
+        || {
+            Ok((
+                stream_interval(req.interval_seconds.into())?,
+                req.instance_id,
+            ))
+        },
+        |shared, call, (interval, instance)| run_metrics(shared, instance, interval, call),
+    )
 }

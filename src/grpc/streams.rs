@@ -1,55 +1,39 @@
 //! The bodies of the streaming calls, one per RPC, each run on the call's
 //! own thread (`grpc-sub-N`, `grpc-chat-N`, ...), which is the only writer
-//! of its sink and owns the call's deadline, cancellation, presence and
-//! close reason. They hold no hub lock while writing.
+//! of its call and owns the call's deadline, cancellation, presence and
+//! close reason. They hold no hub lock while writing, and know the
+//! transport only through the call interface ([`super::call`]).
 
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use grpcio::{
-    ClientStreamingSink, DuplexSink, RequestStream, RpcStatus, RpcStatusCode, ServerStreamingSink,
-};
-
-use super::convert::{self, code_name, status, system_message};
-use super::driver::{Driver, Interrupted, StreamSink, WriteError};
+use super::call::{Code, Interrupted, Received, Reply, Requests, Responses, Status, WriteError};
+use super::convert::{self, system_message};
 use super::{wire, Shared};
 use crate::hub::{CloseReason, Draft, Presence, Subscription, Wait, MAX_BURST, SHUTDOWN_NOTICE};
 use crate::metrics::MetricsSampler;
 use crate::proto::chat;
 
-/// How often an idle subscriber asks grpcio whether its client is still
-/// there. The room log wakes a subscriber only for messages and closes (one
-/// futex for the whole room), not for grpcio's events, so a cancelled call
-/// is noticed within this. (The transport issue replaces grpcio; its own
-/// HTTP/2 layer tells the stream directly.)
+/// How often an idle subscriber asks the transport whether its client is
+/// still there. The room log wakes a subscriber only for messages and
+/// closes (one futex for the whole room), not for the call's events, so a
+/// cancelled call is noticed within this. (The transport issue replaces
+/// grpcio; its own HTTP/2 layer tells the stream directly.)
 const IDLE_CHECK: Duration = Duration::from_millis(250);
 
 /// Ends a stream because the server is stopping: a last SYSTEM notice, then
 /// UNAVAILABLE so that clients retry elsewhere.
-fn say_goodbye<T, S: StreamSink<T>>(
-    shared: &Shared,
-    driver: &mut Driver,
-    mut sink: S,
-    notice: T,
-) -> RpcStatusCode {
-    driver.ignore_stopping();
-    let _ = driver.send_all(&mut sink, [notice], shared.write_timeout());
-    say_goodbye_with(driver, sink, shared.write_timeout())
+fn say_goodbye<T>(shared: &Shared, mut call: impl Responses<T>, notice: T) -> Code {
+    call.ignore_stopping();
+    let _ = call.send_all([notice], shared.write_timeout());
+    say_goodbye_with(call, shared.write_timeout())
 }
 
 /// Ends a stream that has no last words with UNAVAILABLE.
-pub(super) fn say_goodbye_with<T, S: StreamSink<T>>(
-    driver: &mut Driver,
-    sink: S,
-    timeout: Duration,
-) -> RpcStatusCode {
-    driver.ignore_stopping();
-    driver.close_with(
-        sink,
-        RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, SHUTDOWN_NOTICE.into()),
-        timeout,
-    );
-    RpcStatusCode::UNAVAILABLE
+pub(super) fn say_goodbye_with<T>(mut call: impl Responses<T>, timeout: Duration) -> Code {
+    call.ignore_stopping();
+    call.finish(Status::new(Code::Unavailable, SHUTDOWN_NOTICE), timeout);
+    Code::Unavailable
 }
 
 fn shutdown_notice(room: &str) -> chat::Message {
@@ -67,9 +51,7 @@ pub(super) fn run_subscriber(
     shared: &Shared,
     mut sub: Subscription,
     user: String,
-    mut sink: ServerStreamingSink<wire::Outbound>,
-    peer: String,
-    deadline: grpcio::Deadline,
+    mut call: impl Responses<wire::Outbound>,
 ) {
     // SCHED_BATCH: normal weight, but woken with a thousand others for a
     // message it does not preempt grpcio's poll threads, which complete the
@@ -79,11 +61,11 @@ pub(super) fn run_subscriber(
         log::debug!("gRPC subscriber stays at normal policy: {e}");
     }
     let room = sub.room().clone();
+    let peer = call.peer();
     log::info!("SubscribeMessages opened: room={room} user={user:?} peer={peer}");
-    let mut driver = Driver::new(shared.stopping.clone());
     // A subscriber learns of shutdown from the hub, after the messages
     // accepted before it: a write must not be cut short by it.
-    driver.ignore_stopping();
+    call.ignore_stopping();
     let timeout = shared.write_timeout();
     let presence = shared.hub.presence(&room, &user);
     let welcome = system_message(
@@ -92,7 +74,7 @@ pub(super) fn run_subscriber(
         &room,
         format!("Welcome to room {room}, {user}!"),
     );
-    let mut reason = match driver.send_all(&mut sink, [wire::Outbound::Own(welcome)], timeout) {
+    let mut reason = match call.send_all([wire::Outbound::Own(welcome)], timeout) {
         Ok(()) => None,
         Err(_) => Some(CloseReason::ClientClosed),
     };
@@ -105,7 +87,7 @@ pub(super) fn run_subscriber(
                     .collect();
                 // Owned copies: taken before the write.
                 sub.advance(burst.len());
-                reason = match driver.send_all(&mut sink, burst, timeout) {
+                reason = match call.send_all(burst, timeout) {
                     Ok(()) => None,
                     Err(WriteError::Gone) => Some(CloseReason::ClientClosed),
                     Err(WriteError::Interrupted(_)) => {
@@ -115,37 +97,31 @@ pub(super) fn run_subscriber(
             }
             Wait::Closed(r) => reason = Some(r),
             Wait::TimedOut => {
-                if driver.client_gone(&mut sink) {
+                if call.client_gone() {
                     reason = Some(CloseReason::ClientClosed);
                 }
             }
         }
     }
     let mut reason = reason.unwrap_or(CloseReason::ClientClosed);
-    if reason == CloseReason::ClientClosed && deadline.exceeded() {
+    if reason == CloseReason::ClientClosed && call.deadline_passed() {
         reason = CloseReason::DeadlineExceeded;
     }
     let code = match reason {
         CloseReason::SlowConsumer => {
-            driver.close_with(
-                sink,
-                RpcStatus::with_message(
-                    RpcStatusCode::RESOURCE_EXHAUSTED,
-                    "subscriber too slow".into(),
-                ),
+            call.finish(
+                Status::new(Code::ResourceExhausted, "subscriber too slow"),
                 timeout,
             );
-            RpcStatusCode::RESOURCE_EXHAUSTED
+            Code::ResourceExhausted
         }
-        CloseReason::Shutdown => say_goodbye(
-            shared,
-            &mut driver,
-            sink,
-            wire::Outbound::Own(shutdown_notice(&room)),
-        ),
-        CloseReason::DeadlineExceeded => RpcStatusCode::DEADLINE_EXCEEDED,
-        // Dropping the sink cancels what is left of the call.
-        _ => RpcStatusCode::CANCELLED,
+        CloseReason::Shutdown => {
+            say_goodbye(shared, call, wire::Outbound::Own(shutdown_notice(&room)))
+        }
+        CloseReason::DeadlineExceeded => Code::DeadlineExceeded,
+        // Dropping the call (at the end of this function) cancels what is
+        // left of it.
+        _ => Code::Cancelled,
     };
     sub.set_close_reason(reason);
     // Unregistered first, so the LEAVE is not sent to the one leaving.
@@ -158,98 +134,64 @@ pub(super) fn run_subscriber(
 /// Runs on `grpc-upload-N`: publishes each streamed message in order.
 /// Whatever `type` a client sets, its messages are published as CHAT:
 /// JOIN, LEAVE and SYSTEM come from the server only, so none can be forged.
-pub(super) fn run_upload(
-    shared: &Shared,
-    mut stream: RequestStream<chat::Message>,
-    sink: ClientStreamingSink<chat::UploadResponse>,
-) {
+pub(super) fn run_upload<C>(shared: &Shared, mut call: C)
+where
+    C: Requests<chat::Message> + Reply<chat::UploadResponse>,
+{
     const METHOD: &str = "UploadMessages";
     log::info!("UploadMessages opened");
-    let driver = Driver::new(shared.stopping.clone());
     let timeout = shared.write_timeout();
     let mut count: i32 = 0;
-    let outcome: Result<(), RpcStatus> = loop {
-        let next = driver.block_on(|cx| driver_poll_next(&mut stream, cx), None);
-        match next {
-            Err(_) => {
-                break Err(RpcStatus::with_message(
-                    RpcStatusCode::UNAVAILABLE,
-                    SHUTDOWN_NOTICE.into(),
-                ))
+    let outcome: Result<(), Status> = loop {
+        match call.next(None) {
+            Err(_) => break Err(Status::new(Code::Unavailable, SHUTDOWN_NOTICE)),
+            Ok(Received::Ended) => break Ok(()),
+            Ok(Received::Failed(e)) => {
+                break Err(Status::new(Code::Cancelled, format!("receive failed: {e}")))
             }
-            Ok(None) => break Ok(()),
-            Ok(Some(Err(e))) => {
-                break Err(RpcStatus::with_message(
-                    RpcStatusCode::CANCELLED,
-                    format!("receive failed: {e}"),
-                ))
-            }
-            Ok(Some(Ok(m))) => {
+            Ok(Received::Message(m)) => {
                 let draft = Draft::chat(m.room, m.user, m.content);
                 if let Err(e) = shared.hub.publish(draft) {
-                    let st = status(&e);
-                    break Err(RpcStatus::with_message(
-                        st.code(),
-                        format!("message at index {count}: {e}"),
-                    ));
+                    let message = format!("message at index {count}: {e}");
+                    break Err(Status::new(Code::from(&e), message));
                 }
                 count += 1;
             }
         }
     };
-    let code = match outcome {
+    let (code, answer) = match outcome {
         Ok(()) => {
             let mut resp = chat::UploadResponse::new();
             resp.message_count = count;
             resp.success = true;
-            let _ = driver.finish(sink.success(resp), timeout);
-            RpcStatusCode::OK
+            (Code::Ok, Ok(resp))
         }
-        Err(st) => {
-            let code = st.code();
-            let _ = driver.finish(sink.fail(st), timeout);
-            code
-        }
+        Err(st) => (st.code, Err(st)),
     };
+    call.reply(answer, timeout);
     shared.done(METHOD, code);
-    log::info!(
-        "UploadMessages closed: {count} messages published, status {}",
-        code_name(code)
-    );
+    log::info!("UploadMessages closed: {count} messages published, status {code}");
 }
 
-fn driver_poll_next(
-    stream: &mut RequestStream<chat::Message>,
-    cx: &mut std::task::Context<'_>,
-) -> Poll<Option<grpcio::Result<chat::Message>>> {
-    futures_util::StreamExt::poll_next_unpin(stream, cx)
-}
-
-/// Runs on `grpc-chat-N`, the only writer of its sink: reads inbound
+/// Runs on `grpc-chat-N`, the only writer of its call: reads inbound
 /// messages, echoes and publishes each, and sends the heartbeat.
-pub(super) fn run_chat(
-    shared: &Shared,
-    stream: RequestStream<chat::Message>,
-    sink: DuplexSink<chat::Message>,
-    peer: String,
-) {
+pub(super) fn run_chat<C>(shared: &Shared, call: C)
+where
+    C: Requests<chat::Message> + Responses<chat::Message>,
+{
+    let peer = call.peer().to_string();
     log::info!("Chat opened: peer={peer}");
     let mut chat = ChatCall {
         shared,
-        driver: Driver::new(shared.stopping.clone()),
-        stream,
         joined: None,
         received: 0,
     };
-    let code = chat.serve(sink);
+    let code = chat.serve(call);
     let received = chat.received;
     // LEAVE, after the call's last write.
     drop(chat);
     shared.done("Chat", code);
-    log::info!(
-        "Chat closed: peer={peer} messages={received} status={}",
-        code_name(code)
-    );
+    log::info!("Chat closed: peer={peer} messages={received} status={code}");
 }
 
 /// What one round of reading a Chat stream came to.
@@ -259,16 +201,15 @@ enum Inbound {
     /// The client closed its side after these replies.
     Ended(Vec<chat::Message>),
     /// A message was refused: these replies, then this status.
-    Refused(Vec<chat::Message>, RpcStatus),
+    Refused(Vec<chat::Message>, Status),
     /// The client went away.
     Gone,
 }
 
-/// A Chat call while it runs.
+/// A Chat call's state while it runs (the call itself is lent to each
+/// step).
 struct ChatCall<'a> {
     shared: &'a Shared,
-    driver: Driver,
-    stream: RequestStream<chat::Message>,
     /// The participant's room and presence, from their first message.
     joined: Option<(String, Presence)>,
     received: u64,
@@ -277,46 +218,41 @@ struct ChatCall<'a> {
 impl ChatCall<'_> {
     /// Answers what arrives and beats the heart until the call ends; says
     /// how it ended.
-    fn serve(&mut self, mut sink: DuplexSink<chat::Message>) -> RpcStatusCode {
+    fn serve<C>(&mut self, mut call: C) -> Code
+    where
+        C: Requests<chat::Message> + Responses<chat::Message>,
+    {
         let timeout = self.shared.write_timeout();
         let heartbeat = self.shared.config.chat_heartbeat;
         let mut next_heartbeat = Instant::now() + heartbeat;
         loop {
-            let (replies, end) = match self.read_available() {
-                Inbound::Gone => return RpcStatusCode::CANCELLED,
+            let (replies, end) = match self.read_available(&mut call) {
+                Inbound::Gone => return Code::Cancelled,
                 Inbound::Replies(r) => (r, None),
-                Inbound::Ended(r) => (r, Some(RpcStatus::ok())),
+                Inbound::Ended(r) => (r, Some(Status::ok())),
                 Inbound::Refused(r, st) => (r, Some(st)),
             };
-            if !replies.is_empty() && self.driver.send_all(&mut sink, replies, timeout).is_err() {
-                return RpcStatusCode::CANCELLED;
+            if !replies.is_empty() && call.send_all(replies, timeout).is_err() {
+                return Code::Cancelled;
             }
             if let Some(st) = end {
-                let code = st.code();
-                if code == RpcStatusCode::OK {
-                    self.driver.close_ok(sink, timeout);
-                } else {
-                    self.driver.close_with(sink, st, timeout);
-                }
+                let code = st.code;
+                call.finish(st, timeout);
                 return code;
             }
             if Instant::now() >= next_heartbeat {
-                if self
-                    .driver
-                    .send_all(&mut sink, [heartbeat_message()], timeout)
-                    .is_err()
-                {
-                    return RpcStatusCode::CANCELLED;
+                if call.send_all([heartbeat_message()], timeout).is_err() {
+                    return Code::Cancelled;
                 }
                 next_heartbeat += heartbeat;
                 continue;
             }
-            match self.driver.wait(Some(next_heartbeat)) {
+            match call.wait(Some(next_heartbeat)) {
                 Ok(()) | Err(Interrupted::TimedOut) => {}
                 Err(Interrupted::Stopping) => {
                     let room = self.joined.as_ref().map_or("", |(r, _)| r.as_str());
                     let notice = shutdown_notice(room);
-                    return say_goodbye(self.shared, &mut self.driver, sink, notice);
+                    return say_goodbye(self.shared, call, notice);
                 }
             }
         }
@@ -324,14 +260,14 @@ impl ChatCall<'_> {
 
     /// Takes every message that is there now (at most a burst), publishing
     /// each and making its echo. Never blocks.
-    fn read_available(&mut self) -> Inbound {
+    fn read_available(&mut self, call: &mut impl Requests<chat::Message>) -> Inbound {
         let mut replies = Vec::new();
         while replies.len() < MAX_BURST {
-            match self.driver.poll_next(&mut self.stream) {
+            match call.poll_next() {
                 Poll::Pending => break,
-                Poll::Ready(None) => return Inbound::Ended(replies),
-                Poll::Ready(Some(Err(_))) => return Inbound::Gone,
-                Poll::Ready(Some(Ok(m))) => match self.publish(m) {
+                Poll::Ready(Received::Ended) => return Inbound::Ended(replies),
+                Poll::Ready(Received::Failed(_)) => return Inbound::Gone,
+                Poll::Ready(Received::Message(m)) => match self.publish(m) {
                     Ok(echo) => replies.push(echo),
                     Err(st) => return Inbound::Refused(replies, st),
                 },
@@ -342,7 +278,7 @@ impl ChatCall<'_> {
 
     /// Publishes one inbound message (JOIN first if it is the participant's
     /// first) and returns its echo, or the status that refuses it.
-    fn publish(&mut self, m: chat::Message) -> Result<chat::Message, RpcStatus> {
+    fn publish(&mut self, m: chat::Message) -> Result<chat::Message, Status> {
         let hub = &self.shared.hub;
         let draft = Draft::chat(m.room, m.user, m.content);
         if self.joined.is_none() {
@@ -353,10 +289,9 @@ impl ChatCall<'_> {
             }
         }
         let index = self.received;
-        let published = hub.publish(draft).map_err(|e| {
-            let st = status(&e);
-            RpcStatus::with_message(st.code(), format!("message at index {index}: {e}"))
-        })?;
+        let published = hub
+            .publish(draft)
+            .map_err(|e| Status::new(Code::from(&e), format!("message at index {index}: {e}")))?;
         self.received += 1;
         let id = if m.id.is_empty() {
             &published.id
@@ -390,26 +325,25 @@ pub(super) fn run_metrics(
     shared: &Shared,
     instance: String,
     interval: Duration,
-    mut sink: ServerStreamingSink<chat::Metric>,
+    mut call: impl Responses<chat::Metric>,
 ) {
     const METHOD: &str = "StreamMetrics";
     log::info!("StreamMetrics opened: instance={instance:?} interval={interval:?}");
-    let mut driver = Driver::new(shared.stopping.clone());
     let timeout = shared.write_timeout();
     let mut sampler = MetricsSampler::new(&shared.telemetry);
     let mut next = Instant::now() + interval;
     // Registers the waker, so a cancel wakes us between batches.
-    let mut gone = driver.client_gone(&mut sink);
+    let mut gone = call.client_gone();
     let code = loop {
         if gone {
-            break RpcStatusCode::CANCELLED;
+            break Code::Cancelled;
         }
-        match driver.wait(Some(next)) {
+        match call.wait(Some(next)) {
             Ok(()) => {
-                gone = driver.client_gone(&mut sink);
+                gone = call.client_gone();
                 continue;
             }
-            Err(Interrupted::Stopping) => break say_goodbye_with(&mut driver, sink, timeout),
+            Err(Interrupted::Stopping) => break say_goodbye_with(call, timeout),
             Err(Interrupted::TimedOut) => {}
         }
         next += interval;
@@ -425,11 +359,8 @@ pub(super) fn run_metrics(
                 metric
             })
             .collect();
-        gone = driver.send_all(&mut sink, batch, timeout).is_err();
+        gone = call.send_all(batch, timeout).is_err();
     };
     shared.done(METHOD, code);
-    log::info!(
-        "StreamMetrics closed: instance={instance:?} status={}",
-        code_name(code)
-    );
+    log::info!("StreamMetrics closed: instance={instance:?} status={code}");
 }

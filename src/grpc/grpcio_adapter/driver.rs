@@ -1,10 +1,11 @@
 //! Drives grpcio's futures (sinks, request streams) from an ordinary thread,
 //! without an async runtime and without blocking grpcio's poll threads.
 //!
-//! Each stream thread owns one [`Driver`]: a waker that turns grpcio's
-//! "something happened" into a token on a crossbeam channel, so the thread can
-//! `select!` on its hub queue, on grpcio progress (a write finished, the
-//! client cancelled, the deadline passed) and on server shutdown at once.
+//! Each stream thread owns one [`Driver`] (inside its call): a waker that
+//! turns grpcio's "something happened" into a token on a crossbeam channel,
+//! so the thread can wait on grpcio progress (a write finished, the client
+//! cancelled, the deadline passed), server shutdown and, through
+//! [`Driver::woken`], anything else it `select!`s on, at once.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +17,8 @@ use crossbeam_channel::{Receiver, Sender};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use grpcio::{RpcStatus, WriteFlags};
 
+use crate::grpc::call::{Interrupted, WriteError};
+
 struct ChannelWaker(Sender<()>);
 
 impl Wake for ChannelWaker {
@@ -26,23 +29,6 @@ impl Wake for ChannelWaker {
     fn wake_by_ref(self: &Arc<Self>) {
         let _ = self.0.try_send(());
     }
-}
-
-/// Why a blocking wait ended without its result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interrupted {
-    /// The write (or read) did not finish in time.
-    TimedOut,
-    /// The server began shutting down.
-    Stopping,
-}
-
-/// Why a write did not complete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteError {
-    /// The client cancelled, went away or the call ended.
-    Gone,
-    Interrupted(Interrupted),
 }
 
 pub struct Driver {
