@@ -32,7 +32,9 @@
 
 mod message;
 mod room_log;
+mod rooms;
 mod stats;
+mod subscription;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -47,63 +49,11 @@ pub use message::{
     MAX_BURST, MAX_ROOM_NAME, MAX_USER_NAME, SHUTDOWN_NOTICE,
 };
 pub use stats::{ClosedCounts, HubConfig, HubStats, RoomStats};
+pub use subscription::{Presence, Replay, Subscription, Wait};
+use subscription::{Slot, SubscriberState};
 
 /// How long a stalled publisher sleeps between looks at the laggards.
 const STALL_POLL: Duration = Duration::from_micros(100);
-/// When all history together is over its budget, the least recently used
-/// rooms give up history until it is this share of the budget (so shedding
-/// runs once per tenth of the budget, not once per message).
-const SHED_TO_PERCENT: usize = 90;
-
-/// Where a new subscriber starts reading: the replayed part comes through
-/// the [`Subscription`] like live messages, before them.
-#[derive(Debug, Default)]
-pub struct Replay {
-    /// Retained messages the subscription reads before live ones.
-    pub replayed: u64,
-    /// Sequence of the first of them.
-    pub first_seq: u64,
-    /// How many messages the client asked for that are no longer retained.
-    pub missed: u64,
-    /// The requested position is ahead of this room (an id from before a
-    /// restart, or made up): everything retained is replayed.
-    pub unknown_position: bool,
-}
-
-struct Slot {
-    id: u64,
-    protocol: Protocol,
-    state: Arc<SubscriberState>,
-}
-
-/// What the hub and one subscriber's thread share.
-struct SubscriberState {
-    reason: AtomicU8,
-    /// The last sequence this subscriber took (for the publisher's lag check).
-    taken: AtomicU64,
-    /// The tail when it subscribed: what came before is replay, not lag.
-    joined: u64,
-    /// After a shutdown close, the last sequence it still reads.
-    end: AtomicU64,
-}
-
-impl SubscriberState {
-    fn reason(&self) -> Option<CloseReason> {
-        CloseReason::from_state(self.reason.load(Ordering::Acquire))
-    }
-
-    /// The first reason set wins.
-    fn set_reason(&self, reason: CloseReason) {
-        let _ =
-            self.reason
-                .compare_exchange(0, reason.to_state(), Ordering::AcqRel, Ordering::Acquire);
-    }
-
-    /// The position lag is measured from.
-    fn position(&self) -> u64 {
-        self.taken.load(Ordering::Acquire).max(self.joined)
-    }
-}
 
 struct Room {
     name: Arc<str>,
@@ -239,93 +189,6 @@ impl Hub {
             )));
         }
         normalize_room(room)
-    }
-
-    /// The live room called `name`, made if needed. At the room limit the
-    /// least recently used room without subscribers makes way (with its
-    /// history); when every room has subscribers, the limit holds.
-    fn room(&self, name: &str) -> Result<Arc<Room>, Error> {
-        // Each pass evicts one room; another thread may take the place
-        // freed, so a few passes before giving up.
-        for _ in 0..8 {
-            let victim = {
-                let mut rooms = self.rooms.lock();
-                if let Some(room) = rooms.get(name) {
-                    self.touch(room);
-                    return Ok(room.clone());
-                }
-                if rooms.len() < self.config.max_rooms {
-                    let room = self.new_room(name);
-                    rooms.insert(room.name.clone(), room.clone());
-                    return Ok(room);
-                }
-                rooms
-                    .values()
-                    .filter(|r| r.subscribers.load(Ordering::Relaxed) == 0)
-                    .min_by_key(|r| r.last_used.load(Ordering::Relaxed))
-                    .cloned()
-            };
-            match victim {
-                Some(victim) => self.evict_room(&victim),
-                None => break,
-            }
-        }
-        Err(Error::ResourceExhausted(format!(
-            "too many rooms with subscribers (limit {})",
-            self.config.max_rooms
-        )))
-    }
-
-    fn new_room(&self, name: &str) -> Arc<Room> {
-        Arc::new(Room {
-            name: Arc::from(name),
-            delivered: AtomicU64::new(0),
-            subscribers: AtomicUsize::new(0),
-            last_used: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
-            state: Mutex::new(RoomState {
-                log: room_log::Log::new(),
-                subscribers: Vec::new(),
-                by_protocol: [0; 2],
-                slowest: 0,
-                published: 0,
-                dropped_slow: 0,
-                freed: false,
-            }),
-        })
-    }
-
-    fn touch(&self, room: &Room) {
-        let now = self.clock.fetch_add(1, Ordering::Relaxed);
-        room.last_used.store(now, Ordering::Relaxed);
-    }
-
-    /// Removes `room` if it still has no subscribers, history and all.
-    fn evict_room(&self, room: &Arc<Room>) {
-        let evicted = {
-            let mut state = room.state.lock();
-            if state.freed || !state.subscribers.is_empty() {
-                false
-            } else {
-                state.freed = true;
-                let bytes = state.log.retained_bytes();
-                state.log.forget_all();
-                self.history_total.fetch_sub(bytes, Ordering::Relaxed);
-                true
-            }
-        };
-        if evicted {
-            self.forget_room(room);
-            self.rooms_evicted.fetch_add(1, Ordering::Relaxed);
-            log::debug!("room {} evicted to make way for a new one", room.name);
-        }
-    }
-
-    /// Takes a room marked `freed` out of the map (unless it was replaced).
-    fn forget_room(&self, room: &Arc<Room>) {
-        let mut rooms = self.rooms.lock();
-        if rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
-            rooms.remove(&room.name);
-        }
     }
 
     /// Validates and publishes a message to every subscriber of its room.
@@ -468,28 +331,6 @@ impl Hub {
         state.published += 1;
         self.published.fetch_add(1, Ordering::Relaxed);
         message
-    }
-
-    /// All retained history is over its budget: the least recently used
-    /// rooms forget their oldest messages until it is back under.
-    fn shed_history(&self) {
-        let target = self.config.history_total_bytes / 100 * SHED_TO_PERCENT;
-        let mut rooms: Vec<Arc<Room>> = self.rooms.lock().values().cloned().collect();
-        rooms.sort_by_key(|r| r.last_used.load(Ordering::Relaxed));
-        for room in rooms {
-            if self.history_total.load(Ordering::Relaxed) <= target {
-                break;
-            }
-            let mut state = room.state.lock();
-            let mut forgotten = 0;
-            while self.history_total.load(Ordering::Relaxed) - forgotten > target {
-                match state.log.forget_oldest() {
-                    Some(bytes) => forgotten += bytes,
-                    None => break,
-                }
-            }
-            self.history_total.fetch_sub(forgotten, Ordering::Relaxed);
-        }
     }
 
     /// Publishes a JOIN or LEAVE for a stream opened with a user name (no-op
@@ -691,151 +532,6 @@ fn slowest(subscribers: &[Slot], next: u64) -> u64 {
         .map(|s| s.state.position())
         .min()
         .unwrap_or(next)
-}
-
-/// A stream's presence in a room: JOIN was announced when it was made, LEAVE
-/// is announced when it drops (after the stream's last write, so the LEAVE
-/// is the last thing the room hears of it).
-pub struct Presence {
-    hub: Arc<Hub>,
-    room: String,
-    user: String,
-}
-
-impl Drop for Presence {
-    fn drop(&mut self) {
-        self.hub
-            .announce(&self.room, &self.user, MessageKind::Leave);
-    }
-}
-
-/// What [`Subscription::wait`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
-    /// Messages are there to take.
-    Ready,
-    /// The deadline passed with nothing to take.
-    TimedOut,
-    /// The subscription is over, and everything it still had to read was
-    /// read (a slow consumer ends at once: what it trails would only keep a
-    /// stuck writer busy; the client resumes by id).
-    Closed(CloseReason),
-}
-
-/// One subscriber's end of the hub: its position in the room's log.
-/// Unregisters when dropped.
-pub struct Subscription {
-    hub: Arc<Hub>,
-    room: Arc<Room>,
-    id: u64,
-    protocol: Protocol,
-    reader: room_log::Reader,
-    state: Arc<SubscriberState>,
-}
-
-impl Subscription {
-    pub fn room(&self) -> &Arc<str> {
-        &self.room.name
-    }
-
-    /// Messages there to take now.
-    pub fn available(&self) -> u64 {
-        let end = self.state.end.load(Ordering::Acquire);
-        let before_end = end.saturating_add(1).saturating_sub(self.reader.next());
-        self.reader.available().min(before_end)
-    }
-
-    /// Blocks until there is something to take, the subscription ends, or
-    /// `deadline` passes. Spurious returns do not happen: `Ready` means
-    /// [`Subscription::peek`] has messages.
-    pub fn wait(&self, deadline: Option<Instant>) -> Wait {
-        loop {
-            match self.state.reason() {
-                Some(CloseReason::SlowConsumer) => return Wait::Closed(CloseReason::SlowConsumer),
-                Some(reason) if self.available() == 0 => return Wait::Closed(reason),
-                _ => {}
-            }
-            if self.available() > 0 {
-                return Wait::Ready;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Wait::TimedOut;
-            }
-            self.reader.shared().park(deadline, || {
-                self.available() > 0 || self.state.reason().is_some()
-            });
-        }
-    }
-
-    /// Up to `max` of the messages there to take, oldest first, borrowed
-    /// from the log (no copy, no reference count touched). Taking them is
-    /// [`Subscription::advance`].
-    pub fn peek(&self, max: usize) -> impl Iterator<Item = &Arc<Message>> + '_ {
-        let max = (self.available() as usize).min(max);
-        self.reader.peek(max)
-    }
-
-    /// Says that the next `n` messages are taken, before they are written
-    /// (the borrowed ones are still in use): the lag check measures from
-    /// here, so a writer busy with a burst does not count as behind by it.
-    /// A writer blocked for good still stops claiming, falls a window behind
-    /// and is dropped.
-    pub fn claim(&self, n: usize) {
-        self.state
-            .taken
-            .store(self.reader.next() - 1 + n as u64, Ordering::Release);
-    }
-
-    /// Takes the next `n` messages (after they were sent).
-    pub fn advance(&mut self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        self.reader.advance(n as u64);
-        self.state
-            .taken
-            .store(self.reader.next() - 1, Ordering::Release);
-        self.room.delivered.fetch_add(n as u64, Ordering::Relaxed);
-        self.hub.delivered.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    /// Takes one message, waiting at most `timeout`; `None` on timeout or
-    /// once the subscription is over. (Clones the `Arc`: for tests and
-    /// simple readers.)
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Arc<Message>> {
-        match self.wait(Some(Instant::now() + timeout)) {
-            Wait::Ready => {
-                let m = self.peek(1).next().cloned();
-                self.advance(1);
-                m
-            }
-            _ => None,
-        }
-    }
-
-    /// Takes everything there to take now.
-    pub fn drain(&mut self) -> Vec<Arc<Message>> {
-        let all: Vec<Arc<Message>> = self.peek(usize::MAX).cloned().collect();
-        self.advance(all.len());
-        all
-    }
-
-    /// Why the hub removed this subscriber, if it did, or the reason set by
-    /// [`Subscription::set_close_reason`].
-    pub fn close_reason(&self) -> Option<CloseReason> {
-        self.state.reason()
-    }
-
-    /// Records why this stream is ending (the first reason set wins).
-    pub fn set_close_reason(&self, reason: CloseReason) {
-        self.state.set_reason(reason);
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.hub.unregister(self);
-    }
 }
 
 #[cfg(test)]
