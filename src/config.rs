@@ -152,8 +152,8 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
     opt(
         "stream-priority",
         "STREAMHUB_STREAM_PRIORITY",
-        "idle",
-        "CPU priority of SSE stream threads: idle (SCHED_IDLE: they yield to the threads that accept publishes, so one wake-up carries many messages), low (nice 19) or normal",
+        "auto",
+        "CPU priority of SSE stream threads: auto (normal until the room publishes 50 msgs/s or more, then SCHED_IDLE), idle (SCHED_IDLE from the start: they yield to the threads that accept publishes, so one wake-up carries many messages), low (nice 19) or normal",
     ),
     opt(
         "sse-send-buffer-bytes",
@@ -376,7 +376,7 @@ impl RawArgs {
         let text = self.get(flag).unwrap_or_default();
         crate::threads::Priority::parse(text.trim()).ok_or_else(|| {
             Error::Config(format!(
-                "--{flag}: expected idle, low or normal, got '{text}'"
+                "--{flag}: expected auto, idle, low or normal, got '{text}'"
             ))
         })
     }

@@ -117,19 +117,14 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     }
 }
 
-/// Wakes every thread sleeping in [`futex_wait`] on `word`, in calls of at
-/// most [`FUTEX_WAKE_BATCH`]: the kernel wakes a futex's waiters with its
-/// hash bucket locked and preemption off, so one call for ten thousand
-/// waiters would keep that CPU from anything else for milliseconds.
+/// Wakes every thread sleeping in [`futex_wait`] on `word`.
 pub fn futex_wake_all(word: &AtomicU32) {
-    while futex_wake(word, FUTEX_WAKE_BATCH) >= FUTEX_WAKE_BATCH {}
+    futex_wake(word, i32::MAX as usize);
 }
 
-/// Waiters woken per futex call by [`futex_wake_all`].
-pub const FUTEX_WAKE_BATCH: usize = 128;
-
-/// Wakes at most `n` threads sleeping on `word`; returns how many woke.
-fn futex_wake(word: &AtomicU32, n: usize) -> usize {
+/// Wakes at most `n` threads sleeping on `word`, the longest-waiting first
+/// (waiters of equal priority queue in order); returns how many woke.
+pub fn futex_wake(word: &AtomicU32, n: usize) -> usize {
     // SAFETY: as in `futex_wait`; FUTEX_WAKE does not even read the word.
     let woken = unsafe {
         libc::syscall(

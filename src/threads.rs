@@ -31,6 +31,9 @@ use parking_lot::{Condvar, Mutex};
 /// BENCHMARKS.md has streamhub's own figures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {
+    /// Normal while its room is quiet, SCHED_IDLE from the moment the room
+    /// publishes faster than [`BUSY_ROOM_PER_SEC`] (see [`BusyRoom`]).
+    Auto,
     /// SCHED_IDLE.
     Idle,
     /// Nice 19.
@@ -42,6 +45,7 @@ pub enum Priority {
 impl Priority {
     pub fn parse(text: &str) -> Option<Priority> {
         match text {
+            "auto" => Some(Priority::Auto),
             "idle" => Some(Priority::Idle),
             "low" => Some(Priority::Low),
             "normal" => Some(Priority::Normal),
@@ -56,12 +60,65 @@ impl Priority {
         let policy = match self {
             Priority::Idle => CpuPolicy::Idle,
             Priority::Low => CpuPolicy::Nice(19),
-            Priority::Normal => return,
+            Priority::Normal | Priority::Auto => return,
         };
         if let Err(e) = set_thread_policy(policy) {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| log::warn!("cannot lower stream thread priority ({self:?}): {e}"));
         }
+    }
+}
+
+/// Messages per second from which [`Priority::Auto`] treats a room as busy.
+/// At normal priority a thousand stream threads hold publishing to about
+/// 80-190 msgs/s (the prototype's figures), so a busy room shows itself
+/// even before its readers step back.
+pub const BUSY_ROOM_PER_SEC: u64 = 50;
+
+/// Decides, for a stream thread at [`Priority::Auto`], when its room is
+/// busy enough for the thread to step back to SCHED_IDLE.
+///
+/// Why not idle from the start: in a quiet room every message is its own
+/// wake-up, and an idle thread that writes it is preempted at once by the
+/// client thread it woke, then switched back in to park: a switch pair
+/// more per delivery than at normal priority, which is what put p50 at 10
+/// msgs/s a millisecond behind nchan (BENCHMARKS.md). Why one way only: an
+/// unprivileged thread may leave SCHED_IDLE only with CAP_SYS_NICE.
+pub struct BusyRoom {
+    since: Option<(std::time::Instant, u64)>,
+    done: bool,
+}
+
+impl BusyRoom {
+    pub fn new(priority: Priority) -> BusyRoom {
+        BusyRoom {
+            since: None,
+            done: priority != Priority::Auto,
+        }
+    }
+
+    /// Called with the sequence of the newest message a burst took, at
+    /// `now`; true once (the first time the room's rate over at least a
+    /// tenth of a second reaches [`BUSY_ROOM_PER_SEC`]).
+    pub fn observe(&mut self, seq: u64, now: std::time::Instant) -> bool {
+        if self.done {
+            return false;
+        }
+        let Some((t0, seq0)) = self.since else {
+            self.since = Some((now, seq));
+            return false;
+        };
+        let elapsed = now.saturating_duration_since(t0);
+        if elapsed < std::time::Duration::from_millis(100) {
+            return false;
+        }
+        let rate = seq.saturating_sub(seq0) as f64 / elapsed.as_secs_f64();
+        if rate >= BUSY_ROOM_PER_SEC as f64 {
+            self.done = true;
+            return true;
+        }
+        self.since = Some((now, seq));
+        false
     }
 }
 
@@ -239,6 +296,26 @@ impl Drop for Permit {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_room_counts_as_busy_from_fifty_messages_a_second_over_a_tenth_of_one() {
+        use std::time::{Duration, Instant};
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let mut quiet = BusyRoom::new(Priority::Auto);
+        assert!(!quiet.observe(1, t));
+        // 10 msgs/s for two seconds: never busy.
+        for i in 1..=20 {
+            assert!(!quiet.observe(1 + i, ms(100 * i)));
+        }
+        let mut busy = BusyRoom::new(Priority::Auto);
+        assert!(!busy.observe(100, t));
+        assert!(!busy.observe(200, ms(50)), "not before a tenth of a second");
+        assert!(busy.observe(200, ms(150)), "100 in 0.15 s is 667/s");
+        assert!(!busy.observe(900, ms(300)), "once only");
+        let mut fixed = BusyRoom::new(Priority::Idle);
+        assert!(!fixed.observe(1, t) && !fixed.observe(10_000, ms(200)));
+    }
+
     use super::*;
     use std::time::Duration;
 

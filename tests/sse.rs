@@ -1086,6 +1086,7 @@ fn event_stream_threads_run_at_the_configured_priority_alone() {
         (Priority::Idle, 5, base),
         (Priority::Low, 0, 19),
         (Priority::Normal, 0, base),
+        (Priority::Auto, 0, base),
     ] {
         let server = support::start_with(|c| c.http.stream_priority = priority);
         let _a = EventStream::connected(&server, "/events?room=prio", &[]);
@@ -1096,6 +1097,42 @@ fn event_stream_threads_run_at_the_configured_priority_alone() {
             assert_eq!((p, n), (policy, nice), "{priority:?}: {name}");
         }
     }
+    // Auto: a busy room sends its streams to SCHED_IDLE, a quiet one not.
+    let server = support::start_with(|c| c.http.stream_priority = Priority::Auto);
+    let mut busy = EventStream::connected(&server, "/events?room=busy", &[]);
+    let _quiet = EventStream::connected(&server, "/events?room=quiet", &[]);
+    server
+        .app
+        .hub()
+        .publish(Draft::chat("quiet", "u", "one"))
+        .unwrap();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    // About 1,000 msgs/s, read as they come, until the stream steps back.
+    while started.elapsed() < Duration::from_secs(10) {
+        for _ in 0..10 {
+            sent += 1;
+            server
+                .app
+                .hub()
+                .publish(Draft::chat("busy", "u", sent.to_string()))
+                .unwrap();
+        }
+        for _ in 0..10 {
+            busy.event();
+        }
+        let policies: Vec<u32> = sse_thread_policies().iter().map(|(_, p, _)| *p).collect();
+        if policies.contains(&5) {
+            assert_eq!(
+                policies.iter().filter(|p| **p == 5).count(),
+                1,
+                "only the busy room's"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the busy room's stream never stepped back ({sent} messages)");
 }
 
 #[test]

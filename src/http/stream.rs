@@ -367,16 +367,18 @@ fn run_events(shared: &Shared, conn: Conn, start: EventsStart) {
     // 400 msgs/s was 3-4x the prototype's, which allocates nothing here).
     // Empty until the first burst: an idle stream holds no buffer.
     let mut spare: Vec<IoSlice<'static>> = Vec::new();
+    let mut busy = crate::threads::BusyRoom::new(shared.config.stream_priority);
     while reason.is_none() {
         match sub.wait(Some(next_beat.min(next_check))) {
             Wait::Ready => {
-                let (mut taken, mut bytes) = (0, 0);
+                let (mut taken, mut bytes, mut newest) = (0, 0, 0);
                 let mut pieces = recycle(std::mem::take(&mut spare));
                 for m in sub.peek(MAX_BURST) {
                     if bytes >= MAX_BURST_BYTES {
                         break;
                     }
                     taken += 1;
+                    newest = m.seq;
                     if types.passes(m.kind) {
                         let piece = encoded(m);
                         bytes += piece.len();
@@ -384,6 +386,9 @@ fn run_events(shared: &Shared, conn: Conn, start: EventsStart) {
                     }
                 }
                 sub.claim(taken);
+                if busy.observe(newest, Instant::now()) {
+                    crate::threads::Priority::Idle.apply_to_current_thread();
+                }
                 // A writer blocked on a client that stopped reading gives up
                 // as soon as the hub drops it, not at the write timeout.
                 let evicted = || sub.close_reason() == Some(CloseReason::SlowConsumer);

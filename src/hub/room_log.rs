@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 use super::message::Message;
 use crate::sys;
 
+/// Parked readers woken per futex call by [`Shared::wake_now`].
+const WAKE_BATCH: usize = 128;
 /// Slots per chunk.
 const CHUNK_SLOTS: usize = 64;
 /// A chunk takes no more messages once its content reaches this size, so a
@@ -103,10 +105,29 @@ impl Shared {
         self.parked.load(Ordering::SeqCst) > 0 && !self.wake_pending.swap(true, Ordering::SeqCst)
     }
 
-    /// The wake [`Shared::announce`] asked for.
+    /// The wake [`Shared::announce`] asked for: the readers parked now, in
+    /// calls of at most [`WAKE_BATCH`].
+    ///
+    /// Why in calls: the kernel wakes a futex's waiters with its hash bucket
+    /// locked and preemption off, so one call for ten thousand would keep
+    /// that CPU from anything else for milliseconds (publish p99 16 ms at
+    /// 10,000 subscribers). Why no more than were parked: a woken reader
+    /// that takes its message parks again at the back of the queue, and
+    /// calls until one wakes fewer than a batch would wake it again and
+    /// again for nothing (measured: 8 futex calls and 23 switches per
+    /// delivery with readers at normal priority). Waiters queue in order, so
+    /// the first `parked` woken are the ones that parked before the word
+    /// moved; later ones saw the new word.
     pub(super) fn wake_now(&self) {
         self.wake_pending.store(false, Ordering::SeqCst);
-        sys::futex_wake_all(&self.word);
+        let mut left = self.parked.load(Ordering::SeqCst) as usize;
+        while left > 0 {
+            let woke = sys::futex_wake(&self.word, left.min(WAKE_BATCH));
+            if woke == 0 {
+                break;
+            }
+            left = left.saturating_sub(woke);
+        }
     }
 
     /// Parks until `ready()` holds, a wake, or `deadline`. Returns at once

@@ -149,6 +149,7 @@ class Victim:
         self.stub = chat_pb2_grpc.ChatServiceStub(grpc.insecure_channel(addr))
         self.latencies = []
         self.failed = 0
+        self.errors = []
         self.stop = threading.Event()
         # The victim is connected and answered before the flood begins.
         self.stub.SendMessage(self._req(), timeout=10)
@@ -164,8 +165,10 @@ class Victim:
             try:
                 self.stub.SendMessage(self._req(), timeout=2)
                 self.latencies.append((time.monotonic() - t0) * 1000)
-            except Exception:
+            except Exception as e:
                 self.failed += 1
+                code = getattr(e, "code", None)
+                self.errors.append(f"{code() if callable(code) else type(e).__name__} after {round((time.monotonic() - t0) * 1000)} ms")
             self.stop.wait(0.02)
 
     def report(self):
@@ -176,7 +179,7 @@ class Victim:
         def pct(p):
             return round(lat[min(len(lat) - 1, int(len(lat) * p))], 1) if lat else None
 
-        return {"ok": len(lat), "failed": self.failed, "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+        return {"ok": len(lat), "failed": self.failed, "errors": self.errors[:5], "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
 
 
 def main():
