@@ -22,6 +22,17 @@ use crate::support::proc::{resident_bytes, threads};
 use crate::support::sse::{probe_until, EventStream, Item};
 use crate::support::{self, wait_until, Server};
 
+/// Publishes one message straight to the hub; returns how long it took.
+fn timed_publish(server: &Server, room: &str, content: &str) -> Duration {
+    let started = Instant::now();
+    server
+        .app
+        .hub()
+        .publish(Draft::chat(room, "p", content))
+        .unwrap();
+    started.elapsed()
+}
+
 /// A fixed pseudo-random sequence (xorshift64).
 fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
     (0..len)
@@ -372,13 +383,7 @@ fn a_never_reading_client_is_dropped_while_a_reader_gets_all_20000() {
     let mut slowest = Duration::ZERO;
     for batch in 0..TOTAL / BATCH {
         for _ in 0..BATCH {
-            let started = Instant::now();
-            server
-                .app
-                .hub()
-                .publish(Draft::chat("flood", "p", &content))
-                .unwrap();
-            slowest = slowest.max(started.elapsed());
+            slowest = slowest.max(timed_publish(&server, "flood", &content));
         }
         // Pace the publisher to the reader (the hub drops a subscriber
         // whose queue fills, and this one must not be dropped).
@@ -1161,13 +1166,7 @@ fn a_client_that_stops_reading_holds_a_publisher_no_longer_than_the_stall() {
     });
     let mut slowest = Duration::ZERO;
     for _ in 0..total {
-        let started = Instant::now();
-        server
-            .app
-            .hub()
-            .publish(Draft::chat("stall", "p", &content))
-            .unwrap();
-        slowest = slowest.max(started.elapsed());
+        slowest = slowest.max(timed_publish(&server, "stall", &content));
     }
     let _reader = reading.join().unwrap();
     let stats = server.app.hub().stats();

@@ -263,31 +263,42 @@ impl Hub {
     /// bound says one may be.
     fn has_laggard(&self, state: &mut RoomState) -> bool {
         let next = state.log.tail() + 1;
-        let window = self.config.subscriber_queue as u64;
-        if next - state.slowest.min(next) <= window {
+        if !self.behind(next, state.slowest) {
             return false;
         }
         state.slowest = slowest(&state.subscribers, next);
-        next - state.slowest.min(next) > window
+        self.behind(next, state.slowest)
+    }
+
+    /// Whether a subscriber at `position` would be more than its window
+    /// behind once message `next` is appended: the one lag rule.
+    fn behind(&self, next: u64, position: u64) -> bool {
+        next - position.min(next) > self.config.subscriber_queue as u64
     }
 
     fn evict_laggards(&self, room: &Room, state: &mut RoomState) {
         let next = state.log.tail() + 1;
-        let window = self.config.subscriber_queue as u64;
         let mut i = 0;
         while i < state.subscribers.len() {
-            if next - state.subscribers[i].state.position().min(next) > window {
-                let slot = state.subscribers.swap_remove(i);
-                state.by_protocol[slot.protocol as usize] -= 1;
-                slot.state.set_reason(CloseReason::SlowConsumer);
+            if self.behind(next, state.subscribers[i].state.position()) {
+                self.remove_slot(room, state, i, CloseReason::SlowConsumer);
                 state.dropped_slow += 1;
-                room.subscribers.fetch_sub(1, Ordering::Relaxed);
-                self.count_close(&slot);
             } else {
                 i += 1;
             }
         }
         state.slowest = slowest(&state.subscribers, next);
+    }
+
+    /// Takes subscriber `index` out of the room, records why (the first
+    /// reason set wins) and counts the close: the one way a slot leaves.
+    fn remove_slot(&self, room: &Room, state: &mut RoomState, index: usize, reason: CloseReason) {
+        let slot = state.subscribers.swap_remove(index);
+        state.by_protocol[slot.protocol as usize] -= 1;
+        room.subscribers.fetch_sub(1, Ordering::Relaxed);
+        slot.state.set_reason(reason);
+        let counted = slot.state.reason().unwrap_or(reason);
+        self.closed[counted as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runs with the room's lock held.
@@ -432,21 +443,14 @@ impl Hub {
         }
     }
 
-    fn count_close(&self, slot: &Slot) {
-        let reason = slot.state.reason().unwrap_or(CloseReason::ClientClosed);
-        self.closed[reason as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
     fn unregister(&self, sub: &Subscription) {
         self.subscribers[sub.protocol as usize].fetch_sub(1, Ordering::Relaxed);
         let room = &sub.room;
         let freed = {
             let mut guard = room.state.lock();
             if let Some(pos) = guard.subscribers.iter().position(|s| s.id == sub.id) {
-                let slot = guard.subscribers.swap_remove(pos);
-                guard.by_protocol[slot.protocol as usize] -= 1;
-                room.subscribers.fetch_sub(1, Ordering::Relaxed);
-                self.count_close(&slot);
+                // Its own reason, if the stream set one, comes first.
+                self.remove_slot(room, &mut guard, pos, CloseReason::ClientClosed);
             }
             // Marked under the room's lock, removed from the map after it:
             // a thread that finds the room freed in between looks again.
@@ -468,14 +472,14 @@ impl Hub {
             let shared = {
                 let mut guard = room.state.lock();
                 let tail = guard.log.tail();
-                for slot in guard.subscribers.drain(..) {
+                while let Some(last) = guard.subscribers.len().checked_sub(1) {
                     // `end` first: a reader that sees the reason sees it.
-                    slot.state.end.store(tail, Ordering::Release);
-                    slot.state.set_reason(reason);
-                    room.subscribers.fetch_sub(1, Ordering::Relaxed);
-                    self.count_close(&slot);
+                    guard.subscribers[last]
+                        .state
+                        .end
+                        .store(tail, Ordering::Release);
+                    self.remove_slot(&room, &mut guard, last, reason);
                 }
-                guard.by_protocol = [0; 2];
                 guard.log.shared().clone()
             };
             shared.wake();
@@ -693,6 +697,42 @@ mod tests {
         assert_eq!(stats.publish_stalls, 1);
         assert!(stats.publish_stall_micros >= stall.as_micros() as u64);
         assert_eq!(stats.delivered, 50);
+    }
+
+    #[test]
+    fn a_stuck_subscriber_that_reconnects_holds_each_publish_for_the_stall_at_most() {
+        let stall = Duration::from_millis(30);
+        let hub = hub_stalling(4, stall);
+        let mut slowest = Duration::ZERO;
+        for round in 0..5 {
+            // A new stuck subscription each round, as a client that
+            // reconnects and again reads nothing.
+            let (stuck, _) = hub.subscribe("r", None, Protocol::Sse).unwrap();
+            for i in 0..6 {
+                let started = Instant::now();
+                hub.publish(Draft::chat("r", "u", format!("{round}.{i}")))
+                    .unwrap();
+                slowest = slowest.max(started.elapsed());
+            }
+            assert_eq!(stuck.close_reason(), Some(CloseReason::SlowConsumer));
+        }
+        assert_eq!(hub.stats().publish_stalls, 5, "one stall per reconnect");
+        assert!(slowest < stall * 10, "a publish waited {slowest:?}");
+    }
+
+    #[test]
+    fn a_registered_encoding_is_made_by_the_publisher_only_for_rooms_that_need_it() {
+        let hub = hub_with(16, 4);
+        hub.set_encoder(Protocol::Sse, |m| m.content.clone().into_bytes());
+        let (_sse, _) = hub.subscribe("with", None, Protocol::Sse).unwrap();
+        let (_grpc, _) = hub.subscribe("without", None, Protocol::Grpc).unwrap();
+        let m = hub.publish(Draft::chat("with", "u", "x")).unwrap();
+        assert_eq!(
+            m.encoded(Protocol::Sse, |_| panic!("encoded already")),
+            b"x"
+        );
+        let m = hub.publish(Draft::chat("without", "u", "y")).unwrap();
+        assert_eq!(m.encoded(Protocol::Sse, |_| b"later".to_vec()), b"later");
     }
 
     #[test]
