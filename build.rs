@@ -2,10 +2,11 @@
 //! `protoc` on the machine:
 //!
 //! - messages through rust-protobuf 3's pure parser (`protobuf-codegen`);
-//! - grpcio service and client stubs by our own small generator below, from
-//!   the same parsed descriptors. grpcio-compiler only speaks protobuf 2.x,
-//!   whose recursion advisory (RUSTSEC-2024-0437) is unfixed, so it is not
-//!   an option for a network server;
+//! - per service, the table of its methods and their shapes (`METHODS`),
+//!   which the HTTP/2 transport's dispatch is checked against, and grpcio
+//!   client stubs behind the `grpcio-client` feature (for the tests and the
+//!   load tool), by our own small generator below, from the same parsed
+//!   descriptors;
 //! - the serialized `FileDescriptorSet` (for server reflection).
 //!
 //! Output goes to `$OUT_DIR`; `src/proto.rs` includes it. Nothing generated
@@ -19,21 +20,6 @@ use protobuf::descriptor::{
     FileDescriptorProto, FileDescriptorSet, MethodDescriptorProto, ServiceDescriptorProto,
 };
 use protobuf::Message as _;
-
-/// Server-side response types that replace the generated message type for
-/// one method: `(full method name, Rust type, serializer, deserializer)`.
-/// The hooks have grpcio's marshaller shapes,
-/// `fn(&T, &mut GrpcSlice) -> grpcio::Result<()>` and
-/// `fn(MessageReader) -> grpcio::Result<T>`; they live in the grpcio adapter
-/// so the type itself stays transport-neutral. SubscribeMessages sends
-/// messages that are encoded once at publish time and shared by every
-/// subscriber, instead of encoding each one per subscriber.
-const SERVER_RESPONSE_OVERRIDES: &[(&str, &str, &str, &str)] = &[(
-    "/chat.ChatService/SubscribeMessages",
-    "crate::grpc::wire::Outbound",
-    "crate::grpc::grpcio_adapter::ser_outbound",
-    "crate::grpc::grpcio_adapter::de_outbound",
-)];
 
 /// The `.proto` files compiled into the binary, relative to `proto/`.
 const PROTOS: &[&str] = &[
@@ -191,20 +177,11 @@ impl RpcKind {
         }
     }
 
-    /// The `grpcio::ServiceBuilder` method that registers a handler.
-    fn add_handler(self) -> &'static str {
-        match self {
-            RpcKind::Unary => "add_unary_handler",
-            RpcKind::ClientStreaming => "add_client_streaming_handler",
-            RpcKind::ServerStreaming => "add_server_streaming_handler",
-            RpcKind::Duplex => "add_duplex_streaming_handler",
-        }
-    }
 }
 
-/// Writes, for one service: a `grpcio::Method` const per RPC, a client struct,
-/// a server trait and a `create_<service>` function, the shape grpcio's own
-/// protobuf-v3 examples use.
+/// Writes, for one service: its method table (`<SERVICE>_METHODS`) and,
+/// behind the `grpcio-client` feature, a `grpcio::Method` const per RPC and
+/// a client struct, the shape grpcio's own protobuf-v3 examples use.
 fn generate_service(
     out: &mut String,
     file: &FileDescriptorProto,
@@ -233,11 +210,6 @@ fn generate_service(
         req: String,
         resp: String,
         kind: RpcKind,
-        /// The const, response type and marshaller hooks the server side
-        /// registers.
-        server_konst: String,
-        server_resp: String,
-        server_mar: Option<(String, String)>,
     }
     let rpcs: Vec<Rpc> = service
         .method
@@ -246,18 +218,6 @@ fn generate_service(
             let snake = snake_case(m.name());
             let konst = format!("METHOD_{service_upper}_{}", snake.to_uppercase());
             let resp = lookup(m.output_type());
-            let full = format!("/{full_service}/{}", m.name());
-            let (server_konst, server_resp, server_mar) = match SERVER_RESPONSE_OVERRIDES
-                .iter()
-                .find(|(name, ..)| *name == full)
-            {
-                Some((_, ty, ser, de)) => (
-                    format!("SERVER_{konst}"),
-                    ty.to_string(),
-                    Some((ser.to_string(), de.to_string())),
-                ),
-                None => (konst.clone(), resp.clone(), None),
-            };
             Rpc {
                 name: m.name().to_string(),
                 konst,
@@ -265,17 +225,31 @@ fn generate_service(
                 req: lookup(m.input_type()),
                 resp,
                 kind: RpcKind::of(m),
-                server_konst,
-                server_resp,
-                server_mar,
             }
         })
         .collect();
 
+    // The method table the server's dispatch is checked against: every
+    // method of every served service must have a handler.
+    let _ = writeln!(
+        out,
+        "\n/// Every method of `{full_service}`: path, client streams, server streams.\npub const {service_upper}_METHODS: &[(&str, bool, bool)] = &["
+    );
+    for rpc in &rpcs {
+        let (cs, ss) = match rpc.kind {
+            RpcKind::Unary => (false, false),
+            RpcKind::ClientStreaming => (true, false),
+            RpcKind::ServerStreaming => (false, true),
+            RpcKind::Duplex => (true, true),
+        };
+        let _ = writeln!(out, "    (\"/{full_service}/{}\", {cs}, {ss}),", rpc.name);
+    }
+    out.push_str("];\n");
+
     for rpc in &rpcs {
         let _ = writeln!(
             out,
-            "\npub const {konst}: ::grpcio::Method<{req}, {resp}> = ::grpcio::Method {{\n    \
+            "\n#[cfg(feature = \"grpcio-client\")]\npub const {konst}: ::grpcio::Method<{req}, {resp}> = ::grpcio::Method {{\n    \
              ty: ::grpcio::MethodType::{kind},\n    name: \"/{full_service}/{name}\",\n    \
              req_mar: ::grpcio::Marshaller {{ ser: ::grpcio::pb_ser, de: ::grpcio::pb_de }},\n    \
              resp_mar: ::grpcio::Marshaller {{ ser: ::grpcio::pb_ser, de: ::grpcio::pb_de }},\n}};",
@@ -285,31 +259,13 @@ fn generate_service(
             kind = rpc.kind.method_type(),
             name = rpc.name,
         );
-        if let Some((ser, de)) = &rpc.server_mar {
-            // The one place generated code names items of streamhub's own
-            // gRPC front door (see SERVER_RESPONSE_OVERRIDES): the server
-            // side of the method sends messages encoded once at publish time,
-            // through the grpcio adapter's marshaller hooks.
-            let _ = writeln!(
-                out,
-                "\n// Names {sresp}, streamhub's encode-once response type, and its hooks (build.rs, SERVER_RESPONSE_OVERRIDES).\npub const {sk}: ::grpcio::Method<{req}, {sresp}> = ::grpcio::Method {{\n    \
-                 ty: ::grpcio::MethodType::{kind},\n    name: \"/{full_service}/{name}\",\n    \
-                 req_mar: ::grpcio::Marshaller {{ ser: ::grpcio::pb_ser, de: ::grpcio::pb_de }},\n    \
-                 resp_mar: ::grpcio::Marshaller {{ ser: {ser}, de: {de} }},\n}};",
-                sk = rpc.server_konst,
-                req = rpc.req,
-                sresp = rpc.server_resp,
-                kind = rpc.kind.method_type(),
-                name = rpc.name,
-            );
-        }
     }
 
     // Client.
     let _ = writeln!(
         out,
-        "\n#[derive(Clone)]\npub struct {service_name}Client {{\n    pub client: ::grpcio::Client,\n}}\n\n\
-         impl {service_name}Client {{\n    pub fn new(channel: ::grpcio::Channel) -> Self {{\n        \
+        "\n#[cfg(feature = \"grpcio-client\")]\n#[derive(Clone)]\npub struct {service_name}Client {{\n    pub client: ::grpcio::Client,\n}}\n\n\
+         #[cfg(feature = \"grpcio-client\")]\nimpl {service_name}Client {{\n    pub fn new(channel: ::grpcio::Channel) -> Self {{\n        \
          {service_name}Client {{ client: ::grpcio::Client::new(channel) }}\n    }}"
     );
     for rpc in &rpcs {
@@ -346,44 +302,4 @@ fn generate_service(
     }
     out.push_str("}\n");
 
-    // Server trait.
-    let _ = writeln!(out, "\npub trait {service_name} {{");
-    for rpc in &rpcs {
-        let (s, req, resp) = (&rpc.snake, &rpc.req, &rpc.server_resp);
-        let sig = match rpc.kind {
-            RpcKind::Unary => format!("req: {req}, sink: ::grpcio::UnarySink<{resp}>"),
-            RpcKind::ServerStreaming => {
-                format!("req: {req}, sink: ::grpcio::ServerStreamingSink<{resp}>")
-            }
-            RpcKind::ClientStreaming => format!(
-                "stream: ::grpcio::RequestStream<{req}>, sink: ::grpcio::ClientStreamingSink<{resp}>"
-            ),
-            RpcKind::Duplex => format!(
-                "stream: ::grpcio::RequestStream<{req}>, sink: ::grpcio::DuplexSink<{resp}>"
-            ),
-        };
-        let _ = writeln!(
-            out,
-            "    fn {s}(&mut self, ctx: ::grpcio::RpcContext, {sig});"
-        );
-    }
-    out.push_str("}\n");
-
-    // Registration.
-    let _ = writeln!(
-        out,
-        "\npub fn create_{service_snake}<S: {service_name} + Send + Clone + 'static>(s: S) -> ::grpcio::Service {{\n    \
-         #[allow(unused_mut)]\n    let mut builder = ::grpcio::ServiceBuilder::new();"
-    );
-    for rpc in &rpcs {
-        let add = rpc.kind.add_handler();
-        let _ = writeln!(
-            out,
-            "    let mut instance = s.clone();\n    \
-             builder = builder.{add}(&{k}, move |ctx, req, resp| instance.{s}(ctx, req, resp));",
-            k = rpc.server_konst,
-            s = rpc.snake,
-        );
-    }
-    out.push_str("    drop(s);\n    builder.build()\n}\n");
 }

@@ -23,12 +23,26 @@ pub struct Telemetry {
     grpc_calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// HTTP responses by status code.
     http_responses: Mutex<BTreeMap<u16, u64>>,
+    /// gRPC connections ended for flooding, by kind of flood.
+    grpc_floods: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Telemetry {
     pub fn grpc_call_done(&self, method: &'static str, code: &'static str) {
         self.completed.fetch_add(1, Ordering::Relaxed);
         *self.grpc_calls.lock().entry((method, code)).or_default() += 1;
+    }
+
+    pub fn grpc_flood(&self, kind: &'static str) {
+        *self.grpc_floods.lock().entry(kind).or_default() += 1;
+    }
+
+    pub fn grpc_floods(&self) -> Vec<(&'static str, u64)> {
+        self.grpc_floods
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
 
     pub fn http_response(&self, status: u16) {

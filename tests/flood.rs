@@ -2,13 +2,13 @@
 //! (`tests/py/flood.py`) against the real binary, while a second client keeps
 //! calling SendMessage.
 //!
-//! Rapid reset (CVE-2023-44487): on grpcio 0.13 (C core 1.56.2, before the
-//! core's own mitigations) no server option bounds the memory a reset flood
-//! costs: every reset stream queues about 17 KiB of work in the core's
-//! executor, which drains it at a few thousand streams a second, long after
-//! the client stopped (BENCHMARKS.md, "Floods"). What does hold, and is
-//! pinned here, is that other clients keep being answered and the server
-//! survives. The memory bound is the transport issue's (own HTTP/2 layer).
+//! Rapid reset (CVE-2023-44487): on grpcio 0.13 every reset stream queued
+//! about 17 KiB of work in the C core (3.1 GiB for 200,000 streams, held
+//! after the client stopped; BENCHMARKS.md, "Floods"). streamhub's own
+//! HTTP/2 layer draws each reset from a budget and ends the connection with
+//! GOAWAY ENHANCE_YOUR_CALM when it runs out; here, other clients keep being
+//! answered and the server lives on. `conformance.rs` holds the full-size
+//! floods (600,000 resets and the rest) to the memory bound.
 
 use std::process::Command;
 
@@ -49,7 +49,11 @@ fn rapid_reset_flood_leaves_other_clients_answered_and_the_server_alive() {
     let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     let after = resident_kib(pid);
     eprintln!("rapid reset: {report}; resident {before} KiB -> {after} KiB");
-    assert_eq!(report["streams_sent"], 20000, "{report}");
+    // The offender is told to calm down and disconnected long before its
+    // 20,000 streams are out (the HTTP/2 layer's reset budget).
+    assert_eq!(report["goaway"], 11, "{report}");
+    assert_eq!(report["offender_closed"], true, "{report}");
+    assert!(report["streams_sent"].as_u64().unwrap() < 20000, "{report}");
     let victim = &report["victim"];
     assert!(victim["ok"].as_u64().unwrap() >= 10, "{report}");
     assert_eq!(victim["failed"], 0, "{report}");

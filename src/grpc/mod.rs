@@ -7,14 +7,13 @@
 //! bodies of the streaming calls, each on its own named thread
 //! (`grpc-sub-N`, `grpc-chat-N`, `grpc-upload-N`, `grpc-metrics-N`) that
 //! blocks on the hub and is the only writer of its call. All of them talk
-//! to the transport through `call` only; `grpcio_adapter` is the one module
-//! that names grpcio, and the one the transport issue swaps. Every call is
-//! finished explicitly: dropping one cancels it.
+//! to the transport through `call` only; `h2` is the transport, streamhub's
+//! own HTTP/2 layer. Every call is finished explicitly: dropping one
+//! cancels it.
 
 pub mod call;
 mod convert;
-// pub(crate): the generated SubscribeMessages marshaller names its hooks.
-pub(crate) mod grpcio_adapter;
+pub mod h2;
 pub mod health;
 pub mod reflection;
 mod service;
@@ -134,7 +133,7 @@ impl Shared {
 
 /// The running gRPC server.
 pub struct GrpcServer {
-    server: grpcio_adapter::Server,
+    server: h2::server::Server,
     shared: Arc<Shared>,
 }
 
@@ -147,17 +146,6 @@ impl GrpcServer {
         threads: Threads,
         stopping: Receiver<()>,
     ) -> Result<GrpcServer, Error> {
-        if config.max_streams_per_connection <= config.max_streams {
-            // Measured: with grpc-core clients (C++, Python, grpcio) a
-            // connection that goes past the HTTP/2 limit is torn down, every
-            // stream on it with it; the RPC-level cap answers cleanly.
-            log::warn!(
-                "--max-streams-per-connection ({}) is not above --max-grpc-streams ({}): \
-                 a client that opens more streams than that on one connection loses all of them",
-                config.max_streams_per_connection,
-                config.max_streams
-            );
-        }
         hub.set_encoder(crate::hub::Protocol::Grpc, wire::encode);
         let shared = Arc::new(Shared {
             hub,
@@ -168,7 +156,14 @@ impl GrpcServer {
             stopping,
             health: Arc::default(),
         });
-        let server = grpcio_adapter::Server::start(config, shared.clone())?;
+        let limits = h2::conn::Limits {
+            max_streams: config.max_streams_per_connection as u32,
+            max_message: config.max_message_bytes + ENVELOPE_BYTES,
+            keepalive: config.keepalive,
+            keepalive_timeout: config.keepalive_timeout,
+            ..h2::conn::Limits::default()
+        };
+        let server = h2::server::Server::start(shared.clone(), limits)?;
         Ok(GrpcServer { server, shared })
     }
 
@@ -176,9 +171,12 @@ impl GrpcServer {
         self.server.port()
     }
 
-    /// Health turns NOT_SERVING (the first step of shutdown).
+    /// Health turns NOT_SERVING and every connection gets its first
+    /// GOAWAY (the first step of shutdown): open calls go on, new ones are
+    /// sent elsewhere.
     pub fn set_not_serving(&self) {
         self.shared.health.set_not_serving();
+        self.server.drain();
     }
 
     /// Cancels what is left and stops the server. Call after the stream

@@ -1,0 +1,295 @@
+//! The gRPC port's sockets and threads. Each accepted connection has two:
+//!
+//! - `h2-read-N` reads the socket, feeds the connection's state machine
+//!   ([`Conn`]) and hands what comes out to `dispatch` (unary calls are
+//!   answered right there, streaming calls get their own stream thread).
+//!   It never writes to the socket, so a client that does not read cannot
+//!   stop it from reading.
+//! - `h2-write-N` is the connection's one writer: each time it wakes it
+//!   takes everything every stream has queued, within the client's windows,
+//!   and writes it with one `write` (the shape measured in
+//!   `shared/prototypes/h2-fanout`: one write carries many streams' DATA).
+//!   It also sends the keepalive PINGs.
+//!
+//! Stream threads only queue on the connection and wake the writer. No
+//! lock is held while writing to or reading from a socket.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::conn::{Conn, Limits, Tick};
+use super::dispatch::Dispatch;
+use crate::error::Error;
+use crate::grpc::Shared;
+use crate::threads::Threads;
+
+/// Read buffer of a connection: a few of the largest frames.
+const READ_BUFFER: usize = 64 * 1024;
+/// Stack of a connection's reader, which runs unary handlers (publish,
+/// protobuf decoding) and HPACK decoding.
+const READER_STACK: usize = 256 * 1024;
+/// Stack of a connection's writer (it may encode a message once for all).
+const WRITER_STACK: usize = 128 * 1024;
+/// A writer's buffer is given back to the allocator above this.
+const KEEP_OUTPUT: usize = 1 << 20;
+
+/// What a connection's threads and its calls share.
+pub struct ConnShared {
+    pub(super) conn: Mutex<Conn>,
+    writer: Condvar,
+    pub(super) peer: String,
+    socket: TcpStream,
+}
+
+impl ConnShared {
+    /// Tells the writer there may be something to write.
+    pub fn wake_writer(&self) {
+        self.writer.notify_one();
+    }
+
+    /// Ends the connection now: both threads see it at once.
+    fn close(&self) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+        self.writer.notify_one();
+    }
+}
+
+/// The listening server.
+pub struct Server {
+    port: u16,
+    stopped: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<Arc<ConnShared>>>>,
+    threads: Threads,
+    accept: Option<std::thread::JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    pub fn start(shared: Arc<Shared>, limits: Limits) -> Result<Server, Error> {
+        let addr = shared.config.addr;
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| Error::Io(format!("cannot listen on {addr} (gRPC): {e}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::Io(format!("gRPC listener: {e}")))?;
+        let stopped = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<Arc<ConnShared>>>> = Arc::default();
+        // Not the stream threads' set: shutdown waits for those to finish
+        // their goodbyes while connections stay open to carry them.
+        let threads = Threads::new();
+        let accept = {
+            let (stopped, conns, threads) = (stopped.clone(), conns.clone(), threads.clone());
+            std::thread::Builder::new()
+                .name("grpc-accept".into())
+                .spawn(move || accept_loop(listener, shared, limits, stopped, conns, threads))
+                .map_err(|e| Error::Io(format!("cannot start the gRPC accept thread: {e}")))?
+        };
+        Ok(Server {
+            port: local.port(),
+            stopped,
+            conns,
+            threads,
+            accept: Some(accept),
+            addr: local,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Graceful shutdown's first step: GOAWAY on every connection (open
+    /// calls go on; new ones go elsewhere).
+    pub fn drain(&self) {
+        for c in self.conns.lock().iter() {
+            c.conn.lock().drain();
+            c.wake_writer();
+        }
+    }
+
+    /// Stops accepting, closes every connection and waits for their
+    /// threads, at most `timeout`.
+    pub fn stop(mut self, timeout: Duration) {
+        self.stopped.store(true, Ordering::SeqCst);
+        // Wakes the accept thread's blocking accept.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        for c in self.conns.lock().drain(..) {
+            // Whatever was queued is written first, then the socket closes.
+            let mut events = Vec::new();
+            c.conn.lock().drain();
+            c.wake_writer();
+            let flushed = Instant::now() + Duration::from_millis(200);
+            while c.conn.lock().has_output() && Instant::now() < flushed {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            c.conn.lock().lost("server stopped", &mut events);
+            c.close();
+        }
+        let left = self.threads.wait_idle(Instant::now() + timeout);
+        if !left.is_empty() {
+            log::warn!("gRPC connection threads still running: {left:?}");
+        }
+    }
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limits: Limits,
+    stopped: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<Arc<ConnShared>>>>,
+    threads: Threads,
+) {
+    let mut next = 0u64;
+    for socket in listener.incoming() {
+        if stopped.load(Ordering::SeqCst) {
+            break;
+        }
+        let socket = match socket {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                log::warn!("gRPC accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        next += 1;
+        if let Err(e) = serve(socket, next, &shared, &limits, &conns, &threads) {
+            log::warn!("gRPC connection not served: {e}");
+        }
+    }
+}
+
+/// Starts a connection's reader and writer.
+fn serve(
+    socket: TcpStream,
+    n: u64,
+    shared: &Arc<Shared>,
+    limits: &Limits,
+    conns: &Arc<Mutex<Vec<Arc<ConnShared>>>>,
+    threads: &Threads,
+) -> std::io::Result<()> {
+    let _ = socket.set_nodelay(true);
+    socket.set_write_timeout(Some(shared.config.write_timeout))?;
+    let peer = socket
+        .peer_addr()
+        .map(|a| format!("ipv{}:{a}", if a.is_ipv4() { 4 } else { 6 }))
+        .unwrap_or_else(|_| "unknown".into());
+    let conn = Arc::new(ConnShared {
+        conn: Mutex::new(Conn::new(limits.clone())),
+        writer: Condvar::new(),
+        peer,
+        socket: socket.try_clone()?,
+    });
+    {
+        let mut list = conns.lock();
+        list.retain(|c| !c.conn.lock().is_closing());
+        list.push(conn.clone());
+    }
+    let writer_socket = socket.try_clone()?;
+    let w = conn.clone();
+    threads.spawn(format!("h2-write-{n}"), Some(WRITER_STACK), move || {
+        write_loop(&w, writer_socket)
+    })?;
+    let r = conn.clone();
+    let shared = shared.clone();
+    let spawned = threads.spawn(format!("h2-read-{n}"), Some(READER_STACK), move || {
+        read_loop(&r, socket, &shared)
+    });
+    if let Err(e) = spawned {
+        conn.close();
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn read_loop(conn: &Arc<ConnShared>, mut socket: TcpStream, shared: &Arc<Shared>) {
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut have = 0;
+    let mut events = Vec::new();
+    let mut dispatch = Dispatch::new(shared.clone(), conn.clone());
+    let why = loop {
+        let n = match socket.read(&mut buf[have..]) {
+            Ok(0) => break "client closed the connection".to_string(),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => break format!("read failed: {e}"),
+        };
+        have += n;
+        let (used, closing) = {
+            let mut c = conn.conn.lock();
+            let used = c.receive(&buf[..have], Instant::now(), &mut events);
+            (used, c.is_closing())
+        };
+        conn.wake_writer();
+        buf.copy_within(used..have, 0);
+        have -= used;
+        for event in events.drain(..) {
+            dispatch.handle(event);
+        }
+        conn.wake_writer();
+        if closing {
+            break "closed by the server".to_string();
+        }
+    };
+    let flood = {
+        let mut c = conn.conn.lock();
+        c.lost(&why, &mut events);
+        c.flood
+    };
+    for event in events.drain(..) {
+        dispatch.handle(event);
+    }
+    dispatch.close();
+    if let Some(f) = flood {
+        shared.telemetry.grpc_flood(f.as_str());
+        log::warn!("gRPC connection from {} ended: {} flood", conn.peer, f.as_str());
+    }
+    conn.wake_writer();
+}
+
+fn write_loop(conn: &ConnShared, mut socket: TcpStream) {
+    let mut out = Vec::with_capacity(16 * 1024);
+    loop {
+        let closing = {
+            let mut c = conn.conn.lock();
+            loop {
+                let now = Instant::now();
+                if c.tick(now) == Tick::Close {
+                    break;
+                }
+                c.take_output(&mut out);
+                if !out.is_empty() || c.is_closing() {
+                    break;
+                }
+                let next = c.next_tick(now);
+                conn.writer.wait_until(&mut c, next);
+            }
+            c.is_closing()
+        };
+        if !out.is_empty() && socket.write_all(&out).is_err() {
+            let mut events = Vec::new();
+            conn.conn.lock().lost("write failed", &mut events);
+            break;
+        }
+        out.clear();
+        if out.capacity() > KEEP_OUTPUT {
+            out = Vec::with_capacity(16 * 1024);
+        }
+        if closing && !conn.conn.lock().has_output() {
+            break;
+        }
+    }
+    let why = conn.conn.lock().close_reason.clone();
+    log::debug!("gRPC connection from {} closed: {why:?}", conn.peer);
+    conn.close();
+}
