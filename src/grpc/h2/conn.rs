@@ -271,6 +271,13 @@ struct Stream {
     /// Answered with an error before the client finished sending: what
     /// still arrives is dropped.
     refused: bool,
+    /// Not a gRPC request: its body is dropped, and once it is complete the
+    /// connection itself answers 415 ([`PLAIN_ANSWER`]).
+    plain: bool,
+    /// The head of an answer whose queued body ends the stream (the last
+    /// DATA frame carries END_STREAM), instead of gRPC trailers.
+    plain_head: Option<Vec<u8>>,
+    end_with_data: bool,
     /// What the client may still send before we give window back.
     recv_window: i64,
     /// Received bytes not yet given back.
@@ -674,6 +681,13 @@ impl Conn {
         {
             return self.stream_error(stream, ErrorCode::ProtocolError, events);
         }
+        if s.plain {
+            self.give_back(stream);
+            if end_stream {
+                self.answer_plain(stream);
+            }
+            return;
+        }
         s.deframer.push(data);
         loop {
             match s.deframer.next(max_message) {
@@ -754,6 +768,9 @@ impl Conn {
             if !end_stream || fields.iter().any(|(n, _)| n.starts_with(b":")) {
                 return self.stream_error(stream, ErrorCode::ProtocolError, events);
             }
+            if s.plain {
+                return self.answer_plain(stream);
+            }
             return self.end_of_input(stream, events);
         }
         if stream % 2 == 0 {
@@ -802,6 +819,17 @@ impl Conn {
         }
         if end_stream && content_length.is_some_and(|cl| cl != 0) {
             return self.stream_error(stream, ErrorCode::ProtocolError, events);
+        }
+        let grpc = head
+            .content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("application/grpc"));
+        if !grpc {
+            self.streams.get_mut(&stream).expect("inserted above").plain = true;
+            if end_stream {
+                self.answer_plain(stream);
+            }
+            return;
         }
         events.push(Event::Request {
             stream,
@@ -997,19 +1025,19 @@ impl Conn {
         self.mark_ready(stream);
     }
 
-    /// Answers a request that is not gRPC with a bare HTTP status (415 for
-    /// a content type that is not `application/grpc`, as the gRPC spec
-    /// asks) and ends the stream.
-    pub fn answer_http(&mut self, stream: u32, status: u16) {
+    /// Answers a complete request that is not gRPC: 415, as the gRPC spec
+    /// asks, with a line that says where plain HTTP goes.
+    fn answer_plain(&mut self, stream: u32) {
         if let Some(s) = self.streams.get_mut(&stream) {
-            if s.local_closed || s.trailers.is_some() || s.headers_sent {
-                return;
-            }
-            s.queue.clear();
-            s.queued_bytes = 0;
-            s.refused = true;
-            let block = Block::new().named(index::STATUS_200, status.to_string().as_bytes());
-            s.trailers = Some(block.bytes);
+            s.remote_closed = true;
+            let head = Block::new()
+                .named(index::STATUS_200, b"415")
+                .named(index::CONTENT_TYPE, b"text/plain; charset=utf-8")
+                .bytes;
+            s.plain_head = Some(head);
+            s.queue.push_back(Chunk::Framed(PLAIN_ANSWER.to_vec()));
+            s.queued_bytes += PLAIN_ANSWER.len();
+            s.end_with_data = true;
             self.mark_ready(stream);
         }
     }
@@ -1109,6 +1137,10 @@ impl Conn {
             if s.local_closed {
                 continue;
             }
+            if let Some(head) = s.plain_head.take() {
+                frame::put_headers(out, id, &head, false, max_frame);
+                s.headers_sent = true;
+            }
             if !s.headers_sent && (!s.queue.is_empty() || s.trailers.is_some()) {
                 if s.queue.is_empty() {
                     // Trailers-only: the block already holds :status.
@@ -1145,6 +1177,10 @@ impl Conn {
                 }
                 let len = (n as u32).to_be_bytes();
                 out[at..at + 3].copy_from_slice(&len[1..]);
+                if s.end_with_data && s.queue.is_empty() {
+                    out[at + 4] |= frame::flag::END_STREAM;
+                    s.local_closed = true;
+                }
                 s.queued_bytes -= n;
                 s.send_window -= n as i64;
                 self.conn_send_window -= n as i64;
@@ -1207,6 +1243,10 @@ impl Conn {
         }
     }
 }
+
+/// The body of the answer to a request that is not gRPC.
+const PLAIN_ANSWER: &[u8] =
+    b"streamhub: this port speaks gRPC (content-type: application/grpc); Server-Sent Events, HTTP publish, health and metrics are on the HTTP port\n";
 
 /// The PING payload of a drain (see [`Conn::drain`]).
 const DRAIN_PING: [u8; 8] = *b"drain\0\0\0";

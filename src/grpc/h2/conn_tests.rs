@@ -520,6 +520,28 @@ fn a_message_larger_than_the_window_still_arrives() {
     assert!(!c.conn.is_closing());
 }
 
+#[test]
+fn a_request_that_is_not_grpc_gets_415_once_it_is_complete() {
+    let mut c = Client::new();
+    let block = Block::new()
+        .indexed(2) // :method GET
+        .indexed(index::SCHEME_HTTP)
+        .named(index::PATH, b"/")
+        .bytes;
+    c.frame(|b| put_headers(b, 1, &block, false, 16_384));
+    // Not answered while the request is still open: it counts as open.
+    assert!(c.output().is_empty());
+    assert_eq!(c.conn.open_streams(), 1);
+    c.data(1, b"any body at all", true);
+    let out = c.output();
+    assert_eq!(out[0].header(":status"), Some("415"));
+    assert_eq!(out[1].head.kind, kind::DATA);
+    assert_eq!(out[1].head.flags & flag::END_STREAM, flag::END_STREAM);
+    assert!(String::from_utf8_lossy(&out[1].payload).contains("HTTP port"));
+    assert!(c.take_events().is_empty(), "the server never sees it");
+    assert_eq!(c.conn.open_streams(), 0);
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;

@@ -1,6 +1,7 @@
 //! From a connection's events to the handlers, on the connection's reader
 //! thread: which method a path names, what shape of call it is, the checks
-//! every call gets before its handler (content type, encoding, deadline),
+//! every call gets before its handler (encoding, deadline; requests that
+//! are not gRPC are answered by the connection itself),
 //! and, per stream, where its inbound messages go. Unary calls are
 //! answered here (publishing never blocks for long: the hub's stall is
 //! bounded); streaming calls are handed to their handler, which starts
@@ -182,14 +183,6 @@ impl Dispatch {
     }
 
     fn request(&mut self, stream: u32, head: RequestHead) {
-        let grpc = head
-            .content_type
-            .as_deref()
-            .is_some_and(|t| t.starts_with("application/grpc"));
-        if !grpc {
-            self.conn.conn.lock().answer_http(stream, 415);
-            return;
-        }
         let Some(method) = Method::of(&head.path) else {
             let st = unknown_method(&head.path);
             log::debug!("gRPC: {}", st.message);
