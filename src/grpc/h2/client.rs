@@ -1,0 +1,734 @@
+//! A small blocking gRPC client over h2c (HTTP/2 with prior knowledge, on
+//! plain TCP): the CLI's, and one the tests and the load tool can share.
+//! No async runtime: a [`Channel`] is one TCP connection with one reader
+//! thread (`h2c-read`) that demultiplexes frames to its streams; callers
+//! block in their own threads, each on its own stream's condition.
+//!
+//! The protocol is `state` (a pure state machine, unit-tested without
+//! sockets); this file is its shell: the socket, the reader, the waits and
+//! deadlines, and the call types ([`Channel::unary`],
+//! [`Channel::server_streaming`], [`Channel::open`] for client-streaming and
+//! bidirectional calls), with [`ChatClient`] on top for `chat.ChatService`.
+//!
+//! Locks: `Shared::writer` (the socket's write half) is taken before
+//! `Shared::state`, never after; frames are appended to the state's output
+//! under `state` and written in that order by whoever flushes next, so
+//! stream ids reach the server in the order they were opened. The reader
+//! never holds `state` while it writes, and nothing is held while reading.
+
+mod state;
+
+use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::marker::PhantomData;
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use self::state::{request_block, ClientConn, Next};
+use super::grpc as g;
+use crate::grpc::call::{Code, Status};
+use crate::proto::chat;
+
+/// Read buffer of a connection: a few of the largest frames.
+const READ_BUFFER: usize = 64 * 1024;
+/// Stack of a connection's reader (HPACK decoding, no handlers).
+const READER_STACK: usize = 256 * 1024;
+/// A write the server does not take in this long ends the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// gRPC's default limit on a received message.
+pub const DEFAULT_MAX_MESSAGE: usize = 4 << 20;
+
+/// How a call is made: its deadline, its metadata, what it accepts.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// Sent as `grpc-timeout` and enforced here too: a call still running
+    /// when it passes is cancelled and ends DEADLINE_EXCEEDED.
+    pub timeout: Option<Duration>,
+    /// Extra request headers (`authorization` and the like); names are
+    /// sent lower case.
+    pub metadata: Vec<(String, String)>,
+    /// The largest message accepted from the server.
+    pub max_message: usize,
+}
+
+impl Default for CallOptions {
+    fn default() -> CallOptions {
+        CallOptions {
+            timeout: None,
+            metadata: Vec::new(),
+            max_message: DEFAULT_MAX_MESSAGE,
+        }
+    }
+}
+
+impl CallOptions {
+    pub fn timeout(mut self, timeout: Duration) -> CallOptions {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    pub fn metadata(mut self, name: &str, value: &str) -> CallOptions {
+        self.metadata.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn max_message(mut self, bytes: usize) -> CallOptions {
+        self.max_message = bytes;
+        self
+    }
+}
+
+/// One wait on a call's inbound side with a time limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recv {
+    Message(Vec<u8>),
+    /// The call is over with this status (OK included).
+    Ended(Status),
+    /// Nothing arrived in the time given; the call goes on.
+    TimedOut,
+}
+
+struct Locked {
+    conn: ClientConn,
+    /// Each open call's condition, woken when its stream may progress.
+    waiters: HashMap<u32, Arc<Condvar>>,
+}
+
+/// What the callers and the reader thread share.
+struct Shared {
+    state: Mutex<Locked>,
+    /// Callers waiting to open a stream (a free slot, the handshake).
+    slots: Condvar,
+    writer: Mutex<TcpStream>,
+    /// For shutting the socket down from any thread.
+    socket: TcpStream,
+    authority: String,
+}
+
+impl Shared {
+    /// Wakes whoever the last change concerns. Called with `state` held.
+    fn wake(&self, locked: &mut Locked) {
+        let wakes = locked.conn.take_wakes();
+        if wakes.all {
+            for cv in locked.waiters.values() {
+                cv.notify_all();
+            }
+            self.slots.notify_all();
+            return;
+        }
+        for id in wakes.streams {
+            if let Some(cv) = locked.waiters.get(&id) {
+                cv.notify_all();
+            }
+        }
+        if wakes.slots {
+            self.slots.notify_all();
+        }
+    }
+
+    /// Writes every frame queued so far, in order. Returns once they are
+    /// written (by this thread or the one that took them first).
+    fn flush(&self) {
+        let mut writer = self.writer.lock();
+        let out = {
+            let mut locked = self.state.lock();
+            if !locked.conn.has_output() {
+                return;
+            }
+            locked.conn.take_output()
+        };
+        if let Err(e) = writer.write_all(&out) {
+            drop(writer);
+            self.lose(&format!("write failed: {e}"));
+        }
+    }
+
+    /// Ends the connection: every call not over is UNAVAILABLE.
+    fn lose(&self, why: &str) {
+        {
+            let mut locked = self.state.lock();
+            locked.conn.lose(why);
+            self.wake(&mut locked);
+        }
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+}
+
+/// Closes the connection when the last [`Channel`] clone and the last call
+/// on it are gone (the reader thread holds only [`Shared`]).
+struct Owner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.state.lock().conn.goodbye();
+        self.shared.flush();
+        self.shared.lose("the channel was closed");
+    }
+}
+
+/// One h2c connection to a gRPC server; clones share it. Any number of
+/// calls may run on it at once from any threads (up to the server's
+/// SETTINGS_MAX_CONCURRENT_STREAMS: past it, new calls wait for a slot).
+/// It is closed when the last clone and the last call are dropped.
+#[derive(Clone)]
+pub struct Channel {
+    owner: Arc<Owner>,
+}
+
+impl Channel {
+    /// Connects to `addr` (`host:port`, `http://` allowed) and waits for
+    /// the server's SETTINGS, all within `timeout`.
+    pub fn connect(addr: &str, timeout: Duration) -> io::Result<Channel> {
+        let deadline = Instant::now() + timeout;
+        let authority = addr
+            .strip_prefix("http://")
+            .unwrap_or(addr)
+            .trim_end_matches('/');
+        let mut last = io::Error::new(ErrorKind::NotFound, format!("{authority}: no address"));
+        let mut socket = None;
+        for a in authority.to_socket_addrs()? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                last = io::Error::new(
+                    ErrorKind::TimedOut,
+                    format!("connecting to {authority} timed out"),
+                );
+                break;
+            }
+            match TcpStream::connect_timeout(&a, left) {
+                Ok(s) => {
+                    socket = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let socket = socket.ok_or(last)?;
+        socket.set_nodelay(true)?;
+        socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Locked {
+                conn: ClientConn::new(),
+                waiters: HashMap::new(),
+            }),
+            slots: Condvar::new(),
+            writer: Mutex::new(socket.try_clone()?),
+            socket: socket.try_clone()?,
+            authority: authority.to_string(),
+        });
+        let channel = Channel {
+            owner: Arc::new(Owner {
+                shared: shared.clone(),
+            }),
+        };
+        let reader = shared.clone();
+        std::thread::Builder::new()
+            .name("h2c-read".into())
+            .stack_size(READER_STACK)
+            .spawn(move || read_loop(&reader, socket))?;
+        shared.flush();
+        let mut locked = shared.state.lock();
+        while !locked.conn.settings_seen() {
+            if let Some(why) = locked.conn.lost() {
+                return Err(io::Error::new(
+                    ErrorKind::ConnectionAborted,
+                    format!("{authority}: {why}"),
+                ));
+            }
+            if shared.slots.wait_until(&mut locked, deadline).timed_out() {
+                return Err(io::Error::new(
+                    ErrorKind::TimedOut,
+                    format!("{authority}: no HTTP/2 SETTINGS from the server in {timeout:?}"),
+                ));
+            }
+        }
+        Ok(channel)
+    }
+
+    /// True once the connection is over (calls on it fail UNAVAILABLE).
+    pub fn is_closed(&self) -> bool {
+        self.owner.shared.state.lock().conn.lost().is_some()
+    }
+
+    /// A unary call: one request, one response.
+    pub fn unary(
+        &self,
+        path: &str,
+        request: &[u8],
+        options: &CallOptions,
+    ) -> Result<Vec<u8>, Status> {
+        let call = self.start(path, Some(request), options)?;
+        let response = match call.recv_until(None) {
+            Recv::Message(m) => m,
+            Recv::Ended(s) if s.code != Code::Ok => return Err(s),
+            _ => {
+                return Err(Status::new(
+                    Code::Internal,
+                    "the server sent no response message to a unary call",
+                ))
+            }
+        };
+        match call.recv_until(None) {
+            Recv::Ended(s) if s.code == Code::Ok => Ok(response),
+            Recv::Ended(s) => Err(s),
+            _ => Err(Status::new(
+                Code::Internal,
+                "the server sent more than one response message to a unary call",
+            )),
+        }
+    }
+
+    /// A server-streaming call: one request, then the responses as they
+    /// come (see [`Stream`]).
+    pub fn server_streaming(
+        &self,
+        path: &str,
+        request: &[u8],
+        options: &CallOptions,
+    ) -> Result<Stream, Status> {
+        Ok(Stream {
+            call: self.start(path, Some(request), options)?,
+            done: false,
+        })
+    }
+
+    /// A client-streaming or bidirectional call, with nothing sent yet
+    /// (see [`Duplex`]).
+    pub fn open(&self, path: &str, options: &CallOptions) -> Result<Duplex, Status> {
+        Ok(Duplex {
+            call: self.start(path, None, options)?,
+        })
+    }
+
+    /// Opens a stream (waiting for a slot if the server's limit is
+    /// reached) and sends `request` with END_STREAM when there is one.
+    fn start(
+        &self,
+        path: &str,
+        request: Option<&[u8]>,
+        options: &CallOptions,
+    ) -> Result<CallHandle, Status> {
+        let shared = &self.owner.shared;
+        let deadline = options.timeout.map(|t| Instant::now() + t);
+        let mut locked = shared.state.lock();
+        let id = loop {
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if timeout.is_some_and(|t| t.is_zero()) {
+                return Err(deadline_exceeded());
+            }
+            let block = request_block(&shared.authority, path, timeout, &options.metadata);
+            match locked.conn.open(&block, false, options.max_message)? {
+                Some(id) => break id,
+                None => match deadline {
+                    Some(d) => {
+                        shared.slots.wait_until(&mut locked, d);
+                    }
+                    None => shared.slots.wait(&mut locked),
+                },
+            }
+        };
+        let wake = Arc::new(Condvar::new());
+        locked.waiters.insert(id, wake.clone());
+        drop(locked);
+        let call = CallHandle {
+            owner: self.owner.clone(),
+            id,
+            wake,
+            deadline,
+        };
+        match request {
+            Some(bytes) => call.send(bytes, true)?,
+            None => shared.flush(),
+        }
+        Ok(call)
+    }
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("authority", &self.owner.shared.authority)
+            .finish()
+    }
+}
+
+fn deadline_exceeded() -> Status {
+    Status::new(Code::DeadlineExceeded, "deadline exceeded")
+}
+
+/// The reader thread: frames in, wakes out, acknowledgements written.
+fn read_loop(shared: &Shared, mut socket: TcpStream) {
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut have = 0;
+    let why = loop {
+        match socket.read(&mut buf[have..]) {
+            Ok(0) => break "the server closed the connection".to_string(),
+            Ok(n) => have += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => break format!("read failed: {e}"),
+        }
+        let (used, output, lost) = {
+            let mut locked = shared.state.lock();
+            let used = locked.conn.receive(&buf[..have]);
+            shared.wake(&mut locked);
+            (used, locked.conn.has_output(), locked.conn.lost().is_some())
+        };
+        buf.copy_within(used..have, 0);
+        have -= used;
+        if output {
+            shared.flush();
+        }
+        if lost {
+            break String::new();
+        }
+    };
+    // After a protocol error the reason is recorded already.
+    shared.lose(&why);
+}
+
+/// One call's stream, as the call types hold it. Dropping it cancels the
+/// call if it is still running.
+struct CallHandle {
+    owner: Arc<Owner>,
+    id: u32,
+    wake: Arc<Condvar>,
+    deadline: Option<Instant>,
+}
+
+impl CallHandle {
+    fn shared(&self) -> &Shared {
+        &self.owner.shared
+    }
+
+    /// Cancels the call if its deadline passed. Called with `state` held.
+    fn check_deadline(&self, locked: &mut MutexGuard<'_, Locked>) -> bool {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            locked.conn.cancel(self.id, deadline_exceeded());
+            self.shared().wake(locked);
+            return true;
+        }
+        false
+    }
+
+    /// Sends one message (END_STREAM after it when `end`), waiting for
+    /// flow-control window as needed.
+    fn send(&self, message: &[u8], end: bool) -> Result<(), Status> {
+        let mut framed = Vec::with_capacity(g::PREFIX_LEN + message.len());
+        g::put_message(&mut framed, message);
+        self.send_bytes(&framed, end)
+    }
+
+    fn send_bytes(&self, bytes: &[u8], end: bool) -> Result<(), Status> {
+        let shared = self.shared();
+        let mut at = 0;
+        loop {
+            let result = {
+                let mut locked = shared.state.lock();
+                let mut result = locked.conn.send_data(self.id, &bytes[at..], end);
+                if result == Ok(0) && at < bytes.len() {
+                    // No window: wait for the server to give some.
+                    if self.check_deadline(&mut locked) {
+                        result = Err(deadline_exceeded());
+                    } else if let Some(d) = self.deadline {
+                        self.wake.wait_until(&mut locked, d);
+                    } else {
+                        self.wake.wait(&mut locked);
+                    }
+                }
+                result
+            };
+            shared.flush();
+            at += result?;
+            if at == bytes.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn close_send(&self) {
+        let shared = self.shared();
+        let _ = shared.state.lock().conn.send_data(self.id, &[], true);
+        shared.flush();
+    }
+
+    /// The next message or the end, waiting until `until` at most (and
+    /// the call's deadline).
+    fn recv_until(&self, until: Option<Instant>) -> Recv {
+        let shared = self.shared();
+        let mut locked = shared.state.lock();
+        let got = loop {
+            match locked.conn.next(self.id) {
+                Next::Message(m) => break Recv::Message(m),
+                Next::End(s) => break Recv::Ended(s),
+                Next::Pending => {}
+            }
+            if self.check_deadline(&mut locked) {
+                continue;
+            }
+            let limit = match (until, self.deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match limit {
+                Some(l) => {
+                    if until.is_some_and(|u| Instant::now() >= u) {
+                        break Recv::TimedOut;
+                    }
+                    self.wake.wait_until(&mut locked, l);
+                }
+                None => self.wake.wait(&mut locked),
+            }
+        };
+        let output = locked.conn.has_output();
+        drop(locked);
+        if output {
+            shared.flush();
+        }
+        got
+    }
+
+    /// Waits for the call's status, dropping messages not read.
+    fn status(&self) -> Status {
+        loop {
+            if let Recv::Ended(s) = self.recv_until(None) {
+                return s;
+            }
+        }
+    }
+}
+
+impl Drop for CallHandle {
+    fn drop(&mut self) {
+        let shared = self.shared();
+        {
+            let mut locked = shared.state.lock();
+            locked.conn.forget(self.id);
+            locked.waiters.remove(&self.id);
+            shared.wake(&mut locked);
+        }
+        shared.flush();
+    }
+}
+
+/// The responses of a server-streaming call: `Some(Ok(message))` each,
+/// then `None` after OK trailers, or one `Some(Err(status))` and `None`
+/// after that. Dropping it before the end cancels the call.
+pub struct Stream {
+    call: CallHandle,
+    done: bool,
+}
+
+impl Stream {
+    /// The next message, waiting at most `timeout` for it.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Recv {
+        self.call.recv_until(Some(Instant::now() + timeout))
+    }
+}
+
+impl Iterator for Stream {
+    type Item = Result<Vec<u8>, Status>;
+
+    fn next(&mut self) -> Option<Result<Vec<u8>, Status>> {
+        if self.done {
+            return None;
+        }
+        match self.call.recv_until(None) {
+            Recv::Message(m) => Some(Ok(m)),
+            Recv::Ended(s) => {
+                self.done = true;
+                (s.code != Code::Ok).then_some(Err(s))
+            }
+            Recv::TimedOut => unreachable!("no time limit"),
+        }
+    }
+}
+
+/// A client-streaming or bidirectional call. Its methods take `&self`:
+/// one thread may send while another receives (share it by reference,
+/// `std::thread::scope`). Dropping it before the end cancels the call.
+pub struct Duplex {
+    call: CallHandle,
+}
+
+impl Duplex {
+    /// Sends one message, waiting for flow-control window if the server
+    /// has not read what came before. `Err` once the call is over: its
+    /// status, which is OK when the server ended the call without reading
+    /// the rest (the call's outcome is what [`Duplex::finish`] returns).
+    pub fn send(&self, message: &[u8]) -> Result<(), Status> {
+        self.call.send(message, false)
+    }
+
+    /// Closes our side: the server sees the end of the requests.
+    pub fn close_send(&self) {
+        self.call.close_send()
+    }
+
+    /// The next response: `Some(Ok)`, then `None` after OK trailers or
+    /// `Some(Err(status))` (again on each later call).
+    pub fn recv(&self) -> Option<Result<Vec<u8>, Status>> {
+        match self.call.recv_until(None) {
+            Recv::Message(m) => Some(Ok(m)),
+            Recv::Ended(s) if s.code == Code::Ok => None,
+            Recv::Ended(s) => Some(Err(s)),
+            Recv::TimedOut => unreachable!("no time limit"),
+        }
+    }
+
+    /// The next response, waiting at most `timeout` for it.
+    pub fn recv_timeout(&self, timeout: Duration) -> Recv {
+        self.call.recv_until(Some(Instant::now() + timeout))
+    }
+
+    /// Closes our side and waits for the call's status; responses not
+    /// read are dropped.
+    pub fn finish(self) -> Status {
+        self.call.close_send();
+        self.call.status()
+    }
+
+    /// For a client-streaming call: closes our side and returns the one
+    /// response, or the status the call failed with.
+    pub fn close_and_recv(self) -> Result<Vec<u8>, Status> {
+        self.call.close_send();
+        let response = match self.call.recv_until(None) {
+            Recv::Message(m) => m,
+            Recv::Ended(s) if s.code != Code::Ok => return Err(s),
+            _ => {
+                return Err(Status::new(
+                    Code::Internal,
+                    "the server sent no response message to a client-streaming call",
+                ))
+            }
+        };
+        match self.call.status() {
+            s if s.code == Code::Ok => Ok(response),
+            s => Err(s),
+        }
+    }
+}
+
+/// A message to send, encoded (rust-protobuf 3).
+pub fn encode(message: &impl protobuf::Message) -> Result<Vec<u8>, Status> {
+    message
+        .write_to_bytes()
+        .map_err(|e| Status::new(Code::Internal, format!("cannot encode the request: {e}")))
+}
+
+/// A message received, decoded (rust-protobuf 3).
+pub fn decode<T: protobuf::Message>(bytes: &[u8]) -> Result<T, Status> {
+    T::parse_from_bytes(bytes)
+        .map_err(|e| Status::new(Code::Internal, format!("cannot decode the response: {e}")))
+}
+
+/// A server-streaming call's responses, decoded as `T`.
+pub struct Messages<T> {
+    stream: Stream,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Messages<T> {
+    /// The undecoded stream (for `recv_timeout`).
+    pub fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+}
+
+impl<T: protobuf::Message> Iterator for Messages<T> {
+    type Item = Result<T, Status>;
+
+    fn next(&mut self) -> Option<Result<T, Status>> {
+        self.stream.next().map(|r| r.and_then(|m| decode(&m)))
+    }
+}
+
+/// The paths of `chat.ChatService`'s methods.
+pub mod chat_paths {
+    pub const SEND_MESSAGE: &str = "/chat.ChatService/SendMessage";
+    pub const SUBSCRIBE_MESSAGES: &str = "/chat.ChatService/SubscribeMessages";
+    pub const UPLOAD_MESSAGES: &str = "/chat.ChatService/UploadMessages";
+    pub const CHAT: &str = "/chat.ChatService/Chat";
+    pub const STREAM_METRICS: &str = "/chat.ChatService/StreamMetrics";
+}
+
+/// Typed calls of `chat.ChatService`, each made with the client's options.
+#[derive(Clone, Debug)]
+pub struct ChatClient {
+    channel: Channel,
+    options: CallOptions,
+}
+
+impl ChatClient {
+    pub fn new(channel: Channel) -> ChatClient {
+        ChatClient {
+            channel,
+            options: CallOptions::default(),
+        }
+    }
+
+    pub fn with_options(mut self, options: CallOptions) -> ChatClient {
+        self.options = options;
+        self
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    pub fn send_message(
+        &self,
+        req: &chat::SendMessageRequest,
+    ) -> Result<chat::SendMessageResponse, Status> {
+        let bytes = self
+            .channel
+            .unary(chat_paths::SEND_MESSAGE, &encode(req)?, &self.options)?;
+        decode(&bytes)
+    }
+
+    pub fn subscribe_messages(
+        &self,
+        req: &chat::SubscribeRequest,
+    ) -> Result<Messages<chat::Message>, Status> {
+        self.server_streaming(chat_paths::SUBSCRIBE_MESSAGES, req)
+    }
+
+    pub fn stream_metrics(
+        &self,
+        req: &chat::MetricsRequest,
+    ) -> Result<Messages<chat::Metric>, Status> {
+        self.server_streaming(chat_paths::STREAM_METRICS, req)
+    }
+
+    /// Send `chat::Message`s with [`encode`]; [`Duplex::close_and_recv`]
+    /// gives the `chat::UploadResponse` to [`decode`].
+    pub fn upload_messages(&self) -> Result<Duplex, Status> {
+        self.channel
+            .open(chat_paths::UPLOAD_MESSAGES, &self.options)
+    }
+
+    /// `chat::Message`s both ways.
+    pub fn chat(&self) -> Result<Duplex, Status> {
+        self.channel.open(chat_paths::CHAT, &self.options)
+    }
+
+    fn server_streaming<T>(
+        &self,
+        path: &str,
+        req: &impl protobuf::Message,
+    ) -> Result<Messages<T>, Status> {
+        Ok(Messages {
+            stream: self
+                .channel
+                .server_streaming(path, &encode(req)?, &self.options)?,
+            _type: PhantomData,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
