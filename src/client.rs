@@ -2,21 +2,19 @@
 //! `metrics`): the same five calls the reference client makes, against any
 //! server that speaks `chat.ChatService`.
 //!
-//! A module of the `streamhub` binary, not of the server library: users run
-//! `streamhub send ...` from the one binary they installed, and the
-//! library (what the server is made of) carries no client code.
+//! A module of the `streamhub` binary: users run `streamhub send ...` from
+//! the one binary they installed. The commands live here; the calls go
+//! through the library's blocking h2c client (`grpc::h2::client`), which
+//! the tests and the load tool share.
 
 use std::io::{BufRead, Write};
-use std::sync::Arc;
-
-use futures_executor::block_on;
-use futures_util::{SinkExt, StreamExt};
-use grpcio::{CallOption, ChannelBuilder, EnvBuilder, WriteFlags};
+use std::time::Duration;
 
 use streamhub::config::{opt, usage, OptSpec, RawArgs};
 use streamhub::error::Error;
+use streamhub::grpc::call::{Code, Status};
+use streamhub::grpc::h2::client::{decode, encode, CallOptions, Channel, ChatClient, Duplex};
 use streamhub::proto::chat;
-use streamhub::proto::services::ChatServiceClient;
 
 /// Options every client subcommand shares.
 pub const CLIENT_OPTIONS: &[OptSpec] = &[
@@ -74,25 +72,27 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("metrics", "print the server's StreamMetrics", ""),
 ];
 
-fn failure(what: &str, e: grpcio::Error) -> Error {
-    match e {
-        grpcio::Error::RpcFailure(s) => Error::Io(format!(
-            "{what}: {} {}",
-            streamhub::grpc::call::Code::from_number(s.code().into()),
-            s.message()
-        )),
-        other => Error::Io(format!("{what}: {other}")),
-    }
+/// How long `metrics`, which has no `--timeout-secs`, waits to connect.
+const METRICS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn failure(what: &str, s: Status) -> Error {
+    Error::Io(format!("{what}: {} {}", s.code, s.message))
 }
 
-fn connect(server: &str) -> ChatServiceClient {
-    let env = Arc::new(
-        EnvBuilder::new()
-            .cq_count(1)
-            .name_prefix("grpc-client")
-            .build(),
-    );
-    ChatServiceClient::new(ChannelBuilder::new(env).connect(server))
+/// One connection for the command's one call; failing to connect is
+/// reported as the call's UNAVAILABLE, as a gRPC client would.
+fn connect(what: &str, server: &str, timeout: Duration) -> Result<ChatClient, Error> {
+    Channel::connect(server, timeout)
+        .map(ChatClient::new)
+        .map_err(|e| {
+            failure(
+                what,
+                Status::new(
+                    Code::Unavailable,
+                    format!("cannot connect to {server}: {e}"),
+                ),
+            )
+        })
 }
 
 fn print_message(out: &mut impl Write, m: &chat::Message) -> std::io::Result<()> {
@@ -132,40 +132,45 @@ pub fn run(command: &str, args: &[String]) -> Result<bool, Error> {
         );
         return Ok(true);
     }
-    let client = connect(&raw.string("server"));
+    let server = raw.string("server");
+    if command == "metrics" {
+        let client = connect("StreamMetrics", &server, METRICS_CONNECT_TIMEOUT)?;
+        return metrics(&client, &raw).map(|()| true);
+    }
+    let timeout = raw.secs("timeout-secs", 1, 3600)?;
     match command {
-        "send" => send(&client, &raw)?,
-        "subscribe" => subscribe(&client, &raw)?,
-        "upload" => upload(&client, &raw)?,
-        "chat" => chat(&client, &raw)?,
-        _ => metrics(&client, &raw)?,
+        "send" => send(&connect("SendMessage", &server, timeout)?, &raw, timeout)?,
+        "subscribe" => subscribe(&connect("SubscribeMessages", &server, timeout)?, &raw)?,
+        "upload" => upload(&connect("UploadMessages", &server, timeout)?, &raw)?,
+        _ => chat(&connect("Chat", &server, timeout)?, &raw)?,
     }
     Ok(true)
 }
 
-fn send(client: &ChatServiceClient, raw: &RawArgs) -> Result<(), Error> {
+fn send(client: &ChatClient, raw: &RawArgs, timeout: Duration) -> Result<(), Error> {
     let mut req = chat::SendMessageRequest::new();
     req.user = default_user(raw);
     req.room = raw.string("room");
     req.content = raw.positional.join(" ");
-    let timeout = raw.secs("timeout-secs", 1, 3600)?;
     let resp = client
-        .send_message_opt(&req, CallOption::default().timeout(timeout))
+        .clone()
+        .with_options(CallOptions::default().timeout(timeout))
+        .send_message(&req)
         .map_err(|e| failure("SendMessage", e))?;
     let ts = resp.timestamp.seconds;
     println!("sent {} at {}", resp.message_id, ts);
     Ok(())
 }
 
-fn subscribe(client: &ChatServiceClient, raw: &RawArgs) -> Result<(), Error> {
+fn subscribe(client: &ChatClient, raw: &RawArgs) -> Result<(), Error> {
     let mut req = chat::SubscribeRequest::new();
     req.user = default_user(raw);
     req.room = raw.string("room");
-    let mut stream = client
+    let stream = client
         .subscribe_messages(&req)
         .map_err(|e| failure("SubscribeMessages", e))?;
     let mut out = std::io::stdout().lock();
-    while let Some(m) = block_on(stream.next()) {
+    for m in stream {
         let m = m.map_err(|e| failure("SubscribeMessages", e))?;
         if print_message(&mut out, &m).is_err() {
             break;
@@ -174,26 +179,46 @@ fn subscribe(client: &ChatServiceClient, raw: &RawArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn upload(client: &ChatServiceClient, raw: &RawArgs) -> Result<(), Error> {
-    let (mut sender, receiver) = client
-        .upload_messages()
-        .map_err(|e| failure("UploadMessages", e))?;
+/// Sends each line of standard input as a `chat::Message` (ids from
+/// `id`), then closes the sending side, also when reading fails; stops
+/// early when the server ended the call (its status comes from the
+/// receiving side).
+fn send_lines(call: &Duplex, raw: &RawArgs, id: impl Fn(usize) -> String) -> Result<(), Error> {
     let user = default_user(raw);
     let room = raw.string("room");
+    let mut sent = Ok(());
     for (i, line) in std::io::stdin().lock().lines().enumerate() {
-        let line = line?;
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                sent = Err(e.into());
+                break;
+            }
+        };
         let mut m = chat::Message::new();
-        m.id = format!("upload_{i}");
+        m.id = id(i);
         m.user = user.clone();
         m.room = room.clone();
         m.content = line;
-        if block_on(sender.send((m, WriteFlags::default()))).is_err() {
-            // The server ended the call; its status comes from the receiver.
+        // A proto3 message always encodes.
+        let Ok(bytes) = encode(&m) else { continue };
+        if call.send(&bytes).is_err() {
             break;
         }
     }
-    let _ = block_on(sender.close());
-    let resp = block_on(receiver).map_err(|e| failure("UploadMessages", e))?;
+    call.close_send();
+    sent
+}
+
+fn upload(client: &ChatClient, raw: &RawArgs) -> Result<(), Error> {
+    let call = client
+        .upload_messages()
+        .map_err(|e| failure("UploadMessages", e))?;
+    send_lines(&call, raw, |i| format!("upload_{i}"))?;
+    let resp: chat::UploadResponse = call
+        .close_and_recv()
+        .and_then(|bytes| decode(&bytes))
+        .map_err(|e| failure("UploadMessages", e))?;
     println!(
         "uploaded {} messages (success={})",
         resp.message_count, resp.success
@@ -201,50 +226,42 @@ fn upload(client: &ChatServiceClient, raw: &RawArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn chat(client: &ChatServiceClient, raw: &RawArgs) -> Result<(), Error> {
-    let (mut sender, mut receiver) = client.chat().map_err(|e| failure("Chat", e))?;
-    let printer = std::thread::Builder::new()
-        .name("chat-replies".into())
-        .spawn(move || -> Result<(), Error> {
-            let mut out = std::io::stdout().lock();
-            while let Some(m) = block_on(receiver.next()) {
-                let m = m.map_err(|e| failure("Chat", e))?;
-                if print_message(&mut out, &m).is_err() {
-                    break;
+fn chat(client: &ChatClient, raw: &RawArgs) -> Result<(), Error> {
+    let call = client.chat().map_err(|e| failure("Chat", e))?;
+    std::thread::scope(|scope| {
+        let printer = std::thread::Builder::new()
+            .name("chat-replies".into())
+            .spawn_scoped(scope, || -> Result<(), Error> {
+                let mut out = std::io::stdout().lock();
+                while let Some(m) = call.recv() {
+                    let m: chat::Message = m
+                        .and_then(|bytes| decode(&bytes))
+                        .map_err(|e| failure("Chat", e))?;
+                    if print_message(&mut out, &m).is_err() {
+                        break;
+                    }
                 }
-            }
-            Ok(())
-        })?;
-    let user = default_user(raw);
-    let room = raw.string("room");
-    for (i, line) in std::io::stdin().lock().lines().enumerate() {
-        let line = line?;
-        let mut m = chat::Message::new();
-        m.id = format!("cli_{}", i + 1);
-        m.user = user.clone();
-        m.room = room.clone();
-        m.content = line;
-        if block_on(sender.send((m, WriteFlags::default()))).is_err() {
-            break;
-        }
-    }
-    let _ = block_on(sender.close());
-    printer
-        .join()
-        .map_err(|_| Error::Io("reply printer panicked".into()))?
+                Ok(())
+            })?;
+        let sent = send_lines(&call, raw, |i| format!("cli_{}", i + 1));
+        let printed = printer
+            .join()
+            .map_err(|_| Error::Io("reply printer panicked".into()))?;
+        sent.and(printed)
+    })
 }
 
-fn metrics(client: &ChatServiceClient, raw: &RawArgs) -> Result<(), Error> {
+fn metrics(client: &ChatClient, raw: &RawArgs) -> Result<(), Error> {
     let mut req = chat::MetricsRequest::new();
     req.instance_id = raw.string("instance");
     req.interval_seconds = raw.number("interval-secs", 0, 3600)? as i32;
     let count = raw.number("count", 0, u64::MAX)?;
-    let mut stream = client
+    let stream = client
         .stream_metrics(&req)
         .map_err(|e| failure("StreamMetrics", e))?;
     let mut seen = 0;
     let mut out = std::io::stdout().lock();
-    while let Some(m) = block_on(stream.next()) {
+    for m in stream {
         let m = m.map_err(|e| failure("StreamMetrics", e))?;
         let mut labels: Vec<_> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         labels.sort();
