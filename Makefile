@@ -47,7 +47,7 @@ py-deps: $(VENV)/.ready
 # The browser test (headless Chromium's EventSource) must run here, not skip.
 # One test at a time: several tests bound latencies, which a second test
 # hammering the same 2 cores would blur.
-test: deps test-deps py-deps
+test: deps test-deps py-deps peers
 	STREAMHUB_REQUIRE_BROWSER=1 $(CARGO) test --release --workspace -- --test-threads=1
 
 fmt:
