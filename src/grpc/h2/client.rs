@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use self::state::{request_block, ClientConn, Next};
+use self::state::{request_head, ClientConn, Next};
 use super::grpc as g;
 use crate::grpc::call::{Code, Status};
 use crate::proto::chat;
@@ -38,6 +38,9 @@ const READ_BUFFER: usize = 64 * 1024;
 const READER_STACK: usize = 256 * 1024;
 /// A write the server does not take in this long ends the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the reader may still read after a write failed (see
+/// `Shared::write_failed`).
+const DRAIN_AFTER_WRITE_ERROR: Duration = Duration::from_secs(1);
 /// gRPC's default limit on a received message.
 pub const DEFAULT_MAX_MESSAGE: usize = 4 << 20;
 
@@ -105,6 +108,8 @@ struct Shared {
     writer: Mutex<TcpStream>,
     /// For shutting the socket down from any thread.
     socket: TcpStream,
+    /// The first failed write, the connection's end once the reader is done.
+    write_error: Mutex<Option<String>>,
     authority: String,
 }
 
@@ -142,8 +147,20 @@ impl Shared {
         };
         if let Err(e) = writer.write_all(&out) {
             drop(writer);
-            self.lose(&format!("write failed: {e}"));
+            self.write_failed(e);
         }
+    }
+
+    /// A write failed, most likely because the server closed the
+    /// connection: what it said first (a GOAWAY and its reason) may still
+    /// be there to read. The reader gets [`DRAIN_AFTER_WRITE_ERROR`] to
+    /// read it, then ends the connection with both reasons.
+    fn write_failed(&self, e: io::Error) {
+        self.write_error
+            .lock()
+            .get_or_insert_with(|| format!("write failed: {e}"));
+        let _ = self.socket.shutdown(Shutdown::Write);
+        let _ = self.socket.set_read_timeout(Some(DRAIN_AFTER_WRITE_ERROR));
     }
 
     /// Ends the connection: every call not over is UNAVAILABLE.
@@ -189,15 +206,12 @@ impl Channel {
             .strip_prefix("http://")
             .unwrap_or(addr)
             .trim_end_matches('/');
-        let mut last = io::Error::new(ErrorKind::NotFound, format!("{authority}: no address"));
+        let mut last = io::Error::new(ErrorKind::NotFound, "no address");
         let mut socket = None;
         for a in authority.to_socket_addrs()? {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                last = io::Error::new(
-                    ErrorKind::TimedOut,
-                    format!("connecting to {authority} timed out"),
-                );
+                last = io::Error::new(ErrorKind::TimedOut, "connecting timed out");
                 break;
             }
             match TcpStream::connect_timeout(&a, left) {
@@ -219,6 +233,7 @@ impl Channel {
             slots: Condvar::new(),
             writer: Mutex::new(socket.try_clone()?),
             socket: socket.try_clone()?,
+            write_error: Mutex::new(None),
             authority: authority.to_string(),
         });
         let channel = Channel {
@@ -237,13 +252,13 @@ impl Channel {
             if let Some(why) = locked.conn.lost() {
                 return Err(io::Error::new(
                     ErrorKind::ConnectionAborted,
-                    format!("{authority}: {why}"),
+                    why.to_string(),
                 ));
             }
             if shared.slots.wait_until(&mut locked, deadline).timed_out() {
                 return Err(io::Error::new(
                     ErrorKind::TimedOut,
-                    format!("{authority}: no HTTP/2 SETTINGS from the server in {timeout:?}"),
+                    format!("no HTTP/2 SETTINGS from the server in {timeout:?}"),
                 ));
             }
         }
@@ -321,8 +336,8 @@ impl Channel {
             if timeout.is_some_and(|t| t.is_zero()) {
                 return Err(deadline_exceeded());
             }
-            let block = request_block(&shared.authority, path, timeout, &options.metadata);
-            match locked.conn.open(&block, false, options.max_message)? {
+            let head = request_head(&shared.authority, path, timeout, &options.metadata);
+            match locked.conn.open(&head, false, options.max_message)? {
                 Some(id) => break id,
                 None => match deadline {
                     Some(d) => {
@@ -387,7 +402,9 @@ fn read_loop(shared: &Shared, mut socket: TcpStream) {
             break String::new();
         }
     };
-    // After a protocol error the reason is recorded already.
+    // After a protocol error the reason is recorded already; after a
+    // failed write, that is the reason.
+    let why = shared.write_error.lock().take().unwrap_or(why);
     shared.lose(&why);
 }
 

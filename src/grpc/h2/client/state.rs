@@ -43,15 +43,31 @@ const MAX_STREAM_ID: u32 = (1 << 31) - 1;
 /// The debug text of a GOAWAY we keep for the statuses it explains.
 const MAX_DEBUG_TEXT: usize = 256;
 
-/// The request header block of a call (RFC 9113 section 8.3.1 and gRPC's
+/// A call's request header block, and its size as
+/// SETTINGS_MAX_HEADER_LIST_SIZE counts it (name + value + 32 per field).
+pub struct RequestHead {
+    pub block: Vec<u8>,
+    pub list_size: usize,
+}
+
+/// The request headers of a call (RFC 9113 section 8.3.1 and gRPC's
 /// PROTOCOL-HTTP2.md). `metadata` names are sent lower case; pseudo-headers
 /// and the fields this function writes itself are not taken from it.
-pub fn request_block(
+pub fn request_head(
     authority: &str,
     path: &str,
     timeout: Option<Duration>,
     metadata: &[(String, String)],
-) -> Vec<u8> {
+) -> RequestHead {
+    let mut list_size = 0;
+    let mut count = |name: &str, value: &[u8]| list_size += name.len() + value.len() + 32;
+    count(":method", b"POST");
+    count(":scheme", b"http");
+    count(":path", path.as_bytes());
+    count(":authority", authority.as_bytes());
+    count("content-type", b"application/grpc");
+    count("te", b"trailers");
+    count("user-agent", USER_AGENT.as_bytes());
     let mut block = Block::new()
         .indexed(index::METHOD_POST)
         .indexed(index::SCHEME_HTTP)
@@ -61,16 +77,22 @@ pub fn request_block(
         .literal(b"te", b"trailers")
         .literal(b"user-agent", USER_AGENT.as_bytes());
     if let Some(t) = timeout {
-        block = block.literal(b"grpc-timeout", g::format_timeout(t).as_bytes());
+        let t = g::format_timeout(t);
+        count("grpc-timeout", t.as_bytes());
+        block = block.literal(b"grpc-timeout", t.as_bytes());
     }
     for (name, value) in metadata {
         let name = name.to_ascii_lowercase();
         if name.starts_with(':') || OWN_FIELDS.contains(&name.as_str()) {
             continue;
         }
+        count(&name, value.as_bytes());
         block = block.literal(name.as_bytes(), value.as_bytes());
     }
-    block.bytes
+    RequestHead {
+        block: block.bytes,
+        list_size,
+    }
 }
 
 const USER_AGENT: &str = concat!("streamhub-h2c/", env!("CARGO_PKG_VERSION"));
@@ -252,6 +274,7 @@ pub struct ClientConn {
     peer_initial_window: i64,
     peer_max_frame: usize,
     peer_max_streams: u32,
+    peer_max_header_list: usize,
     goaway: Option<GoAway>,
     lost: Option<String>,
     output: Vec<u8>,
@@ -292,6 +315,7 @@ impl ClientConn {
             peer_initial_window: frame::DEFAULT_WINDOW as i64,
             peer_max_frame: frame::DEFAULT_MAX_FRAME as usize,
             peer_max_streams: u32::MAX,
+            peer_max_header_list: usize::MAX,
             goaway: None,
             lost: None,
             output,
@@ -326,13 +350,15 @@ impl ClientConn {
 
     // ---- calls ----
 
-    /// Opens a stream with the header block `block` (see
-    /// [`request_block`]). `Ok(None)`: the server's stream limit is
-    /// reached, try again when a slot frees. `Err`: no stream can be
-    /// opened on this connection any more.
+    /// Opens a stream with the request headers `head` (see
+    /// [`request_head`]). `Ok(None)`: the server's stream limit is
+    /// reached, try again when a slot frees. `Err`: the call cannot start:
+    /// its headers are over the server's limit (a server may end the whole
+    /// connection for them), or no stream can be opened on this connection
+    /// any more.
     pub fn open(
         &mut self,
-        block: &[u8],
+        head: &RequestHead,
         end_stream: bool,
         max_message: usize,
     ) -> Result<Option<u32>, Status> {
@@ -352,6 +378,15 @@ impl ClientConn {
                 ),
             ));
         }
+        if head.list_size > self.peer_max_header_list {
+            return Err(Status::new(
+                Code::ResourceExhausted,
+                format!(
+                    "request headers of {} bytes are larger than the server's limit of {}",
+                    head.list_size, self.peer_max_header_list
+                ),
+            ));
+        }
         let open = self.streams.values().filter(|s| s.is_open()).count();
         if open >= self.peer_max_streams as usize {
             return Ok(None);
@@ -364,7 +399,13 @@ impl ClientConn {
             ));
         }
         self.next_stream += 2;
-        frame::put_headers(&mut self.output, id, block, end_stream, self.peer_max_frame);
+        frame::put_headers(
+            &mut self.output,
+            id,
+            &head.block,
+            end_stream,
+            self.peer_max_frame,
+        );
         self.streams.insert(
             id,
             StreamState {
@@ -534,10 +575,14 @@ impl ClientConn {
             let head = Head::parse(rest[..frame::HEADER_LEN].try_into().expect("9 bytes"));
             if !self.settings_seen && head.kind != kind::SETTINGS {
                 // Before the length: an HTTP/1 answer reads as a huge frame.
-                self.fail(
+                let why = "not an HTTP/2 server: its first frame is not SETTINGS";
+                frame::put_goaway(
+                    &mut self.output,
+                    0,
                     ErrorCode::ProtocolError,
-                    "not an HTTP/2 server: its first frame is not SETTINGS",
+                    why.as_bytes(),
                 );
+                self.lose(why);
                 break;
             }
             if head.len > frame::DEFAULT_MAX_FRAME {
@@ -688,6 +733,7 @@ impl ClientConn {
                 }
                 setting::MAX_FRAME_SIZE => self.peer_max_frame = value as usize,
                 setting::MAX_CONCURRENT_STREAMS => self.peer_max_streams = value,
+                setting::MAX_HEADER_LIST_SIZE => self.peer_max_header_list = value as usize,
                 // Our encoder uses no dynamic table: any table size suits it.
                 _ => {}
             }

@@ -91,7 +91,7 @@ fn ready(server: &[(u16, u32)]) -> ClientConn {
 
 fn open(c: &mut ClientConn) -> u32 {
     let id = c
-        .open(&request_block("h:1", "/s/M", None, &[]), false, 1 << 20)
+        .open(&request_head("h:1", "/s/M", None, &[]), false, 1 << 20)
         .unwrap()
         .unwrap();
     c.take_output();
@@ -136,7 +136,7 @@ fn request_headers_are_what_grpc_servers_expect() {
         (":path".to_string(), "/evil".to_string()),
         ("te".to_string(), "gzip".to_string()),
     ];
-    let block = request_block(
+    let head = request_head(
         "example:50051",
         "/chat.ChatService/Chat",
         Some(Duration::from_millis(1500)),
@@ -144,7 +144,7 @@ fn request_headers_are_what_grpc_servers_expect() {
     );
     let mut fields = Vec::new();
     hpack::Decoder::new(4096)
-        .decode(&block, |n, v| {
+        .decode(&head.block, |n, v| {
             fields.push((
                 String::from_utf8_lossy(n).into_owned(),
                 String::from_utf8_lossy(v).into_owned(),
@@ -166,14 +166,36 @@ fn request_headers_are_what_grpc_servers_expect() {
         .iter()
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();
+    let list_size: usize = want.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
     assert_eq!(fields, want);
+    assert_eq!(head.list_size, list_size);
+}
+
+#[test]
+fn headers_over_the_servers_list_limit_are_not_sent() {
+    // streamhub, for one, ends the whole connection for a header block
+    // that needs CONTINUATION frames past its limit.
+    let mut c = ready(&[(setting::MAX_HEADER_LIST_SIZE, 1000)]);
+    let small = [("x-a".to_string(), "v".repeat(600))];
+    assert!(c
+        .open(&request_head("h:1", "/s/M", None, &small), true, 1024)
+        .unwrap()
+        .is_some());
+    c.take_output();
+    let big = [("x-a".to_string(), "v".repeat(1000))];
+    let refused = c
+        .open(&request_head("h:1", "/s/M", None, &big), true, 1024)
+        .unwrap_err();
+    assert_eq!(refused.code, Code::ResourceExhausted);
+    assert!(refused.message.contains("limit of 1000"), "{refused:?}");
+    assert!(!c.has_output());
 }
 
 #[test]
 fn a_unary_exchange_ends_ok_after_its_message() {
     let mut c = ready(&[]);
     let id = c
-        .open(&request_block("h:1", "/s/M", None, &[]), false, 1024)
+        .open(&request_head("h:1", "/s/M", None, &[]), false, 1024)
         .unwrap()
         .unwrap();
     assert_eq!(id, 1);
@@ -317,7 +339,7 @@ fn goaway_fails_only_the_calls_it_did_not_process_and_stops_new_ones() {
     let s = status(&mut c, b);
     assert_eq!(s.code, Code::Unavailable);
     assert!(s.message.contains("draining"), "{s:?}");
-    let refused = c.open(&request_block("h:1", "/s/M", None, &[]), false, 1024);
+    let refused = c.open(&request_head("h:1", "/s/M", None, &[]), false, 1024);
     assert_eq!(refused.unwrap_err().code, Code::Unavailable);
     // The call it processed still ends normally.
     feed(
@@ -515,7 +537,7 @@ fn the_connection_window_comes_back_as_streams_are_read() {
 fn a_message_larger_than_the_window_still_arrives() {
     let mut c = ready(&[]);
     let id = c
-        .open(&request_block("h:1", "/s/M", None, &[]), true, 4 << 20)
+        .open(&request_head("h:1", "/s/M", None, &[]), true, 4 << 20)
         .unwrap()
         .unwrap();
     c.take_output();
@@ -547,7 +569,7 @@ fn a_message_larger_than_the_window_still_arrives() {
 fn oversized_and_compressed_messages_fail_the_call() {
     let mut c = ready(&[]);
     let id = c
-        .open(&request_block("h:1", "/s/M", None, &[]), true, 10)
+        .open(&request_head("h:1", "/s/M", None, &[]), true, 10)
         .unwrap()
         .unwrap();
     c.take_output();
@@ -571,16 +593,16 @@ fn oversized_and_compressed_messages_fail_the_call() {
 #[test]
 fn the_servers_stream_limit_holds_new_calls_back() {
     let mut c = ready(&[(setting::MAX_CONCURRENT_STREAMS, 1)]);
-    let block = request_block("h:1", "/s/M", None, &[]);
-    let first = c.open(&block, true, 1024).unwrap().unwrap();
-    assert_eq!(c.open(&block, true, 1024), Ok(None));
+    let head = request_head("h:1", "/s/M", None, &[]);
+    let first = c.open(&head, true, 1024).unwrap().unwrap();
+    assert_eq!(c.open(&head, true, 1024), Ok(None));
     feed(
         &mut c,
         &headers(first, head_block().literal(b"grpc-status", b"0"), true),
     );
     assert!(c.take_wakes().slots);
     // Ended but not yet let go of: it no longer counts.
-    assert_eq!(c.open(&block, true, 1024), Ok(Some(3)));
+    assert_eq!(c.open(&head, true, 1024), Ok(Some(3)));
 }
 
 #[test]
