@@ -5,10 +5,12 @@
 //! block in their own threads, each on its own stream's condition.
 //!
 //! The protocol is `state` (a pure state machine, unit-tested without
-//! sockets); this file is its shell: the socket, the reader, the waits and
-//! deadlines, and the call types ([`Channel::unary`],
-//! [`Channel::server_streaming`], [`Channel::open`] for client-streaming and
-//! bidirectional calls), with [`ChatClient`] on top for `chat.ChatService`.
+//! sockets) and `head` (what the header blocks say); this file is its
+//! shell: the socket, the reader, the waits and deadlines. The calls:
+//! [`Channel::unary`], [`Channel::server_streaming`] ([`Stream`]) and
+//! [`Channel::open`] ([`Duplex`], client-streaming and bidirectional), in
+//! `calls`; [`ChatClient`] on top for `chat.ChatService`, in `typed`.
+//! `tests` runs them against a tiny h2c server in the test.
 //!
 //! Locks: `Shared::writer` (the socket's write half) is taken before
 //! `Shared::state`, never after; frames are appended to the state's output
@@ -16,21 +18,25 @@
 //! stream ids reach the server in the order they were opened. The reader
 //! never holds `state` while it writes, and nothing is held while reading.
 
+mod calls;
+mod head;
 mod state;
+mod typed;
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
-use std::marker::PhantomData;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use self::state::{request_head, ClientConn, Next};
+pub use self::calls::{Duplex, Recv, Stream};
+use self::head::request_head;
+use self::state::{ClientConn, Next};
+pub use self::typed::{chat_paths, decode, encode, ChatClient, Messages};
 use super::grpc as g;
 use crate::grpc::call::{Code, Status};
-use crate::proto::chat;
 
 /// Read buffer of a connection: a few of the largest frames.
 const READ_BUFFER: usize = 64 * 1024;
@@ -82,16 +88,6 @@ impl CallOptions {
         self.max_message = bytes;
         self
     }
-}
-
-/// One wait on a call's inbound side with a time limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recv {
-    Message(Vec<u8>),
-    /// The call is over with this status (OK included).
-    Ended(Status),
-    /// Nothing arrived in the time given; the call goes on.
-    TimedOut,
 }
 
 struct Locked {
@@ -529,221 +525,6 @@ impl Drop for CallHandle {
             shared.wake(&mut locked);
         }
         shared.flush();
-    }
-}
-
-/// The responses of a server-streaming call: `Some(Ok(message))` each,
-/// then `None` after OK trailers, or one `Some(Err(status))` and `None`
-/// after that. Dropping it before the end cancels the call.
-pub struct Stream {
-    call: CallHandle,
-    done: bool,
-}
-
-impl Stream {
-    /// The next message, waiting at most `timeout` for it.
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Recv {
-        self.call.recv_until(Some(Instant::now() + timeout))
-    }
-}
-
-impl Iterator for Stream {
-    type Item = Result<Vec<u8>, Status>;
-
-    fn next(&mut self) -> Option<Result<Vec<u8>, Status>> {
-        if self.done {
-            return None;
-        }
-        match self.call.recv_until(None) {
-            Recv::Message(m) => Some(Ok(m)),
-            Recv::Ended(s) => {
-                self.done = true;
-                (s.code != Code::Ok).then_some(Err(s))
-            }
-            Recv::TimedOut => unreachable!("no time limit"),
-        }
-    }
-}
-
-/// A client-streaming or bidirectional call. Its methods take `&self`:
-/// one thread may send while another receives (share it by reference,
-/// `std::thread::scope`). Dropping it before the end cancels the call.
-pub struct Duplex {
-    call: CallHandle,
-}
-
-impl Duplex {
-    /// Sends one message, waiting for flow-control window if the server
-    /// has not read what came before. `Err` once the call is over: its
-    /// status, which is OK when the server ended the call without reading
-    /// the rest (the call's outcome is what [`Duplex::finish`] returns).
-    pub fn send(&self, message: &[u8]) -> Result<(), Status> {
-        self.call.send(message, false)
-    }
-
-    /// Closes our side: the server sees the end of the requests.
-    pub fn close_send(&self) {
-        self.call.close_send()
-    }
-
-    /// The next response: `Some(Ok)`, then `None` after OK trailers or
-    /// `Some(Err(status))` (again on each later call).
-    pub fn recv(&self) -> Option<Result<Vec<u8>, Status>> {
-        match self.call.recv_until(None) {
-            Recv::Message(m) => Some(Ok(m)),
-            Recv::Ended(s) if s.code == Code::Ok => None,
-            Recv::Ended(s) => Some(Err(s)),
-            Recv::TimedOut => unreachable!("no time limit"),
-        }
-    }
-
-    /// The next response, waiting at most `timeout` for it.
-    pub fn recv_timeout(&self, timeout: Duration) -> Recv {
-        self.call.recv_until(Some(Instant::now() + timeout))
-    }
-
-    /// Closes our side and waits for the call's status; responses not
-    /// read are dropped.
-    pub fn finish(self) -> Status {
-        self.call.close_send();
-        self.call.status()
-    }
-
-    /// For a client-streaming call: closes our side and returns the one
-    /// response, or the status the call failed with.
-    pub fn close_and_recv(self) -> Result<Vec<u8>, Status> {
-        self.call.close_send();
-        let response = match self.call.recv_until(None) {
-            Recv::Message(m) => m,
-            Recv::Ended(s) if s.code != Code::Ok => return Err(s),
-            _ => {
-                return Err(Status::new(
-                    Code::Internal,
-                    "the server sent no response message to a client-streaming call",
-                ))
-            }
-        };
-        match self.call.status() {
-            s if s.code == Code::Ok => Ok(response),
-            s => Err(s),
-        }
-    }
-}
-
-/// A message to send, encoded (rust-protobuf 3).
-pub fn encode(message: &impl protobuf::Message) -> Result<Vec<u8>, Status> {
-    message
-        .write_to_bytes()
-        .map_err(|e| Status::new(Code::Internal, format!("cannot encode the request: {e}")))
-}
-
-/// A message received, decoded (rust-protobuf 3).
-pub fn decode<T: protobuf::Message>(bytes: &[u8]) -> Result<T, Status> {
-    T::parse_from_bytes(bytes)
-        .map_err(|e| Status::new(Code::Internal, format!("cannot decode the response: {e}")))
-}
-
-/// A server-streaming call's responses, decoded as `T`.
-pub struct Messages<T> {
-    stream: Stream,
-    _type: PhantomData<fn() -> T>,
-}
-
-impl<T> Messages<T> {
-    /// The undecoded stream (for `recv_timeout`).
-    pub fn stream_mut(&mut self) -> &mut Stream {
-        &mut self.stream
-    }
-}
-
-impl<T: protobuf::Message> Iterator for Messages<T> {
-    type Item = Result<T, Status>;
-
-    fn next(&mut self) -> Option<Result<T, Status>> {
-        self.stream.next().map(|r| r.and_then(|m| decode(&m)))
-    }
-}
-
-/// The paths of `chat.ChatService`'s methods.
-pub mod chat_paths {
-    pub const SEND_MESSAGE: &str = "/chat.ChatService/SendMessage";
-    pub const SUBSCRIBE_MESSAGES: &str = "/chat.ChatService/SubscribeMessages";
-    pub const UPLOAD_MESSAGES: &str = "/chat.ChatService/UploadMessages";
-    pub const CHAT: &str = "/chat.ChatService/Chat";
-    pub const STREAM_METRICS: &str = "/chat.ChatService/StreamMetrics";
-}
-
-/// Typed calls of `chat.ChatService`, each made with the client's options.
-#[derive(Clone, Debug)]
-pub struct ChatClient {
-    channel: Channel,
-    options: CallOptions,
-}
-
-impl ChatClient {
-    pub fn new(channel: Channel) -> ChatClient {
-        ChatClient {
-            channel,
-            options: CallOptions::default(),
-        }
-    }
-
-    pub fn with_options(mut self, options: CallOptions) -> ChatClient {
-        self.options = options;
-        self
-    }
-
-    pub fn channel(&self) -> &Channel {
-        &self.channel
-    }
-
-    pub fn send_message(
-        &self,
-        req: &chat::SendMessageRequest,
-    ) -> Result<chat::SendMessageResponse, Status> {
-        let bytes = self
-            .channel
-            .unary(chat_paths::SEND_MESSAGE, &encode(req)?, &self.options)?;
-        decode(&bytes)
-    }
-
-    pub fn subscribe_messages(
-        &self,
-        req: &chat::SubscribeRequest,
-    ) -> Result<Messages<chat::Message>, Status> {
-        self.server_streaming(chat_paths::SUBSCRIBE_MESSAGES, req)
-    }
-
-    pub fn stream_metrics(
-        &self,
-        req: &chat::MetricsRequest,
-    ) -> Result<Messages<chat::Metric>, Status> {
-        self.server_streaming(chat_paths::STREAM_METRICS, req)
-    }
-
-    /// Send `chat::Message`s with [`encode`]; [`Duplex::close_and_recv`]
-    /// gives the `chat::UploadResponse` to [`decode`].
-    pub fn upload_messages(&self) -> Result<Duplex, Status> {
-        self.channel
-            .open(chat_paths::UPLOAD_MESSAGES, &self.options)
-    }
-
-    /// `chat::Message`s both ways.
-    pub fn chat(&self) -> Result<Duplex, Status> {
-        self.channel.open(chat_paths::CHAT, &self.options)
-    }
-
-    fn server_streaming<T>(
-        &self,
-        path: &str,
-        req: &impl protobuf::Message,
-    ) -> Result<Messages<T>, Status> {
-        Ok(Messages {
-            stream: self
-                .channel
-                .server_streaming(path, &encode(req)?, &self.options)?,
-            _type: PhantomData,
-        })
     }
 }
 

@@ -2,7 +2,10 @@
 //! write (built with `frame` and `hpack`), no socket.
 
 use super::*;
+use crate::grpc::h2::client::head::{request_head, USER_AGENT};
 use crate::grpc::h2::frame::{flag, HEADER_LEN};
+use crate::grpc::h2::hpack::{index, Block};
+use std::time::Duration;
 
 // ---- what a server writes ----
 
