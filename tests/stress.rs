@@ -399,7 +399,7 @@ fn alone_grpc_churn() {
     let env = grpc::environment(1);
     let _trickle = Trickle::start(&server, "churn", Duration::from_millis(1));
     let cycle = |i: usize| {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             // Killed mid-stream: a raw connection reset with data unread.
             let raw = RawGrpcSubscriber::subscribe(addrs.grpc_port, "churn", 2);
             wait_for_unread(&raw.socket);

@@ -36,6 +36,12 @@ use crate::hub::Message;
 const MAX_STREAM_ID: u32 = (1 << 31) - 1;
 /// CONTINUATION frames one header block may use.
 const MAX_CONTINUATIONS: u32 = 64;
+/// The longest header block accepted, compressed: beyond it the connection
+/// ends (a CONTINUATION flood); below it, a block whose list is over
+/// SETTINGS_MAX_HEADER_LIST_SIZE is decoded (the table must stay in step)
+/// and only its stream is refused, with RESOURCE_EXHAUSTED, so a client
+/// with a 100 KiB token learns why without losing its other calls.
+const MAX_BLOCK: usize = 256 * 1024;
 /// Streams we reset whose late frames we still recognise and ignore.
 const RESET_MEMORY: usize = 256;
 /// Bytes of control frames (acks, resets, updates) that may wait for a
@@ -529,7 +535,7 @@ impl Conn {
                 p.block.extend_from_slice(block);
                 // The compressed block can only be smaller than the list
                 // it decodes to, so this bounds it without decoding.
-                if p.frames > MAX_CONTINUATIONS || p.block.len() > self.limits.max_header_list {
+                if p.frames > MAX_CONTINUATIONS || p.block.len() > MAX_BLOCK {
                     return self.calm(Flood::Continuation, events);
                 }
                 if end_headers {
@@ -659,10 +665,7 @@ impl Conn {
         }
         let max_message = self.limits.max_message;
         let Some(s) = self.streams.get_mut(&stream) else {
-            if self.recently_reset.contains(&stream) {
-                return;
-            }
-            return self.fail(ErrorCode::StreamClosed, "DATA on a closed stream", events);
+            return self.on_closed_stream(stream, now, events);
         };
         if s.refused {
             return;
@@ -756,11 +759,15 @@ impl Conn {
         };
         if stream <= self.last_stream {
             // Trailers (or a HEADERS frame where none may be).
-            if self.recently_reset.contains(&stream) {
-                return;
-            }
             let Some(s) = self.streams.get(&stream) else {
-                return self.fail(ErrorCode::StreamClosed, "HEADERS on a closed stream", events);
+                // Trailers still in flight are a closed stream's business;
+                // a request on an id already used is the connection's
+                // error (RFC 9113 5.1.1).
+                let trailers = end_stream && !fields.iter().any(|(n, _)| n.starts_with(b":"));
+                if trailers || self.recently_reset.contains(&stream) {
+                    return self.on_closed_stream(stream, now, events);
+                }
+                return self.fail(ErrorCode::ProtocolError, "HEADERS on a stream id already used", events);
             };
             if s.remote_closed {
                 return self.stream_error(stream, ErrorCode::StreamClosed, events);
@@ -840,6 +847,21 @@ impl Conn {
         if end_stream {
             self.end_of_input(stream, events);
         }
+    }
+
+    /// DATA or HEADERS on a stream that is over. After our RST_STREAM the
+    /// client may still have frames in flight: ignored (RFC 9113 5.1), as
+    /// long as we remember the reset; otherwise a stream error
+    /// STREAM_CLOSED, never the whole connection. Each answer draws on the
+    /// budget of frames that make no progress.
+    fn on_closed_stream(&mut self, stream: u32, now: Instant, events: &mut Vec<Event>) {
+        if self.recently_reset.contains(&stream) {
+            return;
+        }
+        if !self.budgets.empty.take(now) {
+            return self.calm(Flood::EmptyFrames, events);
+        }
+        self.reset_quietly(stream, ErrorCode::StreamClosed);
     }
 
     // ---- errors ----

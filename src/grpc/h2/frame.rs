@@ -289,7 +289,7 @@ pub fn parse<'a>(head: &Head, payload: &'a [u8]) -> Result<Frame<'a>, H2Error> {
             if ack && !payload.is_empty() {
                 return Err(conn(FrameSizeError, "SETTINGS ack with a payload"));
             }
-            if payload.len() % 6 != 0 {
+            if !payload.len().is_multiple_of(6) {
                 return Err(conn(FrameSizeError, "SETTINGS length not a multiple of 6"));
             }
             let params = payload

@@ -90,9 +90,10 @@ pub fn parse_timeout(v: &[u8]) -> Option<Duration> {
     })
 }
 
-/// Formats a timeout for `grpc-timeout` (8 digits at most, rounded up).
+/// Formats a timeout for `grpc-timeout` (8 digits at most, in whole
+/// milliseconds rounded up, or whole seconds past 27 hours).
 pub fn format_timeout(d: Duration) -> String {
-    let ms = d.as_millis().max(1);
+    let ms = d.as_nanos().div_ceil(1_000_000).max(1);
     if ms < 100_000_000 {
         format!("{ms}m")
     } else {

@@ -1,7 +1,6 @@
 //! streamhub's own HTTP/2 transport for the gRPC port: no C core, no async
 //! runtime. Pure protocol code, unit-tested without sockets: `frame` (the
-//! frame format), `hpack` (header compression, decoding through
-//! `loona-hpack`), `grpc` (length-prefixed messages, `grpc-timeout`,
+//! frame format), `hpack` (header compression, ours both ways), `grpc` (length-prefixed messages, `grpc-timeout`,
 //! `grpc-message` encoding) and `conn` (one connection's state machine:
 //! streams, flow control, limits and flood budgets). Around it: `server`
 //! (sockets, a reader and a writer thread per connection), `dispatch`
@@ -15,4 +14,5 @@ mod dispatch;
 pub mod frame;
 pub mod grpc;
 pub mod hpack;
+mod hpack_tables;
 pub(super) mod server;
