@@ -117,13 +117,13 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         "max-streams-per-connection",
         "STREAMHUB_MAX_STREAMS_PER_CONNECTION",
         "2048",
-        "HTTP/2 concurrent streams allowed on one gRPC connection; keep it above --max-grpc-streams (a gRPC C-core client that opens more than this on one connection loses the whole connection)",
+        "HTTP/2 concurrent streams allowed on one gRPC connection (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused with REFUSED_STREAM",
     ),
     opt(
-        "grpc-threads",
-        "STREAMHUB_GRPC_THREADS",
-        "0",
-        "grpcio completion-queue threads (0: one per core)",
+        "max-header-list-bytes",
+        "STREAMHUB_MAX_HEADER_LIST_BYTES",
+        "16384",
+        "largest request header list on the gRPC port (SETTINGS_MAX_HEADER_LIST_SIZE, counted as HTTP/2 does); a larger one is answered RESOURCE_EXHAUSTED",
     ),
     opt(
         "keepalive-secs",
@@ -434,8 +434,8 @@ pub struct GrpcConfig {
     /// Concurrent streaming calls, each holding a thread.
     pub max_streams: usize,
     pub max_streams_per_connection: usize,
-    /// grpcio completion-queue threads.
-    pub threads: usize,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE of the gRPC port.
+    pub max_header_list_bytes: usize,
     pub keepalive: Duration,
     pub keepalive_timeout: Duration,
     pub chat_heartbeat: Duration,
@@ -468,11 +468,6 @@ pub struct HttpConfig {
 impl Config {
     pub fn from_raw(raw: &RawArgs) -> Result<Config, Error> {
         let max_message_bytes = raw.number("max-message-bytes", 64, 64 << 20)? as usize;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let grpc_threads = match raw.number("grpc-threads", 0, 64)? as usize {
-            0 => cores,
-            n => n,
-        };
         let cors_origins = raw.list("cors-origin");
         for origin in &cors_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -490,7 +485,8 @@ impl Config {
                 max_streams: raw.number("max-grpc-streams", 1, 1 << 20)? as usize,
                 max_streams_per_connection: raw.number("max-streams-per-connection", 1, 1 << 16)?
                     as usize,
-                threads: grpc_threads,
+                max_header_list_bytes: raw.number("max-header-list-bytes", 1024, 1 << 20)?
+                    as usize,
                 keepalive: raw.secs("keepalive-secs", 1, 86_400)?,
                 keepalive_timeout: raw.secs("keepalive-timeout-secs", 1, 3600)?,
                 chat_heartbeat: raw.secs("chat-heartbeat-secs", 1, 3600)?,

@@ -158,6 +158,7 @@ impl GrpcServer {
         });
         let limits = h2::conn::Limits {
             max_streams: config.max_streams_per_connection as u32,
+            max_header_list: config.max_header_list_bytes,
             max_message: config.max_message_bytes + ENVELOPE_BYTES,
             keepalive: config.keepalive,
             keepalive_timeout: config.keepalive_timeout,

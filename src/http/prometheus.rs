@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub http_responses: Vec<(u16, u64)>,
     /// gRPC calls by (method, status code name).
     pub grpc_calls: Vec<((&'static str, &'static str), u64)>,
+    /// gRPC connections ended for flooding, by kind of flood.
+    pub grpc_floods: Vec<(&'static str, u64)>,
     pub http_connections: u64,
     pub sse_streams: u64,
     pub process: ProcessSample,
@@ -162,6 +164,18 @@ pub fn render(s: &Snapshot) -> String {
         "gRPC calls completed, by method and status code.",
         &grpc,
     );
+    let floods: Vec<_> = s
+        .grpc_floods
+        .iter()
+        .map(|(kind, n)| (labels(&[("kind", kind)]), n.to_string()))
+        .collect();
+    family(
+        &mut out,
+        "streamhub_grpc_floods_total",
+        "counter",
+        "gRPC connections ended with GOAWAY ENHANCE_YOUR_CALM, by what they flooded (rapid_reset, ping, settings, empty_frames, window_update, continuation, header_list).",
+        &floods,
+    );
     family(
         &mut out,
         "streamhub_http_connections",
@@ -221,6 +235,7 @@ mod tests {
         let mut snapshot = Snapshot {
             http_responses: vec![(200, 5), (404, 1)],
             grpc_calls: vec![(("SendMessage", "OK"), 3)],
+            grpc_floods: vec![("rapid_reset", 2)],
             http_connections: 2,
             sse_streams: 1,
             process: ProcessSample {
@@ -278,6 +293,10 @@ mod tests {
                 r#"streamhub_grpc_calls_total{method="SendMessage",code="OK"}"#
             ),
             Some(3.0)
+        );
+        assert_eq!(
+            value(&text, r#"streamhub_grpc_floods_total{kind="rapid_reset"}"#),
+            Some(2.0)
         );
         assert_eq!(
             value(&text, "process_resident_memory_bytes"),

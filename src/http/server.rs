@@ -368,6 +368,7 @@ fn snapshot(shared: &Shared) -> prometheus::Snapshot {
         hub: shared.hub.stats(),
         http_responses: shared.telemetry.http_responses(),
         grpc_calls: shared.telemetry.grpc_calls(),
+        grpc_floods: shared.telemetry.grpc_floods(),
         http_connections: shared.open_connections.open() as u64,
         sse_streams: shared.sse_streams.open() as u64,
         process: crate::metrics::ProcessSample::now(),
