@@ -17,8 +17,8 @@
 //! - SO_SNDBUF: a small send buffer keeps an event stream's queue, and so
 //!   its latency, bounded.
 //!
-//! Types, constants and functions come from the `libc` crate (already in
-//! the tree through grpcio), not from hand-written declarations. The crate
+//! Types, constants and functions come from the `libc` crate, not from
+//! hand-written declarations. The crate
 //! denies `unsafe_code`; this module is the one allowance, and each call
 //! says why it is sound.
 

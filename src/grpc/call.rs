@@ -3,10 +3,9 @@
 //! that can send a burst, say whether its client is gone, wait, receive and
 //! finish ([`Call`], [`Responses`], [`Requests`], [`Reply`]).
 //!
-//! Nothing here names grpcio: `grpcio_adapter` implements these traits over
-//! grpcio's sinks and request streams, and the issue that replaces grpcio
-//! with streamhub's own HTTP/2 layer implements them again over that.
-//! Dropping a call without finishing it cancels it (both transports can).
+//! Nothing here names the transport: `h2::call` implements these traits
+//! over one stream of streamhub's own HTTP/2 layer (grpcio's adapter did
+//! before). Dropping a call without finishing it cancels it.
 
 use std::fmt;
 use std::task::Poll;

@@ -1,6 +1,6 @@
 //! The `chat.ChatService` handlers, in the call interface's terms (the
-//! grpcio adapter calls them from its implementation of the generated
-//! trait). They run on the transport's receiving threads and never block
+//! HTTP/2 layer's dispatch calls them, on the connection's reader thread).
+//! They run on the transport's receiving threads and never block
 //! there: SendMessage publishes and answers at once; every streaming call is
 //! handed to [`Shared::start_stream`], which gives it a thread running one
 //! of the bodies in [`super::streams`], or says how to refuse it.

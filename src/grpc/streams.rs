@@ -17,8 +17,9 @@ use crate::proto::chat;
 /// How often an idle subscriber asks the transport whether its client is
 /// still there. The room log wakes a subscriber only for messages and
 /// closes (one futex for the whole room), not for the call's events, so a
-/// cancelled call is noticed within this. (The transport issue replaces
-/// grpcio; its own HTTP/2 layer tells the stream directly.)
+/// cancelled call is noticed within this. (The HTTP/2 layer knows at once,
+/// and the stream's queue is dropped then; waking the parked thread for it
+/// would need a wake per subscriber in the room log.)
 const IDLE_CHECK: Duration = Duration::from_millis(250);
 
 /// Ends a stream because the server is stopping: a last SYSTEM notice, then
@@ -54,9 +55,9 @@ pub(super) fn run_subscriber(
     mut call: impl Responses<wire::Outbound>,
 ) {
     // SCHED_BATCH: normal weight, but woken with a thousand others for a
-    // message it does not preempt grpcio's poll threads, which complete the
-    // writes of all of them (at normal policy the herd starved them: p99
-    // 69 -> 400-1,900 ms, BENCHMARKS.md).
+    // message it does not preempt the connection writers, which write for
+    // all of them, or the publishers (under grpcio, at normal policy, the
+    // herd starved its poll threads: p99 69 -> 400-1,900 ms, BENCHMARKS.md).
     if let Err(e) = crate::sys::set_thread_policy(crate::sys::CpuPolicy::Batch) {
         log::debug!("gRPC subscriber stays at normal policy: {e}");
     }

@@ -1,9 +1,9 @@
 //! What a SubscribeMessages stream writes: hub messages encoded once as
 //! `chat.Message` and shared by every gRPC subscriber (the first subscriber
 //! to send one encodes it; the rest copy the bytes), or a message of the
-//! server's own (welcome, shutdown notice). build.rs registers this type as
-//! the method's server-side response type, with the transport's marshaller
-//! hooks (`grpcio_adapter::ser_outbound`), which copy [`shared_bytes`].
+//! server's own (welcome, shutdown notice). The HTTP/2 layer queues a
+//! shared message as it is and writes [`shared_bytes`] behind its gRPC
+//! prefix: no copy per subscriber until the bytes go into the write.
 
 use std::sync::Arc;
 

@@ -307,6 +307,23 @@ fn answer(started: Started<H2Call>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::services;
+
+    #[test]
+    fn every_method_of_every_proto_service_is_served_with_its_shape() {
+        let generated: Vec<(&str, bool, bool)> = [
+            services::chat::CHAT_SERVICE_METHODS,
+            services::health::HEALTH_METHODS,
+            services::reflection::SERVER_REFLECTION_METHODS,
+            services::reflection_v1alpha::SERVER_REFLECTION_METHODS,
+        ]
+        .concat();
+        assert_eq!(generated.len(), METHODS.len());
+        for (path, client_streams, _) in generated {
+            let method = Method::of(path).unwrap_or_else(|| panic!("{path} has no handler"));
+            assert_eq!(method.client_streams(), client_streams, "{path}");
+        }
+    }
 
     #[test]
     fn every_path_names_its_method_and_unknown_ones_say_what_is_unknown() {
