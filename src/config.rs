@@ -138,6 +138,18 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         "how long a keepalive ping may go unanswered",
     ),
     opt(
+        "tls-cert",
+        "STREAMHUB_TLS_CERT",
+        "",
+        "PEM certificate chain: with --tls-key, the gRPC port speaks TLS only (ALPN h2; TLS 1.2 and 1.3); empty: plain h2c",
+    ),
+    opt(
+        "tls-key",
+        "STREAMHUB_TLS_KEY",
+        "",
+        "PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert",
+    ),
+    opt(
         "chat-heartbeat-secs",
         "STREAMHUB_CHAT_HEARTBEAT_SECS",
         "5",
@@ -436,6 +448,8 @@ pub struct GrpcConfig {
     pub max_streams_per_connection: usize,
     /// SETTINGS_MAX_HEADER_LIST_SIZE of the gRPC port.
     pub max_header_list_bytes: usize,
+    /// Certificate chain and key files: TLS on the gRPC port.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub keepalive: Duration,
     pub keepalive_timeout: Duration,
     pub chat_heartbeat: Duration,
@@ -477,6 +491,15 @@ impl Config {
             }
         }
         let write_timeout = raw.secs("write-timeout-secs", 1, 3600)?;
+        let tls = match (raw.string("tls-cert"), raw.string("tls-key")) {
+            (c, k) if c.is_empty() && k.is_empty() => None,
+            (c, k) if c.is_empty() || k.is_empty() => {
+                return Err(Error::Config(
+                    "--tls-cert and --tls-key go together: give both or neither".into(),
+                ))
+            }
+            (c, k) => Some((c.into(), k.into())),
+        };
         let stream_stack_bytes = raw.number("stream-stack-kib", 32, 16 * 1024)? as usize * 1024;
         Ok(Config {
             grpc: GrpcConfig {
@@ -487,6 +510,7 @@ impl Config {
                     as usize,
                 max_header_list_bytes: raw.number("max-header-list-bytes", 1024, 1 << 20)?
                     as usize,
+                tls,
                 keepalive: raw.secs("keepalive-secs", 1, 86_400)?,
                 keepalive_timeout: raw.secs("keepalive-timeout-secs", 1, 3600)?,
                 chat_heartbeat: raw.secs("chat-heartbeat-secs", 1, 3600)?,

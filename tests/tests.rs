@@ -10,3 +10,4 @@ mod service;
 mod sse;
 mod stress;
 mod support;
+mod tls;

@@ -164,7 +164,18 @@ impl GrpcServer {
             keepalive_timeout: config.keepalive_timeout,
             ..h2::conn::Limits::default()
         };
-        let server = h2::server::Server::start(shared.clone(), limits)?;
+        let tls = match &config.tls {
+            Some((cert, key)) => {
+                let tls = h2::tls::load(cert, key)?;
+                log::info!(
+                    "gRPC port speaks TLS only (ALPN h2), certificate {}",
+                    cert.display()
+                );
+                Some(tls)
+            }
+            None => None,
+        };
+        let server = h2::server::Server::start(shared.clone(), limits, tls)?;
         Ok(GrpcServer { server, shared })
     }
 

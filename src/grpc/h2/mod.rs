@@ -3,7 +3,8 @@
 //! frame format), `hpack` (header compression, ours both ways), `grpc` (length-prefixed messages, `grpc-timeout`,
 //! `grpc-message` encoding) and `conn` (one connection's state machine:
 //! streams, flow control, limits and flood budgets). Around it: `server`
-//! (sockets, a reader and a writer thread per connection), `dispatch`
+//! (sockets, a reader and a writer thread per connection), `tls` (rustls
+//! with ALPN h2, when the port speaks TLS), `dispatch`
 //! (paths to handlers, on the reader thread) and `call` (the call
 //! interface the handlers and stream bodies use, over one stream).
 
@@ -16,3 +17,4 @@ pub mod grpc;
 pub mod hpack;
 mod hpack_tables;
 pub(super) mod server;
+pub mod tls;

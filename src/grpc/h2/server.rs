@@ -24,6 +24,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::conn::{Conn, Limits, Tick};
 use super::dispatch::Dispatch;
+use super::tls::{Tls, HANDSHAKE_TIMEOUT};
 use crate::error::Error;
 use crate::grpc::Shared;
 use crate::threads::Threads;
@@ -44,6 +45,8 @@ pub struct ConnShared {
     writer: Condvar,
     pub(super) peer: String,
     socket: TcpStream,
+    /// TLS state, when the port speaks TLS.
+    tls: Option<Tls>,
 }
 
 impl ConnShared {
@@ -70,7 +73,12 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(shared: Arc<Shared>, limits: Limits) -> Result<Server, Error> {
+    /// Binds and serves; with `tls`, every connection speaks TLS only.
+    pub fn start(
+        shared: Arc<Shared>,
+        limits: Limits,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Server, Error> {
         let addr = shared.config.addr;
         let listener = TcpListener::bind(addr)
             .map_err(|e| Error::Io(format!("cannot listen on {addr} (gRPC): {e}")))?;
@@ -86,7 +94,10 @@ impl Server {
             let (stopped, conns, threads) = (stopped.clone(), conns.clone(), threads.clone());
             std::thread::Builder::new()
                 .name("grpc-accept".into())
-                .spawn(move || accept_loop(listener, shared, limits, stopped, conns, threads))
+                .spawn(move || {
+                    let door = Door { shared, limits, tls };
+                    accept_loop(listener, door, stopped, conns, threads)
+                })
                 .map_err(|e| Error::Io(format!("cannot start the gRPC accept thread: {e}")))?
         };
         Ok(Server {
@@ -140,10 +151,16 @@ impl Server {
     }
 }
 
-fn accept_loop(
-    listener: TcpListener,
+/// What every connection of the port is served with.
+struct Door {
     shared: Arc<Shared>,
     limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    door: Door,
     stopped: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<Arc<ConnShared>>>>,
     threads: Threads,
@@ -163,7 +180,7 @@ fn accept_loop(
             }
         };
         next += 1;
-        if let Err(e) = serve(socket, next, &shared, &limits, &conns, &threads) {
+        if let Err(e) = serve(socket, next, &door, &conns, &threads) {
             log::warn!("gRPC connection not served: {e}");
         }
     }
@@ -173,12 +190,19 @@ fn accept_loop(
 fn serve(
     socket: TcpStream,
     n: u64,
-    shared: &Arc<Shared>,
-    limits: &Limits,
+    door: &Door,
     conns: &Arc<Mutex<Vec<Arc<ConnShared>>>>,
     threads: &Threads,
 ) -> std::io::Result<()> {
+    let (shared, limits) = (&door.shared, &door.limits);
     let _ = socket.set_nodelay(true);
+    let tls = match &door.tls {
+        Some(config) => {
+            socket.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+            Some(Tls::new(config)?)
+        }
+        None => None,
+    };
     socket.set_write_timeout(Some(shared.config.write_timeout))?;
     let peer = socket
         .peer_addr()
@@ -189,6 +213,7 @@ fn serve(
         writer: Condvar::new(),
         peer,
         socket: socket.try_clone()?,
+        tls,
     });
     {
         let mut list = conns.lock();
@@ -214,11 +239,21 @@ fn serve(
 
 fn read_loop(conn: &Arc<ConnShared>, mut socket: TcpStream, shared: &Arc<Shared>) {
     let mut buf = vec![0u8; READ_BUFFER];
+    // Ciphertext, read before rustls decrypts it into `buf`.
+    let mut raw = if conn.tls.is_some() {
+        vec![0u8; 16 * 1024 + 512]
+    } else {
+        Vec::new()
+    };
     let mut have = 0;
     let mut events = Vec::new();
     let mut dispatch = Dispatch::new(shared.clone(), conn.clone());
     let why = loop {
-        let n = match socket.read(&mut buf[have..]) {
+        let read = match &conn.tls {
+            None => socket.read(&mut buf[have..]),
+            Some(tls) => tls.read(&mut socket, &mut raw, &mut buf[have..], || conn.wake_writer()),
+        };
+        let n = match read {
             Ok(0) => break "client closed the connection".to_string(),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -257,8 +292,32 @@ fn read_loop(conn: &Arc<ConnShared>, mut socket: TcpStream, shared: &Arc<Shared>
     conn.wake_writer();
 }
 
+/// Writes `out` (HTTP/2 frames) to the socket, through TLS when the port
+/// speaks it (with whatever records rustls has, handshake included).
+fn send(
+    conn: &ConnShared,
+    socket: &mut TcpStream,
+    out: &[u8],
+    records: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    match &conn.tls {
+        None if out.is_empty() => Ok(()),
+        None => socket.write_all(out),
+        Some(tls) => {
+            records.clear();
+            tls.seal(out, records)?;
+            socket.write_all(records)?;
+            if records.capacity() > KEEP_OUTPUT {
+                *records = Vec::new();
+            }
+            Ok(())
+        }
+    }
+}
+
 fn write_loop(conn: &ConnShared, mut socket: TcpStream) {
     let mut out = Vec::with_capacity(16 * 1024);
+    let mut records = Vec::new();
     loop {
         let closing = {
             let mut c = conn.conn.lock();
@@ -268,7 +327,8 @@ fn write_loop(conn: &ConnShared, mut socket: TcpStream) {
                     break;
                 }
                 c.take_output(&mut out);
-                if !out.is_empty() || c.is_closing() {
+                let handshake = conn.tls.as_ref().is_some_and(|t| t.wants_write());
+                if !out.is_empty() || c.is_closing() || handshake {
                     break;
                 }
                 let next = c.next_tick(now);
@@ -276,7 +336,7 @@ fn write_loop(conn: &ConnShared, mut socket: TcpStream) {
             }
             c.is_closing()
         };
-        if !out.is_empty() && socket.write_all(&out).is_err() {
+        if send(conn, &mut socket, &out, &mut records).is_err() {
             let mut events = Vec::new();
             conn.conn.lock().lost("write failed", &mut events);
             break;
@@ -286,6 +346,11 @@ fn write_loop(conn: &ConnShared, mut socket: TcpStream) {
             out = Vec::with_capacity(16 * 1024);
         }
         if closing && !conn.conn.lock().has_output() {
+            // close_notify goes last: a client stops reading at it.
+            if let Some(tls) = &conn.tls {
+                tls.close();
+                let _ = send(conn, &mut socket, &[], &mut records);
+            }
             break;
         }
     }

@@ -1,0 +1,120 @@
+//! TLS on the gRPC port: a certificate made here with `openssl`, the real
+//! binary, Python's grpcio with `ssl_channel_credentials`, and clients
+//! that speak the wrong thing.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::binary::serve;
+use crate::support::{python, root, unique};
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, and its key
+/// (EC P-256, PKCS#8), in a directory of their own.
+fn certificate() -> (PathBuf, PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("streamhub-tls-{}-{}", std::process::id(), unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs (Debian's openssl package)");
+    assert!(status.success());
+    (dir, cert, key)
+}
+
+fn tls_flags<'a>(cert: &'a Path, key: &'a Path) -> [&'a str; 4] {
+    [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]
+}
+
+#[test]
+fn python_grpcio_calls_over_tls_with_alpn_h2() {
+    let (dir, cert, key) = certificate();
+    let server = serve(&tls_flags(&cert, &key));
+    let out = dir.join("stubs");
+    std::fs::create_dir_all(&out).unwrap();
+    let output = Command::new("timeout")
+        .arg("60")
+        .arg(python())
+        .arg(root().join("tests/py/tls_client.py"))
+        .arg(&server.grpc_addr)
+        .arg(&cert)
+        .arg(root().join("proto"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        output.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("\"ok\": true"));
+}
+
+#[test]
+fn a_plain_client_on_the_tls_port_is_closed_and_others_are_served() {
+    let (dir, cert, key) = certificate();
+    let server = serve(&tls_flags(&cert, &key));
+    // h2c with prior knowledge, to a port that speaks TLS: rustls refuses
+    // the first bytes and the connection ends at once.
+    let mut plain = TcpStream::connect(&server.grpc_addr).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    plain.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let read = plain.read_to_end(&mut got);
+    assert!(read.is_ok(), "closed, not timed out: {read:?}");
+    // Whatever came back is a TLS alert record (content type 21), not HTTP/2.
+    assert!(got.is_empty() || got[0] == 21, "{got:?}");
+    // A client that connects and never says anything is dropped after the
+    // handshake deadline; meanwhile a TLS client is served.
+    let _silent = TcpStream::connect(&server.grpc_addr).unwrap();
+    let out = dir.join("stubs");
+    std::fs::create_dir_all(&out).unwrap();
+    let output = Command::new("timeout")
+        .arg("60")
+        .arg(python())
+        .arg(root().join("tests/py/tls_client.py"))
+        .arg(&server.grpc_addr)
+        .arg(&cert)
+        .arg(root().join("proto"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn a_missing_or_unpaired_certificate_is_a_clear_startup_error() {
+    let out = Command::new(crate::support::binary::BIN)
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tls-cert /nonexistent/cert.pem"), "{err}");
+    let out = Command::new(crate::support::binary::BIN)
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--tls-cert", "/tmp/x.pem"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("go together"));
+}
