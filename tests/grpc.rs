@@ -1,17 +1,16 @@
-//! ChatService over a real grpcio client: every RPC, its errors and limits.
+//! ChatService over a real gRPC client (streamhub's own h2c client, which
+//! shares no code with the server's side of HTTP/2): every RPC, its
+//! errors and limits.
 
 use std::time::{Duration, Instant};
 
-use futures_executor::block_on;
-use futures_util::{SinkExt, StreamExt};
-use grpcio::{CallOption, RpcStatusCode, WriteFlags};
 use protobuf::Enum;
 
 use streamhub::hub::CloseReason;
 use streamhub::proto::chat;
 
 use crate::support::grpc::{
-    next, opt, send, status_code, status_message, subscribe, subscribe_req,
+    close_and_recv, next, push, recv, send, subscribe, subscribe_req, CallOptions, Code,
 };
 use crate::support::{self, wait_until};
 
@@ -47,7 +46,7 @@ fn welcome_names_room_and_user_and_comes_first() {
     let server = support::start();
     let client = server.client();
     let mut stream = client
-        .subscribe_messages_opt(&subscribe_req("lobby", "carol"), opt())
+        .subscribe_messages(&subscribe_req("lobby", "carol"))
         .unwrap();
     let welcome = next(&mut stream).unwrap();
     assert_eq!(
@@ -93,19 +92,19 @@ fn send_message_rejects_invalid_arguments() {
     });
     let client = server.client();
     let err = send(&client, "r", "", "x").unwrap_err();
-    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
-    assert_eq!(status_message(&err), "user is required");
+    assert_eq!(err.code, Code::InvalidArgument);
+    assert_eq!(err.message, "user is required");
     let err = send(&client, "r", "u", "").unwrap_err();
-    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
-    assert!(status_message(&err).contains("content"));
+    assert_eq!(err.code, Code::InvalidArgument);
+    assert!(err.message.contains("content"));
     let err = send(&client, "bad room!", "u", "x").unwrap_err();
-    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
-    assert!(status_message(&err).contains("room"));
+    assert_eq!(err.code, Code::InvalidArgument);
+    assert!(err.message.contains("room"));
     let err = send(&client, "r", "u", &"x".repeat(2000)).unwrap_err();
-    assert_eq!(status_code(&err), RpcStatusCode::RESOURCE_EXHAUSTED);
-    // Far past the limit, grpcio itself refuses the message.
+    assert_eq!(err.code, Code::ResourceExhausted);
+    // Far past the limit: the server refuses it as well.
     let err = send(&client, "r", "u", &"x".repeat(200_000)).unwrap_err();
-    assert_eq!(status_code(&err), RpcStatusCode::RESOURCE_EXHAUSTED);
+    assert_eq!(err.code, Code::ResourceExhausted);
     // The server is fine afterwards.
     assert!(send(&client, "r", "u", "ok").is_ok());
     assert_eq!(server.app.hub().stats().published, 1);
@@ -117,7 +116,7 @@ fn default_message_limit_is_one_mebibyte() {
     let client = server.client();
     assert!(send(&client, "r", "u", &"x".repeat(1024 * 1024)).is_ok());
     let err = send(&client, "r", "u", &"x".repeat(1024 * 1024 + 1)).unwrap_err();
-    assert_eq!(status_code(&err), RpcStatusCode::RESOURCE_EXHAUSTED);
+    assert_eq!(err.code, Code::ResourceExhausted);
 }
 
 #[test]
@@ -153,10 +152,9 @@ fn hundred_cancelled_streams_unregister_within_a_second() {
     let client = server.client();
     let streams: Vec<_> = (0..100).map(|_| subscribe(&client, "churn", "")).collect();
     assert_eq!(server.subscribers(), 100);
+    // Dropping a call that is still running cancels it (RST_STREAM CANCEL).
     let cancelled = Instant::now();
-    for mut s in streams {
-        s.cancel();
-    }
+    drop(streams);
     assert!(
         wait_until(Duration::from_secs(1), || server.subscribers() == 0),
         "{} subscribers left after {:?}",
@@ -176,16 +174,15 @@ fn hundred_cancelled_streams_unregister_within_a_second() {
 #[test]
 fn deadline_ends_the_stream_and_unregisters() {
     let server = support::start();
-    let client = server.client();
+    let client = server
+        .client()
+        .with_options(CallOptions::default().timeout(Duration::from_millis(300)));
     let mut stream = client
-        .subscribe_messages_opt(
-            &subscribe_req("late", ""),
-            CallOption::default().timeout(Duration::from_millis(300)),
-        )
+        .subscribe_messages(&subscribe_req("late", ""))
         .unwrap();
     next(&mut stream).unwrap();
     let err = next(&mut stream).unwrap_err();
-    assert_eq!(status_code(&err), RpcStatusCode::DEADLINE_EXCEEDED);
+    assert_eq!(err.code, Code::DeadlineExceeded);
     assert!(wait_until(Duration::from_secs(1), || server.subscribers() == 0));
 }
 
@@ -245,8 +242,8 @@ fn stuck_subscriber_is_dropped_while_others_get_everything() {
             Err(e) => break e,
         }
     };
-    assert_eq!(status_code(&err), RpcStatusCode::RESOURCE_EXHAUSTED);
-    assert_eq!(status_message(&err), "subscriber too slow");
+    assert_eq!(err.code, Code::ResourceExhausted);
+    assert_eq!(err.message, "subscriber too slow");
 }
 
 #[test]
@@ -254,16 +251,15 @@ fn upload_publishes_each_message_and_counts() {
     let server = support::start();
     let client = server.client();
     let mut stream = subscribe(&client, "up", "watcher");
-    let (mut tx, rx) = client.upload_messages_opt(opt()).unwrap();
+    let upload = client.upload_messages().unwrap();
     for i in 0..5 {
-        block_on(tx.send((
-            chat_message(&format!("batch_{i}"), "up", "bob", &format!("m{i}")),
-            WriteFlags::default(),
-        )))
+        push(
+            &upload,
+            &chat_message(&format!("batch_{i}"), "up", "bob", &format!("m{i}")),
+        )
         .unwrap();
     }
-    block_on(tx.close()).unwrap();
-    let resp = block_on(rx).unwrap();
+    let resp: chat::UploadResponse = close_and_recv(upload).unwrap();
     assert_eq!(resp.message_count, 5);
     assert!(resp.success);
     for i in 0..5 {
@@ -277,7 +273,7 @@ fn upload_publishes_each_message_and_counts() {
 fn upload_stops_at_first_invalid_message_naming_its_index() {
     let server = support::start();
     let client = server.client();
-    let (mut tx, rx) = client.upload_messages_opt(opt()).unwrap();
+    let upload = client.upload_messages().unwrap();
     let messages = [
         chat_message("a", "up", "bob", "one"),
         chat_message("b", "up", "bob", "two"),
@@ -285,19 +281,18 @@ fn upload_stops_at_first_invalid_message_naming_its_index() {
         chat_message("d", "up", "bob", "four"),
     ];
     for m in messages {
-        if block_on(tx.send((m, WriteFlags::default()))).is_err() {
+        if push(&upload, &m).is_err() {
             break;
         }
     }
-    let _ = block_on(tx.close());
-    let err = block_on(rx).unwrap_err();
-    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
+    let err = close_and_recv::<chat::UploadResponse>(upload).unwrap_err();
+    assert_eq!(err.code, Code::InvalidArgument);
     assert!(
-        status_message(&err).contains("index 2"),
+        err.message.contains("index 2"),
         "{}",
-        status_message(&err)
+        err.message
     );
-    assert!(status_message(&err).contains("user is required"));
+    assert!(err.message.contains("user is required"));
     assert_eq!(server.app.hub().room_stats("up").unwrap().published, 2);
 }
 
@@ -306,13 +301,9 @@ fn chat_echoes_publishes_and_sends_heartbeats() {
     let server = support::start_with(|c| c.grpc.chat_heartbeat = Duration::from_secs(1));
     let client = server.client();
     let mut watcher = subscribe(&client, "talk", "watcher");
-    let (mut tx, mut rx) = client.chat_opt(opt()).unwrap();
-    block_on(tx.send((
-        chat_message("client_1", "talk", "charlie", "hi there"),
-        WriteFlags::default(),
-    )))
-    .unwrap();
-    let echo = block_on(rx.next()).unwrap().unwrap();
+    let call = client.chat().unwrap();
+    push(&call, &chat_message("client_1", "talk", "charlie", "hi there")).unwrap();
+    let echo: chat::Message = recv(&call).unwrap();
     assert_eq!(echo.id, "echo_client_1");
     assert_eq!(echo.content, "Echo: hi there");
     assert_eq!(
@@ -329,35 +320,38 @@ fn chat_echoes_publishes_and_sends_heartbeats() {
         ("charlie", "hi there")
     );
     // A heartbeat arrives on its own.
-    let beat = block_on(rx.next()).unwrap().unwrap();
+    let beat: chat::Message = recv(&call).unwrap();
     assert_eq!(beat.content, "Server is alive!");
     assert_eq!(
         beat.type_.enum_value_or_default(),
         chat::MessageType::SYSTEM
     );
-    // Closing our side ends the call cleanly.
-    block_on(tx.close()).unwrap();
-    let rest: Vec<_> = block_on(rx.collect::<Vec<_>>());
-    assert!(rest.iter().all(|r| r.is_ok()), "{rest:?}");
+    // Closing our side ends the call cleanly: whatever else arrives, the
+    // status is OK.
+    call.close_send();
+    let end = loop {
+        if let Err(status) = recv::<chat::Message>(&call) {
+            break status;
+        }
+    };
+    assert_eq!(end.code, Code::Ok, "{end:?}");
 }
 
 #[test]
 fn chat_rejects_an_invalid_message() {
     let server = support::start();
     let client = server.client();
-    let (mut tx, mut rx) = client.chat_opt(opt()).unwrap();
+    let call = client.chat().unwrap();
     // The server may end the call with its status before this write is
-    // reported done, which fails the send: the status below is what counts.
-    let _ = block_on(tx.send((chat_message("x", "talk", "u", ""), WriteFlags::default())));
+    // done, which fails the send: the status below is what counts.
+    let _ = push(&call, &chat_message("x", "talk", "u", ""));
     let err = loop {
-        match block_on(rx.next()) {
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => break e,
-            None => panic!("stream ended without a status"),
+        if let Err(status) = recv::<chat::Message>(&call) {
+            break status;
         }
     };
-    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
-    assert!(status_message(&err).contains("content is required"));
+    assert_eq!(err.code, Code::InvalidArgument);
+    assert!(err.message.contains("content is required"));
 }
 
 #[test]
@@ -369,7 +363,7 @@ fn stream_metrics_sends_real_measurements() {
     let mut req = chat::MetricsRequest::new();
     req.instance_id = "node-7".into();
     req.interval_seconds = 1;
-    let mut stream = client.stream_metrics_opt(&req, opt()).unwrap();
+    let mut stream = client.stream_metrics(&req).unwrap();
     let batch: Vec<chat::Metric> = (0..7).map(|_| next(&mut stream).unwrap()).collect();
     let value = |name: &str| {
         batch
@@ -398,9 +392,9 @@ fn stream_metrics_rejects_bad_intervals() {
     for bad in [-1, 3601] {
         let mut req = chat::MetricsRequest::new();
         req.interval_seconds = bad;
-        let mut stream = client.stream_metrics_opt(&req, opt()).unwrap();
+        let mut stream = client.stream_metrics(&req).unwrap();
         let err = next(&mut stream).unwrap_err();
-        assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT, "{bad}");
+        assert_eq!(err.code, Code::InvalidArgument, "{bad}");
     }
     let _ = chat::MessageType::CHAT.value();
 }
@@ -413,10 +407,10 @@ fn stream_cap_answers_resource_exhausted() {
         .map(|i| subscribe(&client, "cap", &format!("u{i}")))
         .collect();
     let mut refused = client
-        .subscribe_messages_opt(&subscribe_req("cap", "extra"), opt())
+        .subscribe_messages(&subscribe_req("cap", "extra"))
         .unwrap();
     let err = next(&mut refused).unwrap_err();
-    assert_eq!(status_code(&err), RpcStatusCode::RESOURCE_EXHAUSTED);
+    assert_eq!(err.code, Code::ResourceExhausted);
     // Unary calls are not streams and still work.
     assert!(send(&client, "cap", "u", "still fine").is_ok());
 }
@@ -467,7 +461,7 @@ fn shutdown_says_goodbye_with_unavailable_after_delivering_accepted_messages() {
     if notice_seen {
         assert_eq!(data, ids);
     }
-    assert_eq!(status_code(&err), RpcStatusCode::UNAVAILABLE);
+    assert_eq!(err.code, Code::Unavailable);
 }
 
 #[test]
@@ -475,11 +469,11 @@ fn join_and_leave_are_published_for_named_subscribers() {
     let server = support::start();
     let client = server.client();
     let mut watcher = subscribe(&client, "jl", "");
-    let mut alice = subscribe(&client, "jl", "alice");
+    let alice = subscribe(&client, "jl", "alice");
     let join = next(&mut watcher).unwrap();
     assert_eq!(join.type_.enum_value_or_default(), chat::MessageType::JOIN);
     assert_eq!(join.user, "alice");
-    alice.cancel();
+    drop(alice);
     let leave = next(&mut watcher).unwrap();
     assert_eq!(
         leave.type_.enum_value_or_default(),
@@ -493,7 +487,7 @@ fn clients_cannot_publish_system_join_or_leave_messages() {
     let server = support::start();
     let client = server.client();
     let mut watcher = subscribe(&client, "forge", "");
-    let (mut tx, rx) = client.upload_messages_opt(opt()).unwrap();
+    let upload = client.upload_messages().unwrap();
     for kind in [
         chat::MessageType::SYSTEM,
         chat::MessageType::JOIN,
@@ -501,10 +495,10 @@ fn clients_cannot_publish_system_join_or_leave_messages() {
     ] {
         let mut m = chat_message("x", "forge", "mallory", "server shutting down");
         m.type_ = kind.into();
-        block_on(tx.send((m, WriteFlags::default()))).unwrap();
+        push(&upload, &m).unwrap();
     }
-    block_on(tx.close()).unwrap();
-    assert_eq!(block_on(rx).unwrap().message_count, 3);
+    let resp: chat::UploadResponse = close_and_recv(upload).unwrap();
+    assert_eq!(resp.message_count, 3);
     for _ in 0..3 {
         let m = next(&mut watcher).unwrap();
         assert_eq!(m.type_.enum_value_or_default(), chat::MessageType::CHAT);
@@ -523,12 +517,12 @@ fn streams_past_the_cap_on_one_connection_are_refused_and_the_open_ones_live_on(
     let mut refused = 0;
     for _ in 0..400 {
         let mut s = client
-            .subscribe_messages_opt(&subscribe_req("many", ""), opt())
+            .subscribe_messages(&subscribe_req("many", ""))
             .unwrap();
         match next(&mut s) {
             Ok(_) => open.push(s),
             Err(e) => {
-                assert_eq!(status_code(&e), RpcStatusCode::RESOURCE_EXHAUSTED);
+                assert_eq!(e.code, Code::ResourceExhausted);
                 refused += 1;
             }
         }
@@ -546,34 +540,28 @@ fn subscribe_and_chat_reject_bad_room_names() {
     let server = support::start();
     let client = server.client();
     let mut stream = client
-        .subscribe_messages_opt(&subscribe_req("no spaces please", "u"), opt())
+        .subscribe_messages(&subscribe_req("no spaces please", "u"))
         .unwrap();
     let err = next(&mut stream).unwrap_err();
-    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
+    assert_eq!(err.code, Code::InvalidArgument);
     assert!(
-        status_message(&err).contains("room"),
+        err.message.contains("room"),
         "{}",
-        status_message(&err)
+        err.message
     );
 
-    let (mut tx, mut rx) = client.chat_opt(opt()).unwrap();
-    block_on(tx.send((
-        chat_message("1", &"r".repeat(65), "u", "hi"),
-        WriteFlags::default(),
-    )))
-    .unwrap();
+    let call = client.chat().unwrap();
+    push(&call, &chat_message("1", &"r".repeat(65), "u", "hi")).unwrap();
     let err = loop {
-        match block_on(rx.next()) {
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => break e,
-            None => panic!("no status"),
+        if let Err(status) = recv::<chat::Message>(&call) {
+            break status;
         }
     };
-    assert_eq!(status_code(&err), RpcStatusCode::INVALID_ARGUMENT);
+    assert_eq!(err.code, Code::InvalidArgument);
     assert!(
-        status_message(&err).contains("index 0"),
+        err.message.contains("index 0"),
         "{}",
-        status_message(&err)
+        err.message
     );
     assert_eq!(server.subscribers(), 0);
 }
@@ -604,26 +592,19 @@ fn cancelled_metrics_chat_and_upload_streams_end_their_threads() {
     for _ in 0..20 {
         let mut req = chat::MetricsRequest::new();
         req.interval_seconds = 3600;
-        metrics.push(client.stream_metrics_opt(&req, opt()).unwrap());
-        chats.push(client.chat_opt(opt()).unwrap());
-        uploads.push(client.upload_messages_opt(opt()).unwrap());
+        metrics.push(client.stream_metrics(&req).unwrap());
+        chats.push(client.chat().unwrap());
+        uploads.push(client.upload_messages().unwrap());
     }
     assert!(
         wait_until(Duration::from_secs(5), || server.app.stream_threads() == 60),
         "{} stream threads",
         server.app.stream_threads()
     );
-    for mut m in metrics {
-        m.cancel();
-    }
-    for (mut tx, mut rx) in chats {
-        tx.cancel();
-        rx.cancel();
-    }
-    for (mut tx, mut rx) in uploads {
-        tx.cancel();
-        rx.cancel();
-    }
+    // Dropping a running call cancels it.
+    drop(metrics);
+    drop(chats);
+    drop(uploads);
     assert!(
         wait_until(Duration::from_secs(1), || server.app.stream_threads() == 0),
         "{} stream threads left",
@@ -636,17 +617,16 @@ fn chat_participant_joins_the_room_before_their_first_message() {
     let server = support::start();
     let client = server.client();
     let mut watcher = subscribe(&client, "order", "watcher");
-    let (mut tx, mut rx) = client.chat_opt(opt()).unwrap();
+    let call = client.chat().unwrap();
     for i in 1..=2 {
-        block_on(tx.send((
-            chat_message("", "order", "charlie", &format!("message #{i}")),
-            WriteFlags::default(),
-        )))
+        push(
+            &call,
+            &chat_message("", "order", "charlie", &format!("message #{i}")),
+        )
         .unwrap();
-        block_on(rx.next()).unwrap().unwrap();
+        recv::<chat::Message>(&call).unwrap();
     }
-    block_on(tx.close()).unwrap();
-    let _ = block_on(rx.collect::<Vec<_>>());
+    call.finish();
     let seen: Vec<(chat::MessageType, String)> = (0..4)
         .map(|_| {
             let m = next(&mut watcher).unwrap();

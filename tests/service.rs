@@ -1,59 +1,53 @@
-//! Health and reflection over grpcio's client (Python's clients cover the
-//! same in tests/python.rs).
-
-use futures_executor::block_on;
-use futures_util::{SinkExt, StreamExt};
-use grpcio::{ChannelBuilder, EnvBuilder, RpcStatusCode, WriteFlags};
-use std::sync::Arc;
+//! Health and reflection over streamhub's own h2c client, by method path
+//! (Python's clients cover the same in tests/python.rs).
 
 use streamhub::proto::health::health_check_response::ServingStatus;
-use streamhub::proto::health::HealthCheckRequest;
+use streamhub::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use streamhub::proto::reflection::server_reflection_request::Message_request;
 use streamhub::proto::reflection::server_reflection_response::Message_response;
-use streamhub::proto::reflection::ServerReflectionRequest;
-use streamhub::proto::services::health::HealthClient;
-use streamhub::proto::services::reflection::ServerReflectionClient;
+use streamhub::proto::reflection::{ServerReflectionRequest, ServerReflectionResponse};
 
 use crate::support;
-use crate::support::grpc::{opt, status_code};
+use crate::support::grpc::{channel, decode, encode, next_as, opt, push, recv, Channel, Code, Status};
 
-fn channel(addr: &str) -> grpcio::Channel {
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    ChannelBuilder::new(env).connect(addr)
-}
+const CHECK: &str = "/grpc.health.v1.Health/Check";
+const WATCH: &str = "/grpc.health.v1.Health/Watch";
+const REFLECTION: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
 
-fn check(client: &HealthClient, service: &str) -> grpcio::Result<ServingStatus> {
+fn check(channel: &Channel, service: &str) -> Result<ServingStatus, Status> {
     let mut req = HealthCheckRequest::new();
     req.service = service.into();
-    client
-        .check_opt(&req, opt())
-        .map(|r| r.status.enum_value_or_default())
+    let resp = channel.unary(CHECK, &encode(&req)?, &opt())?;
+    Ok(decode::<HealthCheckResponse>(&resp)?
+        .status
+        .enum_value_or_default())
 }
 
 #[test]
 fn health_check_and_watch_follow_shutdown() {
     let support::Server { app, grpc_addr, .. } = support::start();
-    let client = HealthClient::new(channel(&grpc_addr));
+    let client = channel(&grpc_addr);
     assert_eq!(check(&client, "").unwrap(), ServingStatus::SERVING);
     assert_eq!(
         check(&client, "chat.ChatService").unwrap(),
         ServingStatus::SERVING
     );
     let err = check(&client, "no.Such").unwrap_err();
-    assert_eq!(status_code(&err), RpcStatusCode::NOT_FOUND);
+    assert_eq!(err.code, Code::NotFound);
 
     let mut req = HealthCheckRequest::new();
     req.service = "chat.ChatService".into();
-    let mut watch = client.watch_opt(&req, opt()).unwrap();
-    let first = block_on(watch.next()).unwrap().unwrap();
+    let mut watch = client
+        .server_streaming(WATCH, &encode(&req).unwrap(), &opt())
+        .unwrap();
+    let first: HealthCheckResponse = next_as(&mut watch).unwrap();
     assert_eq!(first.status.enum_value_or_default(), ServingStatus::SERVING);
     let stopper = std::thread::spawn(move || app.shutdown());
     let mut statuses = Vec::new();
     let end = loop {
-        match block_on(watch.next()) {
-            Some(Ok(r)) => statuses.push(r.status.enum_value_or_default()),
-            Some(Err(e)) => break Some(e),
-            None => break None,
+        match next_as::<HealthCheckResponse>(&mut watch) {
+            Ok(r) => statuses.push(r.status.enum_value_or_default()),
+            Err(status) => break status,
         }
     };
     stopper.join().unwrap();
@@ -63,23 +57,20 @@ fn health_check_and_watch_follow_shutdown() {
         statuses.iter().all(|s| *s == ServingStatus::NOT_SERVING),
         "{statuses:?}"
     );
-    assert_eq!(
-        status_code(&end.expect("a status")),
-        RpcStatusCode::UNAVAILABLE
-    );
+    assert_eq!(end.code, Code::Unavailable, "{end:?}");
 }
 
 #[test]
 fn reflection_v1_lists_and_describes_chat_service() {
     let server = support::start();
-    let client = ServerReflectionClient::new(channel(&server.grpc_addr));
-    let (mut tx, mut rx) = client.server_reflection_info_opt(opt()).unwrap();
-    let mut ask = |req: Message_request| {
+    let client = server.channel();
+    let call = client.open(REFLECTION, &opt()).unwrap();
+    let ask = |req: Message_request| {
         let mut r = ServerReflectionRequest::new();
         r.host = "localhost".into();
         r.message_request = Some(req);
-        block_on(tx.send((r, WriteFlags::default()))).unwrap();
-        let resp = block_on(rx.next()).unwrap().unwrap();
+        push(&call, &r).unwrap();
+        let resp: ServerReflectionResponse = recv(&call).unwrap();
         assert_eq!(resp.valid_host, "localhost");
         resp.message_response.unwrap()
     };

@@ -23,14 +23,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use grpcio::RpcStatusCode;
 use streamhub::hub::{CloseReason, Draft};
 use streamhub_tools::fanout::{self, FanoutPlan, PublishVia};
-use streamhub_tools::grpc;
 use streamhub_tools::http::BodyFormat;
 use streamhub_tools::proc::open_files_limit;
 
-use crate::support::grpc::{next, opt, status_code, subscribe, subscribe_req, RawGrpcSubscriber};
+use crate::support::grpc::{self, next, subscribe, subscribe_req, Code, RawGrpcSubscriber};
 use crate::support::http::{read_head, HttpPort};
 use crate::support::proc::{open_fds, thread_names};
 use crate::support::sse::{probe_until, EventStream, Item};
@@ -396,7 +394,6 @@ fn alone_grpc_churn() {
     let cycles = if long() { 5000 } else { 1000 };
     let server = support::start();
     let addrs = Addrs::of(&server);
-    let env = grpc::environment(1);
     let _trickle = Trickle::start(&server, "churn", Duration::from_millis(1));
     let cycle = |i: usize| {
         if i.is_multiple_of(2) {
@@ -405,8 +402,9 @@ fn alone_grpc_churn() {
             wait_for_unread(&raw.socket);
             drop(raw);
         } else {
-            // A grpcio client on its own connection that cancels.
-            let client = grpc::connect(&env, &addrs.grpc);
+            // A client on its own connection that cancels, then closes
+            // the connection.
+            let client = grpc::connect(&addrs.grpc);
             let mut stream = subscribe(&client, "churn", "");
             next(&mut stream).expect("a message after the welcome");
             drop(stream);
@@ -474,18 +472,16 @@ fn a_flood_past_max_grpc_streams_gets_resource_exhausted_while_open_streams_get_
         let n = next_flooder.fetch_add(1, Ordering::Relaxed) as usize;
         let client = &flooders[n % flooders.len()];
         let mut stream = client
-            .subscribe_messages_opt(&subscribe_req("cap", ""), opt())
+            .subscribe_messages(&subscribe_req("cap", ""))
             .unwrap();
         match next(&mut stream) {
-            Err(e) => status_code(&e),
-            Ok(_) => RpcStatusCode::OK,
+            Err(e) => e.code,
+            Ok(_) => Code::Ok,
         }
     });
     burst.join().unwrap();
     assert!(
-        outcomes
-            .iter()
-            .all(|c| *c == RpcStatusCode::RESOURCE_EXHAUSTED),
+        outcomes.iter().all(|c| *c == Code::ResourceExhausted),
         "not all RESOURCE_EXHAUSTED: {outcomes:?}"
     );
     for stream in &mut open {

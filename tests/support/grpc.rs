@@ -1,56 +1,66 @@
-//! gRPC helpers: grpcio clients with deadlines on connections of their
-//! own, status accessors, and a raw HTTP/2 subscriber.
+//! gRPC helpers over streamhub's own blocking h2c client
+//! (`streamhub::grpc::h2::client`): a client per connection, every call
+//! under [`CALL_TIMEOUT`] and every wait bounded, messages typed, and a
+//! raw HTTP/2 subscriber that can be killed the way a crashed client dies.
+//! A call's end is a [`Status`]: its `code` and `message` are the status
+//! accessors.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use futures_executor::block_on;
-use futures_util::StreamExt;
-use grpcio::{CallOption, ChannelBuilder};
-
+pub use streamhub::grpc::call::{Code, Status};
+pub use streamhub::grpc::h2::client::{
+    decode, encode, CallOptions, Channel, ChatClient, Duplex, Messages, Recv, Stream,
+};
 use streamhub::proto::chat;
-use streamhub::proto::services::ChatServiceClient;
 
 use super::Server;
 
-/// Every call a test makes ends within this, whatever the server does.
+/// Every call a test makes ends within this, whatever the server does: it
+/// is each call's deadline (sent as `grpc-timeout` and enforced by the
+/// client too), and no single wait lasts longer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Server {
-    /// A client on its own connection.
-    pub fn client(&self) -> ChatServiceClient {
-        let channel = ChannelBuilder::new(self.env.clone())
-            // Separate connections per client, so one stuck stream's flow
-            // control does not hold up the others.
-            .raw_cfg_int(
-                std::ffi::CString::new("grpc.use_local_subchannel_pool").unwrap(),
-                1,
-            )
-            .raw_cfg_int(
-                std::ffi::CString::new("streamhub.test.unique").unwrap(),
-                super::unique() as i32,
-            )
-            .connect(&self.grpc_addr);
-        ChatServiceClient::new(channel)
+    /// A client on its own connection, its calls under [`CALL_TIMEOUT`].
+    pub fn client(&self) -> ChatClient {
+        connect(&self.grpc_addr)
+    }
+
+    /// A connection of its own, for calls of any service.
+    pub fn channel(&self) -> Channel {
+        channel(&self.grpc_addr)
     }
 }
 
-pub fn opt() -> CallOption {
-    CallOption::default().timeout(CALL_TIMEOUT)
+/// A new connection to `addr` (`host:port`), set up within [`CALL_TIMEOUT`].
+pub fn channel(addr: &str) -> Channel {
+    Channel::connect(addr, CALL_TIMEOUT).unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// A `ChatService` client on a new connection to `addr`, its calls under
+/// [`CALL_TIMEOUT`].
+pub fn connect(addr: &str) -> ChatClient {
+    ChatClient::new(channel(addr)).with_options(opt())
+}
+
+/// The options of every call: the deadline [`CALL_TIMEOUT`].
+pub fn opt() -> CallOptions {
+    CallOptions::default().timeout(CALL_TIMEOUT)
 }
 
 pub fn send(
-    client: &ChatServiceClient,
+    client: &ChatClient,
     room: &str,
     user: &str,
     content: &str,
-) -> grpcio::Result<chat::SendMessageResponse> {
+) -> Result<chat::SendMessageResponse, Status> {
     let mut req = chat::SendMessageRequest::new();
     req.room = room.into();
     req.user = user.into();
     req.content = content.into();
-    client.send_message_opt(&req, opt())
+    client.send_message(&req)
 }
 
 pub fn subscribe_req(room: &str, user: &str) -> chat::SubscribeRequest {
@@ -63,13 +73,9 @@ pub fn subscribe_req(room: &str, user: &str) -> chat::SubscribeRequest {
 /// Subscribes and waits for the welcome, after which the subscription is
 /// registered (the server sends it only then); with a user name, also takes
 /// the subscriber's own JOIN.
-pub fn subscribe(
-    client: &ChatServiceClient,
-    room: &str,
-    user: &str,
-) -> grpcio::ClientSStreamReceiver<chat::Message> {
+pub fn subscribe(client: &ChatClient, room: &str, user: &str) -> Messages<chat::Message> {
     let mut stream = client
-        .subscribe_messages_opt(&subscribe_req(room, user), opt())
+        .subscribe_messages(&subscribe_req(room, user))
         .expect("subscribe");
     let welcome = next(&mut stream).expect("welcome arrives");
     assert_eq!(
@@ -84,25 +90,40 @@ pub fn subscribe(
     stream
 }
 
-/// The next message of a stream; the call's deadline bounds the wait.
-pub fn next<T>(stream: &mut grpcio::ClientSStreamReceiver<T>) -> grpcio::Result<T> {
-    match block_on(stream.next()) {
-        Some(r) => r,
-        None => Err(grpcio::Error::RemoteStopped),
-    }
+/// The next message of a server-streaming call, or the status it ended
+/// with (OK included, so `unwrap_err` reads any end). Panics when nothing
+/// arrives within [`CALL_TIMEOUT`] (the call's deadline passes first).
+pub fn next<T: protobuf::Message>(stream: &mut Messages<T>) -> Result<T, Status> {
+    next_as(stream.stream_mut())
 }
 
-pub fn status_code(e: &grpcio::Error) -> grpcio::RpcStatusCode {
-    match e {
-        grpcio::Error::RpcFailure(s) => s.code(),
-        other => panic!("expected a status, got {other:?}"),
-    }
+/// [`next`] for an untyped [`Stream`] (services other than `ChatService`).
+pub fn next_as<T: protobuf::Message>(stream: &mut Stream) -> Result<T, Status> {
+    received(stream.recv_timeout(CALL_TIMEOUT))
 }
 
-pub fn status_message(e: &grpcio::Error) -> String {
-    match e {
-        grpcio::Error::RpcFailure(s) => s.message().to_string(),
-        other => panic!("expected a status, got {other:?}"),
+/// Sends one message on a client-streaming or bidirectional call; `Err`
+/// once the call is over (see [`Duplex::send`]).
+pub fn push(call: &Duplex, message: &impl protobuf::Message) -> Result<(), Status> {
+    call.send(&encode(message).expect("a message encodes"))
+}
+
+/// The next response of a bidirectional call, or the status it ended with
+/// (OK included). Panics when nothing arrives within [`CALL_TIMEOUT`].
+pub fn recv<T: protobuf::Message>(call: &Duplex) -> Result<T, Status> {
+    received(call.recv_timeout(CALL_TIMEOUT))
+}
+
+/// The typed response of a client-streaming call, once our side is closed.
+pub fn close_and_recv<T: protobuf::Message>(call: Duplex) -> Result<T, Status> {
+    call.close_and_recv().and_then(|bytes| decode(&bytes))
+}
+
+fn received<T: protobuf::Message>(got: Recv) -> Result<T, Status> {
+    match got {
+        Recv::Message(bytes) => Ok(decode(&bytes).expect("a response decodes")),
+        Recv::Ended(status) => Err(status),
+        Recv::TimedOut => panic!("nothing arrived in {CALL_TIMEOUT:?}"),
     }
 }
 

@@ -1,8 +1,8 @@
 //! The integration tests' harness, in one place: a server on port 0 and
 //! bounded waiting here; one client per protocol in the submodules.
 //!
-//! - [`grpc`]: grpcio clients with deadlines, and a raw HTTP/2 subscriber
-//!   that can be killed the way a crashed client dies.
+//! - [`grpc`]: streamhub's own h2c client with deadlines, and a raw
+//!   HTTP/2 subscriber that can be killed the way a crashed client dies.
 //! - [`http`]: the one raw HTTP/1.1 client.
 //! - [`sse`]: the one event-stream client and WHATWG parser.
 //! - [`browser`]: headless Chromium and the page server it loads from.
@@ -19,10 +19,7 @@ pub mod proc;
 pub mod sse;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use grpcio::{EnvBuilder, Environment};
 
 use streamhub::config::Config;
 use streamhub::App;
@@ -30,7 +27,6 @@ use streamhub::App;
 pub struct Server {
     pub app: App,
     pub grpc_addr: String,
-    env: Arc<Environment>,
 }
 
 /// Starts a server with default settings on 127.0.0.1 port 0.
@@ -46,17 +42,7 @@ pub fn start_with(tune: impl FnOnce(&mut Config)) -> Server {
     tune(&mut config);
     let app = App::start(config).expect("server starts");
     let grpc_addr = format!("127.0.0.1:{}", app.grpc_port());
-    let env = Arc::new(
-        EnvBuilder::new()
-            .cq_count(1)
-            .name_prefix("test-client")
-            .build(),
-    );
-    Server {
-        app,
-        grpc_addr,
-        env,
-    }
+    Server { app, grpc_addr }
 }
 
 impl Server {
