@@ -444,23 +444,15 @@ fn shutdown_says_goodbye_with_unavailable_after_delivering_accepted_messages() {
         "{:?}",
         started.elapsed()
     );
-    // grpcio's own client reports a non-OK status as soon as it arrives, even
-    // when messages sent just before it are still unread (its stream checks
-    // for the finish first). So with this client the tail may be cut short;
-    // what arrives must still be exactly the accepted messages, in order,
-    // then the notice. The Python client test pins the complete sequence.
-    let notice_seen = got
-        .last()
-        .is_some_and(|m| m.content == "server shutting down");
-    let data: Vec<String> = got
-        .iter()
-        .filter(|m| m.content != "server shutting down")
-        .map(|m| m.id.clone())
-        .collect();
-    assert_eq!(data[..], ids[..data.len()]);
-    if notice_seen {
-        assert_eq!(data, ids);
-    }
+    // Every accepted message, in order, then the notice, then the status.
+    let (notice, data) = got.split_last().expect("the notice arrives");
+    assert_eq!(notice.content, "server shutting down");
+    assert_eq!(
+        notice.type_.enum_value_or_default(),
+        chat::MessageType::SYSTEM
+    );
+    let data: Vec<String> = data.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(data, ids);
     assert_eq!(err.code, Code::Unavailable);
 }
 

@@ -54,12 +54,11 @@ fn cli_send_and_subscribe_then_sigterm_exits_zero_with_stream_open() {
         "{:?}",
         signalled.elapsed()
     );
-    // The CLI is a grpcio client, which may report the UNAVAILABLE status
-    // before reading the notice sent just ahead of it (see tests/grpc.rs);
-    // what it prints must still be only the notice, if anything.
-    if let Ok(notice) = lines.recv_timeout(Duration::from_secs(5)) {
-        assert!(notice.contains("server shutting down"), "{notice}");
-    }
+    // The notice sent just ahead of the UNAVAILABLE status is printed.
+    let notice = lines
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the notice");
+    assert!(notice.contains("server shutting down"), "{notice}");
     let status = wait_exit(&mut sub, Duration::from_secs(5)).expect("client exits");
     assert!(!status.success(), "subscribe reports the UNAVAILABLE end");
     let logs: Vec<String> = server.logs.try_iter().collect();
@@ -273,7 +272,7 @@ fn sigterm_with_open_sse_and_grpc_streams_delivers_everything_then_exits_zero() 
         assert!(n > 0, "stream closed early");
         seen.extend_from_slice(&buf[..n]);
     }
-    // A gRPC subscriber through the CLI, a grpcio client.
+    // A gRPC subscriber through the CLI (its h2c client).
     let mut sub = cli("subscribe", &server.grpc_addr, "term", "")
         .env("USER", "")
         .stdout(Stdio::piped())
@@ -328,14 +327,21 @@ fn sigterm_with_open_sse_and_grpc_streams_delivers_everything_then_exits_zero() 
     }
     let notice = text.rfind("server shutting down").expect("shutdown notice");
     assert!(notice > last, "the notice comes last");
-    // gRPC (grpcio's client may drop the tail, see tests/grpc.rs): what it
-    // printed is the accepted messages in order.
-    let _ = wait_exit(&mut sub, Duration::from_secs(10)).expect("client exits");
-    let printed: Vec<String> = lines
-        .try_iter()
-        .filter(|l| !l.contains("shutting down"))
-        .collect();
-    for (line, id) in printed.iter().zip(&ids) {
+    // gRPC: every message in order, then the notice, then the end.
+    let status = wait_exit(&mut sub, Duration::from_secs(10)).expect("client exits");
+    assert!(!status.success(), "subscribe reports the UNAVAILABLE end");
+    let mut printed = Vec::new();
+    loop {
+        match lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => printed.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("the CLI's output did not end: {e}"),
+        }
+    }
+    let (notice, messages) = printed.split_last().expect("the CLI printed");
+    assert!(notice.contains("server shutting down"), "{printed:#?}");
+    assert_eq!(messages.len(), ids.len(), "{printed:#?}");
+    for (line, id) in messages.iter().zip(&ids) {
         assert!(line.contains(id.as_str()), "{line} vs {id}");
     }
 }

@@ -30,7 +30,7 @@ use streamhub_tools::proc::open_files_limit;
 
 use crate::support::grpc::{self, next, subscribe, subscribe_req, Code, RawGrpcSubscriber};
 use crate::support::http::{read_head, HttpPort};
-use crate::support::proc::{open_fds, thread_names};
+use crate::support::proc::{open_fds, thread_names, threads};
 use crate::support::sse::{probe_until, EventStream, Item};
 use crate::support::{self, wait_until, Server};
 
@@ -40,30 +40,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// `STREAMHUB_STRESS=long`: the full sizes.
 fn long() -> bool {
     std::env::var("STREAMHUB_STRESS").is_ok_and(|v| v == "long")
-}
-
-/// Thread pools of the gRPC C core (names cut to 15 bytes by the kernel),
-/// shared here by the server and the test's clients. They grow with load
-/// to bounds of their own (the executors to twice the cores; the event
-/// engine's pool on demand, reaped after 30 s idle), so churn is checked
-/// against a small fixed allowance instead of the baseline: a leak per
-/// stream would show as hundreds.
-const GRPC_CORE_POOLS: &[&str] = &[
-    "default-executo",
-    "resolver-execut",
-    "event_engine",
-    "timer_manager",
-    "grpc_global_tim",
-];
-
-/// This process's threads: (ours, the gRPC core's pools).
-fn threads() -> (usize, usize) {
-    let names = thread_names();
-    let core: usize = GRPC_CORE_POOLS
-        .iter()
-        .map(|p| names.get(*p).copied().unwrap_or(0))
-        .sum();
-    (names.values().sum::<usize>() - core, core)
 }
 
 /// Where a server listens: what client threads need (a [`Server`] itself
@@ -252,31 +228,25 @@ fn every_subscriber_of_a_crowded_room_gets_every_message_in_the_same_order() {
 struct Holdings {
     subscribers: u64,
     stream_threads: usize,
-    /// Threads of this process, the gRPC core's pools left out.
+    /// Threads of this process, all of them.
     threads: usize,
-    grpc_core_threads: usize,
     fds: usize,
 }
 
 impl Holdings {
     fn now(server: &Server) -> Holdings {
-        let (threads, grpc_core_threads) = threads();
         Holdings {
             subscribers: server.subscribers(),
             stream_threads: server.app.stream_threads(),
-            threads,
-            grpc_core_threads,
+            threads: threads(),
             fds: open_fds(),
         }
     }
 
     fn within(&self, baseline: &Holdings) -> bool {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let grpc_core_allowance = 4 * cores + 8;
         self.subscribers <= baseline.subscribers
             && self.stream_threads <= baseline.stream_threads
             && self.threads <= baseline.threads
-            && self.grpc_core_threads <= baseline.grpc_core_threads + grpc_core_allowance
             && self.fds <= baseline.fds
     }
 }
