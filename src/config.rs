@@ -508,8 +508,7 @@ impl Config {
                 max_streams: raw.number("max-grpc-streams", 1, 1 << 20)? as usize,
                 max_streams_per_connection: raw.number("max-streams-per-connection", 1, 1 << 16)?
                     as usize,
-                max_header_list_bytes: raw.number("max-header-list-bytes", 1024, 1 << 20)?
-                    as usize,
+                max_header_list_bytes: raw.number("max-header-list-bytes", 1024, 1 << 20)? as usize,
                 tls,
                 keepalive: raw.secs("keepalive-secs", 1, 86_400)?,
                 keepalive_timeout: raw.secs("keepalive-timeout-secs", 1, 3600)?,

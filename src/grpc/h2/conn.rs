@@ -448,7 +448,11 @@ impl Conn {
             let want = &frame::PREFACE[self.preface_seen..];
             let n = want.len().min(input.len());
             if input[..n] != want[..n] {
-                self.fail(ErrorCode::ProtocolError, "not an HTTP/2 client preface", events);
+                self.fail(
+                    ErrorCode::ProtocolError,
+                    "not an HTTP/2 client preface",
+                    events,
+                );
                 return input.len();
             }
             self.preface_seen += n;
@@ -461,7 +465,11 @@ impl Conn {
             }
             let head = Head::parse(rest[..frame::HEADER_LEN].try_into().expect("9 bytes"));
             if head.len > frame::DEFAULT_MAX_FRAME {
-                self.fail(ErrorCode::FrameSizeError, "frame larger than SETTINGS_MAX_FRAME_SIZE", events);
+                self.fail(
+                    ErrorCode::FrameSizeError,
+                    "frame larger than SETTINGS_MAX_FRAME_SIZE",
+                    events,
+                );
                 return input.len();
             }
             let total = frame::HEADER_LEN + head.len as usize;
@@ -486,7 +494,11 @@ impl Conn {
 
     fn frame(&mut self, head: &Head, payload: &[u8], now: Instant, events: &mut Vec<Event>) {
         if !self.settings_seen && head.kind != kind::SETTINGS {
-            return self.fail(ErrorCode::ProtocolError, "the preface must be followed by SETTINGS", events);
+            return self.fail(
+                ErrorCode::ProtocolError,
+                "the preface must be followed by SETTINGS",
+                events,
+            );
         }
         if let Some(p) = &self.partial {
             if head.kind != kind::CONTINUATION || head.stream != p.stream {
@@ -529,7 +541,11 @@ impl Conn {
                 end_headers, block, ..
             } => {
                 let Some(p) = self.partial.as_mut() else {
-                    return self.fail(ErrorCode::ProtocolError, "CONTINUATION without HEADERS", events);
+                    return self.fail(
+                        ErrorCode::ProtocolError,
+                        "CONTINUATION without HEADERS",
+                        events,
+                    );
                 };
                 p.frames += 1;
                 p.block.extend_from_slice(block);
@@ -545,7 +561,11 @@ impl Conn {
             Frame::Priority { .. } | Frame::Unknown => {}
             Frame::RstStream { stream, .. } => {
                 if stream > self.last_stream {
-                    return self.fail(ErrorCode::ProtocolError, "RST_STREAM on an idle stream", events);
+                    return self.fail(
+                        ErrorCode::ProtocolError,
+                        "RST_STREAM on an idle stream",
+                        events,
+                    );
                 }
                 if !self.budgets.resets.take(now) {
                     return self.calm(Flood::RapidReset, events);
@@ -574,7 +594,11 @@ impl Conn {
                             for (&id, s) in self.streams.iter_mut() {
                                 s.send_window += delta;
                                 if s.send_window > frame::MAX_WINDOW as i64 {
-                                    return self.fail(ErrorCode::FlowControlError, "window overflow", events);
+                                    return self.fail(
+                                        ErrorCode::FlowControlError,
+                                        "window overflow",
+                                        events,
+                                    );
                                 }
                                 if delta > 0 && !s.queue.is_empty() && !self.ready.contains(&id) {
                                     self.ready.push_back(id);
@@ -594,7 +618,12 @@ impl Conn {
                     // The drain's first GOAWAY was answered: now the real one.
                     if self.draining && data == DRAIN_PING && self.goaway == Some(MAX_STREAM_ID) {
                         self.goaway = Some(self.last_stream);
-                        frame::put_goaway(&mut self.control, self.last_stream, ErrorCode::NoError, b"");
+                        frame::put_goaway(
+                            &mut self.control,
+                            self.last_stream,
+                            ErrorCode::NoError,
+                            b"",
+                        );
                         self.close_if_drained();
                     }
                     return;
@@ -616,7 +645,11 @@ impl Conn {
                 if stream == 0 {
                     self.conn_send_window += increment as i64;
                     if self.conn_send_window > frame::MAX_WINDOW as i64 {
-                        return self.fail(ErrorCode::FlowControlError, "connection window overflow", events);
+                        return self.fail(
+                            ErrorCode::FlowControlError,
+                            "connection window overflow",
+                            events,
+                        );
                     }
                     // Every stream that waits for window may go now.
                     let waiting: Vec<u32> = self
@@ -629,7 +662,11 @@ impl Conn {
                         self.mark_ready(id);
                     }
                 } else if stream > self.last_stream {
-                    self.fail(ErrorCode::ProtocolError, "WINDOW_UPDATE on an idle stream", events);
+                    self.fail(
+                        ErrorCode::ProtocolError,
+                        "WINDOW_UPDATE on an idle stream",
+                        events,
+                    );
                 } else if let Some(s) = self.streams.get_mut(&stream) {
                     s.send_window += increment as i64;
                     if s.send_window > frame::MAX_WINDOW as i64 {
@@ -654,7 +691,11 @@ impl Conn {
         // stream's state.
         self.conn_recv_window -= flow_len as i64;
         if self.conn_recv_window < 0 {
-            return self.fail(ErrorCode::FlowControlError, "connection window exceeded", events);
+            return self.fail(
+                ErrorCode::FlowControlError,
+                "connection window exceeded",
+                events,
+            );
         }
         self.release_conn(flow_len);
         if flow_len == 0 && !end_stream && !self.budgets.empty.take(now) {
@@ -767,7 +808,11 @@ impl Conn {
                 if trailers || self.recently_reset.contains(&stream) {
                     return self.on_closed_stream(stream, now, events);
                 }
-                return self.fail(ErrorCode::ProtocolError, "HEADERS on a stream id already used", events);
+                return self.fail(
+                    ErrorCode::ProtocolError,
+                    "HEADERS on a stream id already used",
+                    events,
+                );
             };
             if s.remote_closed {
                 return self.stream_error(stream, ErrorCode::StreamClosed, events);
@@ -781,7 +826,11 @@ impl Conn {
             return self.end_of_input(stream, events);
         }
         if stream % 2 == 0 {
-            return self.fail(ErrorCode::ProtocolError, "even stream id from a client", events);
+            return self.fail(
+                ErrorCode::ProtocolError,
+                "even stream id from a client",
+                events,
+            );
         }
         self.last_stream = stream;
         if self.goaway.is_some_and(|last| stream > last) {
@@ -1041,7 +1090,10 @@ impl Conn {
         }
         block = block.literal(b"grpc-status", status.code.number().to_string().as_bytes());
         if !status.message.is_empty() {
-            block = block.literal(b"grpc-message", g::percent_encode(&status.message).as_bytes());
+            block = block.literal(
+                b"grpc-message",
+                g::percent_encode(&status.message).as_bytes(),
+            );
         }
         s.trailers = Some(block.bytes);
         self.mark_ready(stream);
@@ -1168,7 +1220,13 @@ impl Conn {
                     // Trailers-only: the block already holds :status.
                     s.headers_sent = true;
                 } else {
-                    frame::put_headers(out, id, &response_headers(Block::new()).bytes, false, max_frame);
+                    frame::put_headers(
+                        out,
+                        id,
+                        &response_headers(Block::new()).bytes,
+                        false,
+                        max_frame,
+                    );
                     s.headers_sent = true;
                 }
             }

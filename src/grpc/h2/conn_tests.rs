@@ -32,8 +32,9 @@ impl Out {
     }
 
     fn goaway_code(&self) -> Option<ErrorCode> {
-        (self.head.kind == kind::GOAWAY)
-            .then(|| ErrorCode::from_u32(u32::from_be_bytes(self.payload[4..8].try_into().unwrap())))
+        (self.head.kind == kind::GOAWAY).then(|| {
+            ErrorCode::from_u32(u32::from_be_bytes(self.payload[4..8].try_into().unwrap()))
+        })
     }
 
     fn rst_code(&self) -> Option<ErrorCode> {
@@ -70,7 +71,9 @@ impl Client {
         c.feed(&b);
         let out = c.output();
         assert_eq!(out[0].head.kind, kind::SETTINGS);
-        assert!(out.iter().any(|f| f.head.kind == kind::SETTINGS && f.head.flags == flag::ACK));
+        assert!(out
+            .iter()
+            .any(|f| f.head.kind == kind::SETTINGS && f.head.flags == flag::ACK));
         c
     }
 
@@ -143,7 +146,9 @@ fn a_unary_call_goes_request_message_end_then_headers_data_trailers() {
     c.headers(1, SEND, false);
     c.message(1, b"hi", true);
     let events = c.take_events();
-    assert!(matches!(&events[0], Event::Request { stream: 1, head, end_stream: false } if head.path == SEND));
+    assert!(
+        matches!(&events[0], Event::Request { stream: 1, head, end_stream: false } if head.path == SEND)
+    );
     assert!(matches!(&events[1], Event::Message { stream: 1, bytes } if bytes == b"hi"));
     assert!(matches!(&events[2], Event::EndOfInput { stream: 1 }));
     assert_eq!(c.conn.send(1, [Chunk::message(b"answer")]), Some(11));
@@ -153,7 +158,10 @@ fn a_unary_call_goes_request_message_end_then_headers_data_trailers() {
     assert_eq!(kinds, [kind::HEADERS, kind::DATA, kind::HEADERS]);
     assert_eq!(out[0].header(":status"), Some("200"));
     assert_eq!(out[0].header("content-type"), Some("application/grpc"));
-    assert_eq!(out[1].payload, [0, 0, 0, 0, 6, b'a', b'n', b's', b'w', b'e', b'r']);
+    assert_eq!(
+        out[1].payload,
+        [0, 0, 0, 0, 6, b'a', b'n', b's', b'w', b'e', b'r']
+    );
     assert_eq!(out[2].head.flags & flag::END_STREAM, flag::END_STREAM);
     assert_eq!(out[2].header("grpc-status"), Some("0"));
     // Both sides closed: the stream is forgotten.
@@ -164,7 +172,8 @@ fn a_unary_call_goes_request_message_end_then_headers_data_trailers() {
 fn an_error_without_data_is_one_trailers_only_headers_frame() {
     let mut c = Client::new();
     c.headers(1, SEND, true);
-    c.conn.finish(1, &Status::new(Code::InvalidArgument, "room 50% \"bad\"\n"));
+    c.conn
+        .finish(1, &Status::new(Code::InvalidArgument, "room 50% \"bad\"\n"));
     let out = c.output();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].head.flags & flag::END_STREAM, flag::END_STREAM);
@@ -196,7 +205,13 @@ fn a_new_initial_window_moves_every_window_by_the_difference_even_below_zero() {
     c.frame(|b| frame::put_settings(b, &[(setting::INITIAL_WINDOW_SIZE, 10)]));
     c.headers(1, SEND, true);
     c.conn.send(1, [Chunk::message(&[7u8; 20])]);
-    assert_eq!(c.output().iter().filter(|f| f.head.kind == kind::DATA).count(), 1);
+    assert_eq!(
+        c.output()
+            .iter()
+            .filter(|f| f.head.kind == kind::DATA)
+            .count(),
+        1
+    );
     // 10 - 10 = 0, then 0 - 10: below zero; an update of 5 leaves it there.
     c.frame(|b| frame::put_settings(b, &[(setting::INITIAL_WINDOW_SIZE, 0)]));
     c.frame(|b| frame::put_window_update(b, 1, 5));
@@ -234,7 +249,10 @@ fn rapid_reset_ends_the_connection_with_enhance_your_calm() {
     }
     assert_eq!(c.conn.flood, Some(Flood::RapidReset));
     let out = c.output();
-    assert_eq!(out.last().unwrap().goaway_code(), Some(ErrorCode::EnhanceYourCalm));
+    assert_eq!(
+        out.last().unwrap().goaway_code(),
+        Some(ErrorCode::EnhanceYourCalm)
+    );
     assert_eq!(c.conn.open_streams(), 0);
 }
 
@@ -257,7 +275,9 @@ fn ping_settings_and_empty_frame_floods_are_calmed() {
         (Flood::Ping, |b, _| frame::put_ping(b, false, [0; 8])),
         (Flood::Settings, |b, _| frame::put_settings(b, &[])),
         (Flood::EmptyFrames, |b, _| put_data_head(b, 1, 0, false)),
-        (Flood::WindowUpdate, |b, _| frame::put_window_update(b, 0, 1)),
+        (Flood::WindowUpdate, |b, _| {
+            frame::put_window_update(b, 0, 1)
+        }),
     ];
     for (flood, write) in floods {
         let mut c = Client::new();
@@ -273,7 +293,10 @@ fn ping_settings_and_empty_frame_floods_are_calmed() {
             }
         }
         assert_eq!(c.conn.flood, Some(flood), "{flood:?}");
-        assert_eq!(c.output().last().unwrap().goaway_code(), Some(ErrorCode::EnhanceYourCalm));
+        assert_eq!(
+            c.output().last().unwrap().goaway_code(),
+            Some(ErrorCode::EnhanceYourCalm)
+        );
     }
 }
 
@@ -352,7 +375,10 @@ fn streams_past_the_limit_are_refused() {
     c.headers(3, SEND, false);
     c.headers(5, SEND, false);
     let out = c.output();
-    assert_eq!(out.last().unwrap().rst_code(), Some(ErrorCode::RefusedStream));
+    assert_eq!(
+        out.last().unwrap().rst_code(),
+        Some(ErrorCode::RefusedStream)
+    );
     assert_eq!(out.last().unwrap().head.stream, 5);
     assert_eq!(c.conn.open_streams(), 2);
 }
@@ -362,16 +388,25 @@ fn stream_state_rules() {
     // DATA on a stream never opened: connection error.
     let mut c = Client::new();
     c.data(1, b"x", false);
-    assert_eq!(c.output().last().unwrap().goaway_code(), Some(ErrorCode::ProtocolError));
+    assert_eq!(
+        c.output().last().unwrap().goaway_code(),
+        Some(ErrorCode::ProtocolError)
+    );
     // DATA after END_STREAM: STREAM_CLOSED.
     let mut c = Client::new();
     c.headers(1, SEND, true);
     c.data(1, b"x", false);
-    assert_eq!(c.output().last().unwrap().rst_code(), Some(ErrorCode::StreamClosed));
+    assert_eq!(
+        c.output().last().unwrap().rst_code(),
+        Some(ErrorCode::StreamClosed)
+    );
     // Even ids, and ids that go backwards.
     let mut c = Client::new();
     c.headers(2, SEND, true);
-    assert_eq!(c.output().last().unwrap().goaway_code(), Some(ErrorCode::ProtocolError));
+    assert_eq!(
+        c.output().last().unwrap().goaway_code(),
+        Some(ErrorCode::ProtocolError)
+    );
     let mut c = Client::new();
     c.headers(5, SEND, true);
     c.headers(3, SEND, true);
@@ -384,7 +419,10 @@ fn stream_state_rules() {
         b.extend_from_slice(&block);
     });
     c.frame(|b| frame::put_ping(b, false, [0; 8]));
-    assert_eq!(c.output().last().unwrap().goaway_code(), Some(ErrorCode::ProtocolError));
+    assert_eq!(
+        c.output().last().unwrap().goaway_code(),
+        Some(ErrorCode::ProtocolError)
+    );
     // DATA on a stream both sides ended: a stream error, not the
     // connection's.
     let mut c = Client::new();
@@ -392,7 +430,10 @@ fn stream_state_rules() {
     c.conn.finish(1, &Status::ok());
     c.output();
     c.data(1, b"late", false);
-    assert_eq!(c.output().last().unwrap().rst_code(), Some(ErrorCode::StreamClosed));
+    assert_eq!(
+        c.output().last().unwrap().rst_code(),
+        Some(ErrorCode::StreamClosed)
+    );
     assert!(!c.conn.is_closing());
     // Frames on a stream we reset are ignored.
     let mut c = Client::new();
@@ -400,30 +441,65 @@ fn stream_state_rules() {
     c.conn.reset(1, ErrorCode::Cancel);
     c.data(1, b"late", false);
     assert!(!c.conn.is_closing());
-    assert_eq!(c.output().last().unwrap().rst_code(), Some(ErrorCode::Cancel));
+    assert_eq!(
+        c.output().last().unwrap().rst_code(),
+        Some(ErrorCode::Cancel)
+    );
 }
 
 #[test]
 fn malformed_requests_are_stream_errors() {
     let cases: Vec<Vec<u8>> = vec![
         // Upper-case name.
-        Block::new().indexed(index::METHOD_POST).indexed(index::SCHEME_HTTP).named(index::PATH, b"/x").literal(b"Foo", b"1").bytes,
+        Block::new()
+            .indexed(index::METHOD_POST)
+            .indexed(index::SCHEME_HTTP)
+            .named(index::PATH, b"/x")
+            .literal(b"Foo", b"1")
+            .bytes,
         // No :path.
-        Block::new().indexed(index::METHOD_POST).indexed(index::SCHEME_HTTP).bytes,
+        Block::new()
+            .indexed(index::METHOD_POST)
+            .indexed(index::SCHEME_HTTP)
+            .bytes,
         // A pseudo-header after a regular one.
-        Block::new().indexed(index::METHOD_POST).literal(b"foo", b"1").indexed(index::SCHEME_HTTP).named(index::PATH, b"/x").bytes,
+        Block::new()
+            .indexed(index::METHOD_POST)
+            .literal(b"foo", b"1")
+            .indexed(index::SCHEME_HTTP)
+            .named(index::PATH, b"/x")
+            .bytes,
         // A connection-specific header.
-        Block::new().indexed(index::METHOD_POST).indexed(index::SCHEME_HTTP).named(index::PATH, b"/x").literal(b"connection", b"close").bytes,
+        Block::new()
+            .indexed(index::METHOD_POST)
+            .indexed(index::SCHEME_HTTP)
+            .named(index::PATH, b"/x")
+            .literal(b"connection", b"close")
+            .bytes,
         // te other than trailers.
-        Block::new().indexed(index::METHOD_POST).indexed(index::SCHEME_HTTP).named(index::PATH, b"/x").literal(b"te", b"gzip").bytes,
+        Block::new()
+            .indexed(index::METHOD_POST)
+            .indexed(index::SCHEME_HTTP)
+            .named(index::PATH, b"/x")
+            .literal(b"te", b"gzip")
+            .bytes,
         // An unknown pseudo-header.
-        Block::new().indexed(index::METHOD_POST).indexed(index::SCHEME_HTTP).named(index::PATH, b"/x").literal(b":foo", b"1").bytes,
+        Block::new()
+            .indexed(index::METHOD_POST)
+            .indexed(index::SCHEME_HTTP)
+            .named(index::PATH, b"/x")
+            .literal(b":foo", b"1")
+            .bytes,
     ];
     for block in cases {
         let mut c = Client::new();
         c.frame(|b| put_headers(b, 1, &block, true, 16_384));
         let out = c.output();
-        assert_eq!(out.last().unwrap().rst_code(), Some(ErrorCode::ProtocolError), "{block:?}");
+        assert_eq!(
+            out.last().unwrap().rst_code(),
+            Some(ErrorCode::ProtocolError),
+            "{block:?}"
+        );
         assert!(!c.conn.is_closing());
     }
 }
@@ -462,7 +538,10 @@ fn drain_sends_goaway_twice_and_closes_when_streams_are_done() {
     assert_eq!(&goaway.payload[..4], &3u32.to_be_bytes());
     // Streams after the last are refused.
     c.headers(5, SEND, true);
-    assert_eq!(c.output().last().unwrap().rst_code(), Some(ErrorCode::RefusedStream));
+    assert_eq!(
+        c.output().last().unwrap().rst_code(),
+        Some(ErrorCode::RefusedStream)
+    );
     assert!(!c.conn.is_closing());
     c.conn.finish(1, &Status::ok());
     c.conn.finish(3, &Status::ok());
@@ -494,7 +573,10 @@ fn client_streams_get_window_back_as_their_call_takes_messages() {
     c.message(1, &[0; 95], false);
     // The call has not taken it: the window is spent.
     c.message(1, &[0; 1], false);
-    assert_eq!(c.output().last().unwrap().rst_code(), Some(ErrorCode::FlowControlError));
+    assert_eq!(
+        c.output().last().unwrap().rst_code(),
+        Some(ErrorCode::FlowControlError)
+    );
     let mut c = Client::with(Limits {
         stream_window: 100,
         ..Limits::default()
@@ -503,7 +585,9 @@ fn client_streams_get_window_back_as_their_call_takes_messages() {
     c.message(1, &[0; 95], false);
     c.conn.release(1, 100);
     let out = c.output();
-    assert!(out.iter().any(|f| f.head.kind == kind::WINDOW_UPDATE && f.head.stream == 1));
+    assert!(out
+        .iter()
+        .any(|f| f.head.kind == kind::WINDOW_UPDATE && f.head.stream == 1));
     c.message(1, &[0; 95], false);
     assert!(!c.conn.is_closing());
 }
@@ -523,7 +607,10 @@ fn a_message_larger_than_the_window_still_arrives() {
         c.data(1, piece, false);
         // Each piece of an unfinished message is given back at once; the
         // last completes it, and its window waits for the call.
-        let updated = c.output().iter().any(|f| f.head.kind == kind::WINDOW_UPDATE && f.head.stream == 1);
+        let updated = c
+            .output()
+            .iter()
+            .any(|f| f.head.kind == kind::WINDOW_UPDATE && f.head.stream == 1);
         assert_eq!(updated, i + 1 < pieces.len(), "piece {i}");
     }
     let events = c.take_events();
@@ -559,39 +646,51 @@ mod properties {
 
     /// A frame a client might send, good or bad.
     fn any_frame() -> impl Strategy<Value = Vec<u8>> {
-        (0u8..12, any::<u8>(), 0u32..12, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
-            |(kind, flags, stream, payload)| {
+        (
+            0u8..12,
+            any::<u8>(),
+            0u32..12,
+            proptest::collection::vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(kind, flags, stream, payload)| {
                 let mut b = Vec::new();
                 put_head(&mut b, payload.len(), kind, flags, stream);
                 b.extend_from_slice(&payload);
                 b
-            },
-        )
+            })
     }
 
     /// A frame that is likely valid, so sequences get deep into the state
     /// machine.
     fn good_frame() -> impl Strategy<Value = Vec<u8>> {
-        (0u8..8, 0u32..6, proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(what, s, body)| {
-            let stream = 2 * s + 1;
-            let mut b = Vec::new();
-            match what {
-                0 => put_headers(&mut b, stream, &request_block(SEND), false, 16_384),
-                1 => put_headers(&mut b, stream, &request_block(SEND), true, 16_384),
-                2 => {
-                    let mut m = Vec::new();
-                    g::put_message(&mut m, &body);
-                    put_data_head(&mut b, stream, m.len(), body.len() % 2 == 0);
-                    b.extend_from_slice(&m);
+        (
+            0u8..8,
+            0u32..6,
+            proptest::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(|(what, s, body)| {
+                let stream = 2 * s + 1;
+                let mut b = Vec::new();
+                match what {
+                    0 => put_headers(&mut b, stream, &request_block(SEND), false, 16_384),
+                    1 => put_headers(&mut b, stream, &request_block(SEND), true, 16_384),
+                    2 => {
+                        let mut m = Vec::new();
+                        g::put_message(&mut m, &body);
+                        put_data_head(&mut b, stream, m.len(), body.len() % 2 == 0);
+                        b.extend_from_slice(&m);
+                    }
+                    3 => frame::put_rst_stream(&mut b, stream, ErrorCode::Cancel),
+                    4 => frame::put_window_update(&mut b, stream % 3, 1 + body.len() as u32),
+                    5 => frame::put_ping(&mut b, false, [0; 8]),
+                    6 => frame::put_settings(
+                        &mut b,
+                        &[(setting::INITIAL_WINDOW_SIZE, body.len() as u32)],
+                    ),
+                    _ => frame::put_head(&mut b, 0, kind::PRIORITY, 0, stream),
                 }
-                3 => frame::put_rst_stream(&mut b, stream, ErrorCode::Cancel),
-                4 => frame::put_window_update(&mut b, stream % 3, 1 + body.len() as u32),
-                5 => frame::put_ping(&mut b, false, [0; 8]),
-                6 => frame::put_settings(&mut b, &[(setting::INITIAL_WINDOW_SIZE, body.len() as u32)]),
-                _ => frame::put_head(&mut b, 0, kind::PRIORITY, 0, stream),
-            }
-            b
-        })
+                b
+            })
     }
 
     proptest! {

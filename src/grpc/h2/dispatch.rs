@@ -35,7 +35,10 @@ pub enum Method {
 
 pub const METHODS: &[(&str, Method)] = &[
     ("/chat.ChatService/SendMessage", Method::SendMessage),
-    ("/chat.ChatService/SubscribeMessages", Method::SubscribeMessages),
+    (
+        "/chat.ChatService/SubscribeMessages",
+        Method::SubscribeMessages,
+    ),
     ("/chat.ChatService/UploadMessages", Method::UploadMessages),
     ("/chat.ChatService/Chat", Method::Chat),
     ("/chat.ChatService/StreamMetrics", Method::StreamMetrics),
@@ -60,7 +63,10 @@ impl Method {
     fn client_streams(self) -> bool {
         matches!(
             self,
-            Method::UploadMessages | Method::Chat | Method::ReflectionV1 | Method::ReflectionV1Alpha
+            Method::UploadMessages
+                | Method::Chat
+                | Method::ReflectionV1
+                | Method::ReflectionV1Alpha
         )
     }
 
@@ -130,14 +136,26 @@ impl Dispatch {
         match event {
             Event::Request { stream, head, .. } => self.request(stream, head),
             Event::Message { stream, bytes } => match self.streams.get_mut(&stream) {
-                Some(Pending::Single { message, method, .. }) => {
+                Some(Pending::Single {
+                    message, method, ..
+                }) => {
                     let len = bytes.len();
                     if message.replace(bytes).is_some() {
                         let method = *method;
                         self.streams.remove(&stream);
-                        self.fail(stream, method, Status::new(Code::Unimplemented, "more than one request message for a method that takes one"));
+                        self.fail(
+                            stream,
+                            method,
+                            Status::new(
+                                Code::Unimplemented,
+                                "more than one request message for a method that takes one",
+                            ),
+                        );
                     } else {
-                        self.conn.conn.lock().release(stream, len + super::grpc::PREFIX_LEN);
+                        self.conn
+                            .conn
+                            .lock()
+                            .release(stream, len + super::grpc::PREFIX_LEN);
                     }
                 }
                 Some(Pending::Streaming(inbox)) => {
@@ -211,7 +229,9 @@ impl Dispatch {
             match method {
                 Method::UploadMessages => answer(service::upload_messages(shared, call)),
                 Method::Chat => answer(service::chat(shared, call)),
-                Method::ReflectionV1 => answer(reflection::serve(shared, "ServerReflection.v1", call)),
+                Method::ReflectionV1 => {
+                    answer(reflection::serve(shared, "ServerReflection.v1", call))
+                }
                 _ => answer(reflection::serve(shared, "ServerReflection.v1alpha", call)),
             }
         } else {
@@ -263,13 +283,25 @@ impl Dispatch {
                 unary(&self.conn, stream, health::check(shared, req));
             }),
             Method::SubscribeMessages => decode(&bytes).map(|req| {
-                answer(service::subscribe_messages(shared, req, self.call(stream, None, deadline)));
+                answer(service::subscribe_messages(
+                    shared,
+                    req,
+                    self.call(stream, None, deadline),
+                ));
             }),
             Method::StreamMetrics => decode(&bytes).map(|req| {
-                answer(service::stream_metrics(shared, req, self.call(stream, None, deadline)));
+                answer(service::stream_metrics(
+                    shared,
+                    req,
+                    self.call(stream, None, deadline),
+                ));
             }),
             Method::HealthWatch => decode(&bytes).map(|req| {
-                answer(health::watch(shared, req, self.call(stream, None, deadline)));
+                answer(health::watch(
+                    shared,
+                    req,
+                    self.call(stream, None, deadline),
+                ));
             }),
             _ => unreachable!("client-streaming methods start at their headers"),
         };

@@ -408,7 +408,13 @@ pub fn put_goaway(out: &mut Vec<u8>, last_stream: u32, code: ErrorCode, debug: &
 
 /// Appends a header block as HEADERS plus as many CONTINUATION frames as
 /// `max_frame` needs.
-pub fn put_headers(out: &mut Vec<u8>, stream: u32, block: &[u8], end_stream: bool, max_frame: usize) {
+pub fn put_headers(
+    out: &mut Vec<u8>,
+    stream: u32,
+    block: &[u8],
+    end_stream: bool,
+    max_frame: usize,
+) {
     let mut chunks = block.chunks(max_frame.max(1)).peekable();
     let first = chunks.next().unwrap_or(&[]);
     let mut flags = if end_stream { flag::END_STREAM } else { 0 };
@@ -508,7 +514,10 @@ mod tests {
         let second = head_of(&b[9 + 16..]);
         assert_eq!((second.kind, second.flags), (kind::CONTINUATION, 0));
         let third = head_of(&b[2 * (9 + 16)..]);
-        assert_eq!((third.kind, third.flags, third.len), (kind::CONTINUATION, flag::END_HEADERS, 8));
+        assert_eq!(
+            (third.kind, third.flags, third.len),
+            (kind::CONTINUATION, flag::END_HEADERS, 8)
+        );
     }
 
     #[test]
@@ -534,15 +543,30 @@ mod tests {
     #[test]
     fn wrong_sizes_and_streams_are_errors() {
         let cases: &[(&[u8], ErrorCode)] = &[
-            (&[0, 0, 7, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7], FrameSizeError),
-            (&[0, 0, 8, 6, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8], ProtocolError),
+            (
+                &[0, 0, 7, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7],
+                FrameSizeError,
+            ),
+            (
+                &[0, 0, 8, 6, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8],
+                ProtocolError,
+            ),
             (&[0, 0, 0, 0, 0, 0, 0, 0, 0], ProtocolError),
             (&[0, 0, 3, 3, 0, 0, 0, 0, 1, 0, 0, 0], FrameSizeError),
             (&[0, 0, 1, 4, 1, 0, 0, 0, 0, 0], FrameSizeError),
             (&[0, 0, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0], FrameSizeError),
-            (&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 2], ProtocolError),
-            (&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0x80, 0, 0, 0], FlowControlError),
-            (&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1], ProtocolError),
+            (
+                &[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 2],
+                ProtocolError,
+            ),
+            (
+                &[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0x80, 0, 0, 0],
+                FlowControlError,
+            ),
+            (
+                &[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1],
+                ProtocolError,
+            ),
             (&[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0], ProtocolError),
             (&[0, 0, 0, 5, 0, 0, 0, 0, 1], ProtocolError),
         ];
@@ -566,7 +590,10 @@ mod tests {
 
     #[test]
     fn unknown_types_and_codes_are_tolerated() {
-        assert_eq!(roundtrip(&[0, 0, 1, 0xee, 0, 0, 0, 0, 1, 9]), Ok(Frame::Unknown));
+        assert_eq!(
+            roundtrip(&[0, 0, 1, 0xee, 0, 0, 0, 0, 1, 9]),
+            Ok(Frame::Unknown)
+        );
         assert_eq!(ErrorCode::from_u32(0xdead), ErrorCode::InternalError);
         assert_eq!(ErrorCode::from_u32(11), ErrorCode::EnhanceYourCalm);
     }

@@ -174,7 +174,10 @@ mod tests {
         for bad in [&b""[..], b"S", b"123456789S", b"1x", b"-1S", b"1.5S"] {
             assert_eq!(parse_timeout(bad), None, "{bad:?}");
         }
-        assert_eq!(parse_timeout(format_timeout(Duration::from_secs(20)).as_bytes()), Some(Duration::from_secs(20)));
+        assert_eq!(
+            parse_timeout(format_timeout(Duration::from_secs(20)).as_bytes()),
+            Some(Duration::from_secs(20))
+        );
     }
 
     #[test]

@@ -187,7 +187,10 @@ fn integer(b: &[u8], at: &mut usize, n: u8) -> Result<usize, DecodeError> {
 fn string<'a>(b: &'a [u8], at: &mut usize) -> Result<Cow<'a, [u8]>, DecodeError> {
     let huffman = b.get(*at).ok_or_else(|| bad("truncated string"))? & 0x80 != 0;
     let len = integer(b, at, 7)?;
-    let end = at.checked_add(len).filter(|&e| e <= b.len()).ok_or_else(|| bad("truncated string"))?;
+    let end = at
+        .checked_add(len)
+        .filter(|&e| e <= b.len())
+        .ok_or_else(|| bad("truncated string"))?;
     let raw = &b[*at..end];
     *at = end;
     if huffman {
@@ -371,7 +374,10 @@ mod tests {
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
@@ -391,8 +397,10 @@ mod tests {
             ],
         ] {
             let mut d = Decoder::new(64 * 1024);
-            let got: Vec<Vec<(String, String)>> =
-                blocks.iter().map(|b| decode_all(&mut d, &hex(b)).unwrap()).collect();
+            let got: Vec<Vec<(String, String)>> = blocks
+                .iter()
+                .map(|b| decode_all(&mut d, &hex(b)).unwrap())
+                .collect();
             assert_eq!(got[0][3], (":authority".into(), "www.example.com".into()));
             assert_eq!(got[1][4], ("cache-control".into(), "no-cache".into()));
             assert_eq!(got[2][1], (":scheme".into(), "https".into()));
@@ -434,8 +442,14 @@ mod tests {
     fn garbage_is_a_compression_error() {
         let mut d = Decoder::new(1024);
         // Index 0 does not exist; index 70 is past both tables.
-        assert!(matches!(decode_all(&mut d, &[0x80]), Err(DecodeError::Compression(_))));
-        assert!(matches!(decode_all(&mut d, &[0xc6]), Err(DecodeError::Compression(_))));
+        assert!(matches!(
+            decode_all(&mut d, &[0x80]),
+            Err(DecodeError::Compression(_))
+        ));
+        assert!(matches!(
+            decode_all(&mut d, &[0xc6]),
+            Err(DecodeError::Compression(_))
+        ));
         // A table size update past what we allow.
         assert!(matches!(
             decode_all(&mut d, &[0x3f, 0xe1, 0xff, 0x03]),

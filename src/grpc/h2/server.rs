@@ -95,7 +95,11 @@ impl Server {
             std::thread::Builder::new()
                 .name("grpc-accept".into())
                 .spawn(move || {
-                    let door = Door { shared, limits, tls };
+                    let door = Door {
+                        shared,
+                        limits,
+                        tls,
+                    };
                     accept_loop(listener, door, stopped, conns, threads)
                 })
                 .map_err(|e| Error::Io(format!("cannot start the gRPC accept thread: {e}")))?
@@ -251,7 +255,9 @@ fn read_loop(conn: &Arc<ConnShared>, mut socket: TcpStream, shared: &Arc<Shared>
     let why = loop {
         let read = match &conn.tls {
             None => socket.read(&mut buf[have..]),
-            Some(tls) => tls.read(&mut socket, &mut raw, &mut buf[have..], || conn.wake_writer()),
+            Some(tls) => tls.read(&mut socket, &mut raw, &mut buf[have..], || {
+                conn.wake_writer()
+            }),
         };
         let n = match read {
             Ok(0) => break "client closed the connection".to_string(),
@@ -287,7 +293,11 @@ fn read_loop(conn: &Arc<ConnShared>, mut socket: TcpStream, shared: &Arc<Shared>
     dispatch.close();
     if let Some(f) = flood {
         shared.telemetry.grpc_flood(f.as_str());
-        log::warn!("gRPC connection from {} ended: {} flood", conn.peer, f.as_str());
+        log::warn!(
+            "gRPC connection from {} ended: {} flood",
+            conn.peer,
+            f.as_str()
+        );
     }
     conn.wake_writer();
 }
