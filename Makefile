@@ -1,6 +1,6 @@
 # streamhub: the README's two commands are `make run` and `make test`.
 # Both work on a fresh Debian machine: they install what the build needs
-# (cmake and a C++ compiler for grpcio's C core) when it is missing.
+# (a C compiler, for ring's C and assembly) when it is missing.
 
 CARGO ?= cargo
 PREFIX ?= /usr/local
@@ -12,14 +12,15 @@ BENCH_BIN := target/release/streamhub-bench
 
 .PHONY: run test build deps test-deps apt-install py-deps fmt clippy install uninstall bench bench-sse
 
-# cmake builds the gRPC C core; g++ compiles it. Installed only when missing.
+# ring (rustls's crypto) compiles C and assembly. Installed only when missing.
 deps:
-	@$(MAKE) -s apt-install PKGS="$$(command -v cmake >/dev/null 2>&1 || echo cmake) \
-		$$(command -v g++ >/dev/null 2>&1 || echo g++)"
+	@$(MAKE) -s apt-install PKGS="$$(command -v cc >/dev/null 2>&1 || echo gcc)"
 
-# The tests also use curl, a Python venv (for Python's grpcio) and Chromium.
+# The tests also use curl, a Python venv (for Python's grpcio), Chromium and
+# openssl (certificates for the TLS tests).
 test-deps:
 	@$(MAKE) -s apt-install PKGS="$$(command -v curl >/dev/null 2>&1 || echo curl) \
+		$$(command -v openssl >/dev/null 2>&1 || echo openssl) \
 		$$(python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || echo python3-venv) \
 		$$(command -v chromium >/dev/null 2>&1 || echo chromium)"
 
@@ -76,22 +77,21 @@ uninstall:
 	      $(DESTDIR)$(ENVFILE) $(DESTDIR)$(PREFIX)/share/doc/streamhub/README.md
 	-rmdir $(DESTDIR)$(PREFIX)/share/doc/streamhub 2>/dev/null
 
-# ARM64: cross-build with Debian's aarch64 toolchain (cmake cross-compiles
-# gRPC's C core through the CC/CXX variables), then run the binary under
+# ARM64: cross-build with Debian's aarch64 toolchain (ring's C goes through
+# the CC variable), then run the binary under
 # qemu-user. Skips with a clear message where the rustup target cannot be
 # installed.
 ARM64 := aarch64-unknown-linux-gnu
 ARM64_BIN := target/$(ARM64)/release/streamhub
 ARM64_ENV := CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
 	CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
-	CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++ \
 	AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 
 .PHONY: cross-arm64 test-arm64 arm64-deps
 arm64-deps: deps
-	@command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 && command -v qemu-aarch64-static >/dev/null 2>&1 || { \
+	@command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && command -v qemu-aarch64-static >/dev/null 2>&1 || { \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq g++-aarch64-linux-gnu qemu-user-static >/dev/null; }
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user-static >/dev/null; }
 
 cross-arm64: arm64-deps
 	@if ! rustup target list --installed 2>/dev/null | grep -qx $(ARM64) && \
