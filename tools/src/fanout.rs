@@ -27,20 +27,18 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use futures_executor::block_on;
-use futures_util::stream::{abortable, AbortHandle, StreamExt};
-use grpcio::CallOption;
 use parking_lot::Mutex;
 
 use super::http::{self, BodyFormat, HttpPublisher, HttpUrl};
 use super::proc::Usage;
 use super::report::{row, Progress, Report};
 use super::sse::{EventStream, OpenError};
-use super::stats::{self, Histogram, LatencySummary, Probe, SeqTracker};
+use super::stats::{self, Histogram, LatencySummary, Probe, ProbeFinder, SeqTracker};
 use super::{grpc, secs};
 use streamhub::config::RawArgs;
 use streamhub::error::Error;
-use streamhub::proto::services::ChatServiceClient;
+use streamhub::grpc::call::{Code, Status};
+use streamhub::grpc::h2::client::{Channel, ChatClient, Recv, Stream};
 
 /// Subscribers connecting at once: a burst of thousands would overflow the
 /// server's accept backlog and wait out SYN retransmits.
@@ -85,7 +83,9 @@ pub struct FanoutPlan {
     pub connections: usize,
     pub drain: Duration,
     pub timeout: Duration,
-    pub client_threads: usize,
+    /// gRPC subscriber streams one thread of this process reads (1: a
+    /// thread per stream).
+    pub streams_per_thread: usize,
     pub stack: usize,
     pub server_pid: Option<u32>,
     pub progress: bool,
@@ -156,7 +156,7 @@ impl FanoutPlan {
             connections: raw.number("connections", 0, 100_000)? as usize,
             drain: secs(raw, "drain-secs", 0)?,
             timeout: secs(raw, "timeout-secs", 1)?,
-            client_threads: raw.number("client-threads", 1, 64)? as usize,
+            streams_per_thread: raw.number("streams-per-thread", 1, 100_000)? as usize,
             stack: raw.number("stack-kib", 16, 16 * 1024)? as usize * 1024,
             server_pid: super::server_pid(raw)?,
             progress: !raw.switch("quiet"),
@@ -174,9 +174,13 @@ impl FanoutPlan {
         self.grpc_subscribers + self.sse_subscribers
     }
 
-    /// Sockets this process opens, roughly.
+    /// File descriptors this process opens, roughly.
     pub fn sockets(&self) -> usize {
-        self.sse_subscribers + self.grpc_connections() + self.publishers + 64
+        let publishers = match self.publish {
+            PublishVia::Grpc => grpc::FDS_PER_CONNECTION * self.publishers,
+            PublishVia::Http { .. } => self.publishers,
+        };
+        self.sse_subscribers + grpc::FDS_PER_CONNECTION * self.grpc_connections() + publishers + 64
     }
 
     fn grpc_connections(&self) -> usize {
@@ -448,6 +452,8 @@ struct Slot {
 /// What all threads of a run share.
 struct Shared {
     run: u32,
+    /// Finds this run's probes.
+    probes: ProbeFinder,
     publishers: usize,
     stop: AtomicBool,
     /// Messages sent per room (accepted or not).
@@ -456,7 +462,6 @@ struct Shared {
     /// Most messages any live subscriber is behind.
     max_lag: AtomicU64,
     sse_sockets: Mutex<Vec<Arc<TcpStream>>>,
-    grpc_streams: Mutex<Vec<AbortHandle>>,
 }
 
 impl Shared {
@@ -464,14 +469,12 @@ impl Shared {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Ends every subscriber's blocking read.
+    /// Ends every subscriber's blocking read (gRPC subscriber threads see
+    /// the flag within [`GROUP_WAIT`]).
     fn stop_subscribers(&self) {
         self.stop.store(true, Ordering::Release);
         for socket in self.sse_sockets.lock().drain(..) {
             let _ = socket.shutdown(std::net::Shutdown::Both);
-        }
-        for handle in self.grpc_streams.lock().drain(..) {
-            handle.abort();
         }
     }
 
@@ -544,7 +547,7 @@ impl Recorder<'_> {
 
     /// Takes note of one message's content (or of the SSE data holding it).
     fn content(&mut self, text: &[u8]) {
-        let Some(probe) = Probe::find(text, self.shared.run) else {
+        let Some(probe) = self.shared.probes.find(text) else {
             return;
         };
         let Some(tracker) = self.trackers.get_mut(probe.publisher as usize) else {
@@ -626,46 +629,179 @@ fn sse_subscriber(shared: &Shared, slot: &Slot, url: &HttpUrl, timeout: Duration
     rec.finish("sse", None, ended)
 }
 
-/// Runs on `bench-grpc-N` until the server ends the stream or the run stops.
-fn grpc_subscriber(
-    shared: &Shared,
-    slot: &Slot,
-    client: &ChatServiceClient,
-    room: &str,
-) -> Outcome {
-    let mut rec = Recorder::new(shared, slot);
-    let receiver = match client
-        .subscribe_messages_opt(&grpc::subscribe_request(room, ""), CallOption::default())
-    {
-        Ok(r) => r,
-        Err(e) => return rec.finish("grpc", Some(grpc::error_name(&e)), None),
-    };
-    let (mut stream, handle) = abortable(receiver);
-    shared.grpc_streams.lock().push(handle);
-    if shared.stopping() {
-        return rec.finish("grpc", None, None);
+/// How long a gRPC subscriber thread waits on one of its streams before it
+/// looks at all of them again (and at the stop flag).
+const GROUP_WAIT: Duration = Duration::from_millis(20);
+
+/// One gRPC subscriber of a subscriber thread.
+struct Member<'a> {
+    index: usize,
+    rec: Recorder<'a>,
+    /// The call, until it is over.
+    stream: Option<Stream>,
+    open_error: Option<String>,
+    ended: Option<String>,
+    /// A message arrived: the server registered the call (streamhub's
+    /// welcome).
+    answered: bool,
+}
+
+impl Member<'_> {
+    /// Answered, or counted as subscribed by the main thread (a server
+    /// that sends no welcome).
+    fn ready(&self) -> bool {
+        self.answered || self.rec.slot.state.load(Ordering::Acquire) != CONNECTING
     }
-    let mut first = true;
-    let ended = loop {
-        match block_on(stream.next()) {
-            Some(Ok(message)) => {
-                // The first message (streamhub's welcome) shows the call
-                // is registered.
-                if first {
-                    first = false;
-                    rec.ready();
+
+    /// Takes note of what one wait gave; false when it gave nothing.
+    fn take(&mut self, got: Recv, stopping: bool) -> bool {
+        match got {
+            Recv::Message(message) => {
+                if !self.answered {
+                    self.answered = true;
+                    self.rec.ready();
                 }
-                rec.content(message.content.as_bytes());
+                if let Some(content) = grpc::message_content(&message) {
+                    self.rec.content(content);
+                }
+                true
             }
-            Some(Err(e)) if first => {
-                return rec.finish("grpc", Some(grpc::error_name(&e)), None);
+            Recv::Ended(status) => {
+                self.stream = None;
+                if !self.answered && status.code != Code::Ok {
+                    self.open_error = Some(grpc::error_name(&status));
+                } else if !stopping {
+                    self.ended = Some(ended_reason(&status));
+                }
+                true
             }
-            Some(Err(_)) | None if shared.stopping() => break None,
-            Some(Err(e)) => break Some(grpc::error_name(&e)),
-            None => break Some("closed by server".to_string()),
+            Recv::TimedOut => false,
         }
-    };
-    rec.finish("grpc", None, ended)
+    }
+
+    /// Everything its stream holds now, without waiting.
+    fn drain(&mut self, stopping: bool) {
+        loop {
+            let got = match self.stream.as_mut() {
+                Some(stream) => stream.recv_timeout(Duration::ZERO),
+                None => return,
+            };
+            if !self.take(got, stopping) {
+                return;
+            }
+        }
+    }
+}
+
+/// Why a subscription ended before the run did.
+fn ended_reason(status: &Status) -> String {
+    if status.code == Code::Ok {
+        "closed by server".to_string()
+    } else {
+        grpc::error_name(status)
+    }
+}
+
+/// The stream a subscriber thread waits on: one that still expects its
+/// first message, else the first of those that received the fewest
+/// probes. A thread's streams are on one room, so they all get the same
+/// messages; one that got fewer has more coming, and when none is
+/// behind, the first (on streamhub, the first the server writes to)
+/// hears of the next message first. Whatever else arrived meanwhile is
+/// taken right after, by [`Member::drain`].
+///
+/// Members are given as (live, ready, probes received); `None` when none
+/// is live.
+fn wait_target(members: impl Iterator<Item = (bool, bool, u64)> + Clone) -> Option<usize> {
+    let live = members.enumerate().filter(|(_, (live, _, _))| *live);
+    if let Some((i, _)) = live.clone().find(|(_, (_, ready, _))| !ready) {
+        return Some(i);
+    }
+    live.min_by_key(|(_, (_, _, received))| *received)
+        .map(|(i, _)| i)
+}
+
+/// gRPC subscribers that one thread reads, and what they subscribe on.
+struct GroupPlan {
+    /// (subscriber index, its connection or why there is none)
+    members: Vec<(usize, Result<Channel, String>)>,
+    room: String,
+}
+
+/// The gRPC subscribers of each thread: a room's subscribers, in the
+/// order of their connections, in runs of `--streams-per-thread`; with
+/// the defaults, each thread reads the streams of one connection.
+fn grpc_groups(plan: &FanoutPlan) -> Vec<Vec<usize>> {
+    let connections = plan.grpc_connections().max(1);
+    let mut groups = Vec::new();
+    for room in 0..plan.rooms {
+        let mut members: Vec<usize> = (room..plan.grpc_subscribers).step_by(plan.rooms).collect();
+        members.sort_by_key(|&i| (i % connections, i));
+        groups.extend(
+            members
+                .chunks(plan.streams_per_thread.max(1))
+                .map(<[usize]>::to_vec),
+        );
+    }
+    groups
+}
+
+/// Runs on `bench-grpc-N`: subscribes its members, then reads all their
+/// streams until the run stops. One thread for many streams: a wake-up
+/// takes whatever every stream holds, so the tool spends little per
+/// delivery (a thread per stream pays a wake-up for about every one).
+fn grpc_group(shared: &Shared, plan: GroupPlan) -> Vec<(usize, Outcome)> {
+    let request = grpc::encode(&grpc::subscribe_request(&plan.room, ""));
+    let options = grpc::options(None);
+    let mut group: Vec<Member> = plan
+        .members
+        .into_iter()
+        .map(|(index, channel)| {
+            let mut member = Member {
+                index,
+                rec: Recorder::new(shared, &shared.slots[index]),
+                stream: None,
+                open_error: None,
+                ended: None,
+                answered: false,
+            };
+            match channel {
+                Ok(c) => match c.server_streaming(
+                    grpc::chat_paths::SUBSCRIBE_MESSAGES,
+                    &request,
+                    &options,
+                ) {
+                    Ok(stream) => member.stream = Some(stream),
+                    Err(status) => member.open_error = Some(grpc::error_name(&status)),
+                },
+                Err(why) => member.open_error = Some(format!("UNAVAILABLE ({why})")),
+            }
+            member
+        })
+        .collect();
+    while !shared.stopping() {
+        for member in group.iter_mut() {
+            member.drain(shared.stopping());
+        }
+        let states = group
+            .iter()
+            .map(|m| (m.stream.is_some(), m.ready(), m.rec.received));
+        let Some(target) = wait_target(states) else {
+            break;
+        };
+        let member = &mut group[target];
+        if let Some(stream) = member.stream.as_mut() {
+            let got = stream.recv_timeout(GROUP_WAIT);
+            member.take(got, shared.stopping());
+        }
+    }
+    group
+        .into_iter()
+        .map(|m| {
+            drop(m.stream);
+            (m.index, m.rec.finish("grpc", m.open_error, m.ended))
+        })
+        .collect()
 }
 
 /// What one publisher sent, per room: how many sequence numbers it used
@@ -690,18 +826,21 @@ struct Published {
 }
 
 enum Sender {
-    Grpc(ChatServiceClient, Duration),
+    /// A connection of its own, made again if the server closes it.
+    Grpc(grpc::Connection, Duration),
     Http(HttpPublisher),
 }
 
 impl Sender {
     fn send(&mut self, room: &str, user: &str, content: String) -> Result<(), String> {
         match self {
-            Sender::Grpc(client, timeout) => client
-                .send_message_opt(
-                    &grpc::send_request(room, user, content),
-                    CallOption::default().timeout(*timeout),
-                )
+            Sender::Grpc(connection, timeout) => connection
+                .channel()
+                .and_then(|channel| {
+                    ChatClient::new(channel)
+                        .with_options(grpc::options(Some(*timeout)))
+                        .send_message(&grpc::send_request(room, user, content))
+                })
                 .map(drop)
                 .map_err(|e| grpc::error_name(&e)),
             Sender::Http(publisher) => match publisher.publish(room, user, &content) {
@@ -812,8 +951,10 @@ pub fn run(plan: &FanoutPlan) -> Result<FanoutResult, Error> {
         ));
     }
     stats::epoch();
+    let run = run_id();
     let shared = Arc::new(Shared {
-        run: run_id(),
+        run,
+        probes: ProbeFinder::new(run),
         publishers: plan.publishers,
         stop: AtomicBool::new(false),
         sent: (0..plan.rooms).map(|_| AtomicU64::new(0)).collect(),
@@ -826,42 +967,51 @@ pub fn run(plan: &FanoutPlan) -> Result<FanoutResult, Error> {
             .collect(),
         max_lag: AtomicU64::new(0),
         sse_sockets: Mutex::new(Vec::new()),
-        grpc_streams: Mutex::new(Vec::new()),
     });
-    let env = grpc::environment(plan.client_threads);
-    let connections: Vec<ChatServiceClient> = (0..plan.grpc_connections())
-        .map(|_| grpc::connect(&env, &plan.server))
-        .collect();
     let mut progress = Progress::new(plan.progress);
-    let result = subscribe_and_publish(plan, &shared, &env, &connections, &mut progress);
+    let connections = connect_all(plan, &mut progress);
+    let result = subscribe_and_publish(plan, &shared, &connections, &mut progress);
     shared.stop_subscribers();
     progress.done();
     result
 }
 
+/// The subscribers' connections (see [`grpc::connect_many`]).
+fn connect_all(plan: &FanoutPlan, progress: &mut Progress) -> Vec<Result<Channel, String>> {
+    let n = plan.grpc_connections();
+    grpc::connect_many(&plan.server, plan.timeout, n, |k| {
+        progress.tick(|| format!("connecting: {k} of {n}"))
+    })
+}
+
+/// The subscribers' threads: a gRPC one reads many subscribers, an SSE
+/// one its own.
+type SubscriberThread = JoinHandle<Vec<(usize, Outcome)>>;
+
 fn subscribe_and_publish(
     plan: &FanoutPlan,
     shared: &Arc<Shared>,
-    env: &Arc<grpcio::Environment>,
-    connections: &[ChatServiceClient],
+    connections: &[Result<Channel, String>],
     progress: &mut Progress,
 ) -> Result<FanoutResult, Error> {
     let total = plan.subscribers();
-    // Subscribers: gRPC first, then SSE; at most CONNECTING_AT_ONCE at a time.
-    let mut subscribers = Vec::with_capacity(total);
+    // Subscribers: gRPC first, then SSE; at most CONNECTING_AT_ONCE at a
+    // time (a gRPC thread's streams all at once).
+    let mut subscribers: Vec<SubscriberThread> = Vec::new();
+    let mut started: Vec<usize> = Vec::with_capacity(total);
     let open_deadline = |since: Instant| since + plan.timeout + Duration::from_secs(1);
-    for i in 0..total {
+    let throttle = |started: &[usize], progress: &mut Progress| {
         let mut waiting_since = Instant::now();
         loop {
             let (_, settled, _) = shared.survey();
-            if i < settled + CONNECTING_AT_ONCE {
+            if started.len() < settled + CONNECTING_AT_ONCE {
                 break;
             }
             if Instant::now() > open_deadline(waiting_since) {
                 // A server that sends nothing on subscribing (no welcome):
                 // count those as subscribed and go on.
-                for slot in &shared.slots[..i] {
-                    let _ = slot.state.compare_exchange(
+                for &i in started {
+                    let _ = shared.slots[i].state.compare_exchange(
                         CONNECTING,
                         READY,
                         Ordering::AcqRel,
@@ -873,23 +1023,33 @@ fn subscribe_and_publish(
             std::thread::sleep(Duration::from_millis(1));
             progress.tick(|| format!("subscribing: {settled} of {total}"));
         }
+    };
+    for (g, members) in grpc_groups(plan).into_iter().enumerate() {
+        throttle(&started, progress);
+        started.extend_from_slice(&members);
+        let group = GroupPlan {
+            room: plan.room(members[0] % plan.rooms),
+            members: members
+                .into_iter()
+                .map(|i| (i, connections[i % connections.len()].clone()))
+                .collect(),
+        };
+        let thread_shared = shared.clone();
+        subscribers.push(spawn(format!("bench-grpc-{g}"), plan.stack, move || {
+            grpc_group(&thread_shared, group)
+        })?);
+    }
+    for i in plan.grpc_subscribers..total {
+        throttle(&started, progress);
+        started.push(i);
         let thread_shared = shared.clone();
         let room = plan.room(i % plan.rooms);
-        let handle = if i < plan.grpc_subscribers {
-            let client = connections[i % connections.len()].clone();
-            spawn(format!("bench-grpc-{i}"), plan.stack, move || {
-                let slot = &thread_shared.slots[i];
-                grpc_subscriber(&thread_shared, slot, &client, &room)
-            })?
-        } else {
-            let url = HttpUrl::parse(&http::expand(&plan.sse_url, &room)).map_err(Error::Config)?;
-            let timeout = plan.timeout;
-            spawn(format!("bench-sse-{i}"), plan.stack, move || {
-                let slot = &thread_shared.slots[i];
-                sse_subscriber(&thread_shared, slot, &url, timeout)
-            })?
-        };
-        subscribers.push(handle);
+        let url = HttpUrl::parse(&http::expand(&plan.sse_url, &room)).map_err(Error::Config)?;
+        let timeout = plan.timeout;
+        subscribers.push(spawn(format!("bench-sse-{i}"), plan.stack, move || {
+            let slot = &thread_shared.slots[i];
+            vec![(i, sse_subscriber(&thread_shared, slot, &url, timeout))]
+        })?);
     }
     let since = Instant::now();
     loop {
@@ -913,7 +1073,7 @@ fn subscribe_and_publish(
     }
     let (live, _, _) = shared.survey();
     if live == 0 {
-        let outcomes = join_subscribers(shared, subscribers)?;
+        let outcomes = join_subscribers(shared, subscribers, total)?;
         let reason = outcomes
             .iter()
             .find_map(|o| o.open_error.clone().or(o.ended.clone()))
@@ -928,7 +1088,10 @@ fn subscribe_and_publish(
     let mut publishers = Vec::with_capacity(plan.publishers);
     for index in 0..plan.publishers {
         let sender = match &plan.publish {
-            PublishVia::Grpc => Sender::Grpc(grpc::connect(env, &plan.server), plan.timeout),
+            PublishVia::Grpc => Sender::Grpc(
+                grpc::Connection::new(&plan.server, plan.timeout),
+                plan.timeout,
+            ),
             PublishVia::Http { url, format } => {
                 Sender::Http(HttpPublisher::new(url, *format, plan.timeout))
             }
@@ -1025,7 +1188,7 @@ fn subscribe_and_publish(
         std::thread::sleep(Duration::from_millis(2));
         progress.tick(|| line("draining"));
     };
-    let outcomes = join_subscribers(shared, subscribers)?;
+    let outcomes = join_subscribers(shared, subscribers, total)?;
 
     let mut latency = Histogram::new();
     let mut deliveries = 0;
@@ -1079,16 +1242,96 @@ fn subscribe_and_publish(
     })
 }
 
+/// Stops the subscribers and collects their outcomes, in subscriber order.
 fn join_subscribers(
     shared: &Shared,
-    handles: Vec<JoinHandle<Outcome>>,
+    handles: Vec<SubscriberThread>,
+    total: usize,
 ) -> Result<Vec<Outcome>, Error> {
     shared.stop_subscribers();
-    handles
+    let mut outcomes: Vec<Option<Outcome>> = (0..total).map(|_| None).collect();
+    for handle in handles {
+        let part = handle
+            .join()
+            .map_err(|_| Error::Io("a subscriber thread panicked".into()))?;
+        for (i, outcome) in part {
+            outcomes[i] = Some(outcome);
+        }
+    }
+    Ok(outcomes
         .into_iter()
-        .map(|h| {
-            h.join()
-                .map_err(|_| Error::Io("a subscriber thread panicked".into()))
-        })
-        .collect()
+        .map(|o| o.expect("every subscriber has a thread"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriber_threads_read_one_room_and_by_default_one_connection() {
+        let mut plan = FanoutPlan::defaults();
+        plan.grpc_subscribers = 1000;
+        let groups = grpc_groups(&plan);
+        assert_eq!(groups.len(), 10);
+        for g in &groups {
+            assert_eq!(g.len(), 100);
+            assert!(g.iter().all(|i| i % 10 == g[0] % 10), "one connection");
+        }
+        for (rooms, connections, per_thread) in
+            [(3, 0, 100), (1, 1000, 100), (7, 13, 1), (2, 1, 64)]
+        {
+            plan.rooms = rooms;
+            plan.connections = connections;
+            plan.streams_per_thread = per_thread;
+            let groups = grpc_groups(&plan);
+            let mut all: Vec<usize> = groups.concat();
+            all.sort_unstable();
+            assert_eq!(all, (0..1000).collect::<Vec<_>>(), "each subscriber once");
+            for g in &groups {
+                assert!(!g.is_empty() && g.len() <= per_thread);
+                assert!(g.iter().all(|i| i % rooms == g[0] % rooms), "one room");
+            }
+        }
+    }
+
+    #[test]
+    fn a_subscriber_thread_waits_where_the_next_message_is_due() {
+        let pick = |m: &[(bool, bool, u64)]| wait_target(m.iter().copied());
+        // Still subscribing: the first not answered.
+        assert_eq!(
+            pick(&[(true, true, 0), (false, false, 0), (true, false, 0)]),
+            Some(2)
+        );
+        // All even: the first live one.
+        assert_eq!(
+            pick(&[(false, true, 9), (true, true, 5), (true, true, 5)]),
+            Some(1)
+        );
+        // One behind: it has more coming.
+        assert_eq!(
+            pick(&[(true, true, 5), (true, true, 4), (true, true, 4)]),
+            Some(1)
+        );
+        assert_eq!(pick(&[(false, true, 0), (false, false, 0)]), None);
+        assert_eq!(pick(&[]), None);
+    }
+
+    #[test]
+    fn received_content_is_found_without_decoding() {
+        let probe = Probe {
+            run: 77,
+            publisher: 2,
+            seq: 40,
+            sent_micros: 123_456,
+        };
+        let mut m = streamhub::proto::chat::Message::new();
+        m.id = "01HX".into();
+        m.user = "bench-pub-2".into();
+        m.room = "bench-0".into();
+        m.content = probe.content(100);
+        let bytes = grpc::encode(&m);
+        let content = grpc::message_content(&bytes).unwrap();
+        assert_eq!(Probe::find(content, 77), Some(probe));
+    }
 }

@@ -4,16 +4,14 @@
 //!
 //! Held streams need no thread here: a few opener threads open them and
 //! hand the sockets (SSE) or calls (gRPC) back to the main thread, which
-//! only keeps them. So this process holds 10,000 streams with 10,000 file
-//! descriptors and a few threads.
+//! only keeps them. So this process holds 10,000 SSE streams with 10,000
+//! file descriptors and a few threads; gRPC streams share connections,
+//! each with its reader thread (the h2c client's).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use futures_util::{FutureExt, StreamExt};
-use grpcio::{CallOption, ClientSStreamReceiver};
 
 use super::http::{self, HttpUrl};
 use super::proc::Footprint;
@@ -23,8 +21,8 @@ use super::stats;
 use super::{grpc, secs};
 use streamhub::config::RawArgs;
 use streamhub::error::Error;
-use streamhub::proto::chat;
-use streamhub::proto::services::ChatServiceClient;
+use streamhub::grpc::call::Code;
+use streamhub::grpc::h2::client::{Channel, Recv, Stream};
 
 /// Longest wait for the server to release closed streams.
 const RELEASE_LIMIT: Duration = Duration::from_secs(40);
@@ -68,7 +66,6 @@ pub struct HoldPlan {
     pub server_pid: Option<u32>,
     pub openers: usize,
     pub timeout: Duration,
-    pub client_threads: usize,
     pub progress: bool,
 }
 
@@ -91,9 +88,25 @@ impl HoldPlan {
             server_pid,
             openers: raw.number("openers", 1, 1024)? as usize,
             timeout: secs(raw, "timeout-secs", 1)?,
-            client_threads: raw.number("client-threads", 1, 64)? as usize,
             progress: !raw.switch("quiet"),
         })
+    }
+}
+
+impl HoldPlan {
+    pub fn grpc_connections(&self) -> usize {
+        match self.connections {
+            0 => self.streams.div_ceil(200),
+            n => n,
+        }
+    }
+
+    /// File descriptors this process opens, roughly.
+    pub fn sockets(&self) -> usize {
+        64 + match self.protocol {
+            Protocol::Sse => self.streams,
+            Protocol::Grpc => grpc::FDS_PER_CONNECTION * self.grpc_connections(),
+        }
     }
 }
 
@@ -208,8 +221,8 @@ impl HoldResult {
 
 /// One held stream.
 enum Held {
-    Sse(EventStream),
-    Grpc(ClientSStreamReceiver<chat::Message>),
+    Sse(Box<EventStream>),
+    Grpc(Stream),
 }
 
 impl Held {
@@ -217,11 +230,11 @@ impl Held {
     fn alive(&mut self) -> bool {
         match self {
             Held::Sse(stream) => stream.peek_alive(),
-            Held::Grpc(receiver) => loop {
-                match receiver.next().now_or_never() {
-                    None => return true,
-                    Some(Some(Ok(_))) => continue,
-                    Some(_) => return false,
+            Held::Grpc(stream) => loop {
+                match stream.recv_timeout(Duration::ZERO) {
+                    Recv::TimedOut => return true,
+                    Recv::Message(_) => continue,
+                    Recv::Ended(_) => return false,
                 }
             },
         }
@@ -231,7 +244,7 @@ impl Held {
 /// Opens `count` streams on one opener thread.
 fn open_share(
     plan: &HoldPlan,
-    clients: &[ChatServiceClient],
+    channels: &[Result<Channel, String>],
     first: usize,
     count: usize,
     opened: &AtomicU64,
@@ -250,7 +263,7 @@ fn open_share(
             for _ in 0..count {
                 match EventStream::open(&url, &[], plan.timeout) {
                     Ok(stream) => {
-                        held.push(Held::Sse(stream));
+                        held.push(Held::Sse(Box::new(stream)));
                         opened.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(OpenError::Status(s)) => {
@@ -263,35 +276,39 @@ fn open_share(
         Protocol::Grpc => {
             // Open all, then wait for each one's first message (streamhub's
             // welcome: the subscription is registered) within the timeout.
-            let request = grpc::subscribe_request(&plan.room, "");
+            let request = grpc::encode(&grpc::subscribe_request(&plan.room, ""));
+            let options = grpc::options(None);
             let mut pending = Vec::with_capacity(count);
             for i in first..first + count {
-                match clients[i % clients.len()]
-                    .subscribe_messages_opt(&request, CallOption::default())
-                {
-                    Ok(receiver) => pending.push(receiver),
+                let channel = match &channels[i % channels.len()] {
+                    Ok(channel) => channel,
+                    Err(why) => {
+                        *errors.entry(format!("UNAVAILABLE ({why})")).or_default() += 1;
+                        continue;
+                    }
+                };
+                match channel.server_streaming(
+                    grpc::chat_paths::SUBSCRIBE_MESSAGES,
+                    &request,
+                    &options,
+                ) {
+                    Ok(stream) => pending.push(stream),
                     Err(e) => *errors.entry(grpc::error_name(&e)).or_default() += 1,
                 }
             }
             let deadline = Instant::now() + plan.timeout;
-            while !pending.is_empty() {
-                let mut still = Vec::with_capacity(pending.len());
-                for mut receiver in pending {
-                    match receiver.next().now_or_never() {
-                        None if Instant::now() < deadline => still.push(receiver),
-                        // No first message in time: a server without a
-                        // welcome; keep it as open.
-                        None | Some(Some(Ok(_))) => {
-                            held.push(Held::Grpc(receiver));
-                            opened.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Some(Some(Err(e))) => *errors.entry(grpc::error_name(&e)).or_default() += 1,
-                        Some(None) => *errors.entry("closed by server".into()).or_default() += 1,
+            for mut stream in pending {
+                match stream.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    // No first message in time: a server without a
+                    // welcome; keep it as open.
+                    Recv::Message(_) | Recv::TimedOut => {
+                        held.push(Held::Grpc(stream));
+                        opened.fetch_add(1, Ordering::Relaxed);
                     }
-                }
-                pending = still;
-                if !pending.is_empty() {
-                    std::thread::sleep(Duration::from_millis(1));
+                    Recv::Ended(s) if s.code == Code::Ok => {
+                        *errors.entry("closed by server".into()).or_default() += 1
+                    }
+                    Recv::Ended(s) => *errors.entry(grpc::error_name(&s)).or_default() += 1,
                 }
             }
         }
@@ -306,18 +323,17 @@ pub fn run(plan: &HoldPlan) -> Result<HoldResult, Error> {
     let sample =
         |pid: Option<u32>| pid.and_then(|pid| Footprint::settled(pid, quiet, settle_limit));
     let before = sample(plan.server_pid);
-    let env = grpc::environment(plan.client_threads);
-    let clients: Vec<ChatServiceClient> = match plan.protocol {
+    let mut progress = Progress::new(plan.progress);
+    let channels: Vec<Result<Channel, String>> = match plan.protocol {
         Protocol::Grpc => {
-            let n = match plan.connections {
-                0 => plan.streams.div_ceil(200),
-                n => n,
-            };
-            (0..n).map(|_| grpc::connect(&env, &plan.server)).collect()
+            let n = plan.grpc_connections();
+            grpc::connect_many(&plan.server, plan.timeout, n, |k| {
+                progress.tick(|| format!("connecting: {k} of {n}"))
+            })
         }
         Protocol::Sse => Vec::new(),
     };
-    let clients = Arc::new(clients);
+    let clients = Arc::new(channels);
     let opened = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let openers = plan.openers.min(plan.streams);
@@ -332,7 +348,6 @@ pub fn run(plan: &HoldPlan) -> Result<HoldResult, Error> {
             .map_err(|e| Error::Io(format!("cannot start an opener thread: {e}")))?;
         handles.push(handle);
     }
-    let mut progress = Progress::new(plan.progress);
     while !handles.iter().all(|h| h.is_finished()) {
         std::thread::sleep(Duration::from_millis(20));
         progress.tick(|| {

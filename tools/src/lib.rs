@@ -14,10 +14,13 @@
 //!   footprint.
 //! - `grpc-body`: write a framed SendMessage request for `h2load -d`.
 //!
-//! No async runtime: every subscriber and publisher is a named thread with a
-//! small stack (`--stack-kib`), spawned here with `std::thread::Builder`
-//! (the server's tracked spawner is for server threads). Thousands of
-//! connections need as many file descriptors: raise `ulimit -n` first.
+//! No async runtime: gRPC goes through streamhub's blocking h2c client
+//! (`streamhub::grpc::h2::client`, a reader thread per connection), and
+//! every publisher, SSE subscriber and group of gRPC subscribers
+//! (`--streams-per-thread`) is a named thread with a small stack
+//! (`--stack-kib`), spawned here with `std::thread::Builder` (the server's
+//! tracked spawner is for server threads). Thousands of connections need
+//! as many file descriptors: raise `ulimit -n` first.
 //!
 //! The arithmetic ([`stats`]) and the protocol parsing ([`http`], [`sse`])
 //! are pure and unit-tested; the scenario modules are the I/O around them.
@@ -74,16 +77,11 @@ const TIMEOUT: OptSpec = opt(
     "10",
     "deadline of connecting and of each call",
 );
-const CLIENT_THREADS: OptSpec = opt(
-    "client-threads",
-    "1",
-    "grpcio completion-queue threads of the load tool",
-);
 const PROTOCOL: OptSpec = opt("protocol", "grpc", "grpc or sse");
 const STACK: OptSpec = opt(
     "stack-kib",
     "64",
-    "stack of each subscriber and publisher thread of the load tool",
+    "stack of each subscriber thread of the load tool",
 );
 
 /// Options of `streamhub-bench unary`.
@@ -93,7 +91,7 @@ pub const UNARY_OPTIONS: &[OptSpec] = &[
     opt(
         "concurrency",
         "64",
-        "calls in flight in all (spread over the connections)",
+        "calls in flight in all (spread over the connections; a load-tool thread each, at most 20000)",
     ),
     opt("duration-secs", "10", "how long to measure"),
     opt(
@@ -106,7 +104,6 @@ pub const UNARY_OPTIONS: &[OptSpec] = &[
     opt("user", "bench", "user name to publish as"),
     SERVER_PID,
     TIMEOUT,
-    CLIENT_THREADS,
     JSON,
     QUIET,
 ];
@@ -169,9 +166,9 @@ pub const FANOUT_OPTIONS: &[OptSpec] = &[
     SERVER_PID,
     TIMEOUT,
     opt(
-        "client-threads",
-        "2",
-        "grpcio completion-queue threads of the load tool",
+        "streams-per-thread",
+        "100",
+        "gRPC subscriber streams one load-tool thread reads (1: a thread per stream, as with SSE)",
     ),
     STACK,
     JSON,
@@ -198,7 +195,6 @@ pub const HOLD_OPTIONS: &[OptSpec] = &[
     ),
     opt("openers", "8", "threads opening streams in parallel"),
     TIMEOUT,
-    CLIENT_THREADS,
     JSON,
     QUIET,
 ];
@@ -315,12 +311,18 @@ pub fn run(args: &[String]) -> Result<(), Error> {
             "unknown scenario '{scenario}' (see 'streamhub-bench --help')"
         )));
     };
+    if let Some(flag) = dropped_flag(name, &args[1..]) {
+        return Err(Error::Config(format!("--{flag} is gone: {DROPPED_NOTE}")));
+    }
     let raw = RawArgs::parse(specs, &args[1..], |_| None)?;
     if raw.help {
         print!(
             "{}",
             usage(&format!("streamhub-bench {name}"), summary, "", specs)
         );
+        if GRPC_SCENARIOS.contains(name) {
+            println!("\nGone: --client-threads: {DROPPED_NOTE}.");
+        }
         return Ok(());
     }
     if let Some(extra) = raw.positional.first() {
@@ -337,7 +339,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         }
         "hold" => {
             let plan = hold::HoldPlan::from_raw(&raw)?;
-            warn_about_fd_limit(plan.streams + 64);
+            warn_about_fd_limit(plan.sockets());
             hold::run(&plan)?.report()
         }
         "startup" => startup::run(&startup::StartupPlan::from_raw(&raw)?)?.report(),
@@ -367,6 +369,21 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         print!("{}", report.table());
     }
     Ok(())
+}
+
+/// Scenarios that took grpcio's `--client-threads`.
+const GRPC_SCENARIOS: &[&str] = &["unary", "fanout", "hold"];
+/// Why `--client-threads` went, for its help and its error.
+const DROPPED_NOTE: &str = "it set grpcio's completion-queue threads, and the load tool no longer \
+     uses grpcio: its h2c client reads each connection on a thread of its own \
+     (fanout: see --streams-per-thread)";
+
+/// `client-threads` when a gRPC scenario is given it (any form).
+fn dropped_flag(scenario: &str, args: &[String]) -> Option<&'static str> {
+    let given = args
+        .iter()
+        .any(|a| a == "--client-threads" || a.starts_with("--client-threads="));
+    (given && GRPC_SCENARIOS.contains(&scenario)).then_some("client-threads")
 }
 
 /// Warns when this process may run out of file descriptors.
@@ -454,5 +471,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("nope"));
+        let e = run(&args(&["fanout", "--client-threads", "2"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--client-threads is gone"), "{e}");
+        assert_eq!(
+            dropped_flag("unary", &args(&["--client-threads=4"])),
+            Some("client-threads")
+        );
+        assert_eq!(
+            dropped_flag("startup", &args(&["--client-threads=4"])),
+            None
+        );
     }
 }

@@ -232,8 +232,29 @@ impl Probe {
 
     /// Finds the probe of run `run` anywhere in `text`.
     pub fn find(text: &[u8], run: u32) -> Option<Probe> {
+        ProbeFinder::new(run).find(text)
+    }
+}
+
+/// [`Probe::find`] for one run, its tag written once (not once per
+/// message: a subscriber thread looks at a million a second).
+#[derive(Clone, Debug)]
+pub struct ProbeFinder {
+    run: u32,
+    tag: [u8; 16],
+    tag_len: usize,
+}
+
+impl ProbeFinder {
+    pub fn new(run: u32) -> ProbeFinder {
         let mut tag = [0u8; 16];
-        let tag = run_tag(run, &mut tag);
+        let tag_len = run_tag(run, &mut tag).len();
+        ProbeFinder { run, tag, tag_len }
+    }
+
+    /// The probe of this run anywhere in `text`.
+    pub fn find(&self, text: &[u8]) -> Option<Probe> {
+        let (run, tag) = (self.run, &self.tag[..self.tag_len]);
         let start = find_bytes(text, tag)? + tag.len();
         let rest = &text[start..];
         let end = rest.iter().position(|b| *b == b'~')?;

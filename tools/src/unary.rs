@@ -1,17 +1,13 @@
 //! `streamhub-bench unary`: SendMessage as fast as the server answers, with a fixed
 //! number of calls in flight spread over N connections (like `h2load -c N
-//! -m M`). One thread per connection keeps its share of calls in flight
-//! with grpcio's asynchronous calls, so the tool needs no thread per call.
+//! -m M`). Each call in flight is a thread of its own making blocking calls
+//! one after another on its connection (the h2c client multiplexes them),
+//! so every call's latency is its own, however the answers interleave.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use futures_executor::block_on;
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use grpcio::CallOption;
 
 use super::proc::Usage;
 use super::report::{row, Progress, Report};
@@ -19,8 +15,14 @@ use super::stats::{self, Histogram};
 use super::{grpc, secs};
 use streamhub::config::RawArgs;
 use streamhub::error::Error;
+use streamhub::grpc::call::{Code, Status};
+use streamhub::grpc::h2::client::{decode, CallOptions};
 use streamhub::proto::chat;
-use streamhub::proto::services::ChatServiceClient;
+
+/// Most calls in flight: each is a thread.
+pub const MAX_CONCURRENCY: u64 = 20_000;
+/// Stack of a caller thread (encoding and decoding small messages).
+const CALLER_STACK: usize = 128 * 1024;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -34,7 +36,6 @@ pub struct UnaryPlan {
     pub room: String,
     pub user: String,
     pub timeout: Duration,
-    pub client_threads: usize,
     pub server_pid: Option<u32>,
     pub progress: bool,
 }
@@ -42,7 +43,7 @@ pub struct UnaryPlan {
 impl UnaryPlan {
     pub fn from_raw(raw: &RawArgs) -> Result<UnaryPlan, Error> {
         let connections = raw.number("connections", 1, 10_000)? as usize;
-        let concurrency = raw.number("concurrency", 1, 1_000_000)? as usize;
+        let concurrency = raw.number("concurrency", 1, MAX_CONCURRENCY)? as usize;
         if concurrency < connections {
             return Err(Error::Config(format!(
                 "--concurrency {concurrency} is less than --connections {connections}: \
@@ -59,7 +60,6 @@ impl UnaryPlan {
             room: raw.string("room"),
             user: raw.string("user"),
             timeout: secs(raw, "timeout-secs", 1)?,
-            client_threads: raw.number("client-threads", 1, 64)? as usize,
             server_pid: super::server_pid(raw)?,
             progress: !raw.switch("quiet"),
         })
@@ -160,41 +160,45 @@ struct Live {
 
 /// Runs the plan.
 pub fn run(plan: &UnaryPlan) -> Result<UnaryResult, Error> {
-    let env = grpc::environment(plan.client_threads);
     let content = "x".repeat(plan.size);
-    let request = grpc::send_request(&plan.room, &plan.user, content);
+    let request = grpc::encode(&grpc::send_request(&plan.room, &plan.user, content));
+    let options = grpc::options(Some(plan.timeout));
     // One call first: a server that is not there is an error, not a run
     // full of UNAVAILABLE.
-    grpc::connect(&env, &plan.server)
-        .send_message_opt(&request, CallOption::default().timeout(plan.timeout))
-        .map_err(|e| {
-            Error::Io(format!(
-                "SendMessage to {} failed: {}",
-                plan.server,
-                grpc::error_name(&e)
-            ))
-        })?;
+    let first = grpc::Connection::new(&plan.server, plan.timeout);
+    send(&first, &request, &options).map_err(|e| {
+        Error::Io(format!(
+            "SendMessage to {} failed: {} {}",
+            plan.server,
+            grpc::error_name(&e),
+            e.message
+        ))
+    })?;
+    drop(first);
+    let connections: Vec<Arc<grpc::Connection>> = (0..plan.connections)
+        .map(|_| Arc::new(grpc::Connection::new(&plan.server, plan.timeout)))
+        .collect();
     let started = Instant::now();
     let measure_from = started + plan.warmup;
     let end = measure_from + plan.duration;
     let live = Arc::new(Live::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let request = Arc::new(request);
     let mut workers = Vec::new();
-    for c in 0..plan.connections {
-        // Spread the calls so the shares differ by at most one.
-        let share = plan.concurrency / plan.connections
-            + usize::from(c < plan.concurrency % plan.connections);
-        let client = grpc::connect(&env, &plan.server);
-        let request = request.clone();
-        let (thread_live, thread_stop, timeout) = (live.clone(), stop.clone(), plan.timeout);
+    // Call k goes to connection k % connections: the shares differ by at
+    // most one.
+    for k in 0..plan.concurrency {
+        let connection = connections[k % plan.connections].clone();
+        let (request, options) = (request.clone(), options.clone());
+        let (thread_live, thread_stop) = (live.clone(), stop.clone());
         let spawned = std::thread::Builder::new()
-            .name(format!("bench-unary-{c}"))
+            .name(format!("bench-unary-{k}"))
+            .stack_size(CALLER_STACK)
             .spawn(move || {
-                connection(
-                    &client,
+                caller(
+                    &connection,
                     &request,
-                    share,
-                    timeout,
+                    &options,
                     (measure_from, end),
                     &thread_live,
                     &thread_stop,
@@ -257,35 +261,29 @@ pub fn run(plan: &UnaryPlan) -> Result<UnaryResult, Error> {
     Ok(result)
 }
 
-/// One connection's share of the load.
+/// One caller's share of the load.
 struct Part {
     ok: u64,
     errors: BTreeMap<String, u64>,
     latency: Histogram,
 }
 
-fn call(
-    client: &ChatServiceClient,
-    request: &chat::SendMessageRequest,
-    timeout: Duration,
-) -> impl Future<Output = (Instant, grpcio::Result<chat::SendMessageResponse>)> {
-    let started = Instant::now();
-    let receiver = client.send_message_async_opt(request, CallOption::default().timeout(timeout));
-    async move {
-        let result = match receiver {
-            Ok(receiver) => receiver.await,
-            Err(e) => Err(e),
-        };
-        (started, result)
-    }
+/// One SendMessage (the connection made again if it was lost).
+fn send(
+    connection: &grpc::Connection,
+    request: &[u8],
+    options: &CallOptions,
+) -> Result<chat::SendMessageResponse, Status> {
+    let channel = connection.channel()?;
+    let response = channel.unary(grpc::chat_paths::SEND_MESSAGE, request, options)?;
+    decode(&response)
 }
 
-/// Runs on `bench-unary-N`: keeps `share` calls in flight until `end`.
-fn connection(
-    client: &ChatServiceClient,
-    request: &chat::SendMessageRequest,
-    share: usize,
-    timeout: Duration,
+/// Runs on `bench-unary-N`: one call after another until `end`.
+fn caller(
+    connection: &grpc::Connection,
+    request: &[u8],
+    options: &CallOptions,
     (measure_from, end): (Instant, Instant),
     live: &Live,
     stop: &AtomicBool,
@@ -295,11 +293,12 @@ fn connection(
         errors: BTreeMap::new(),
         latency: Histogram::new(),
     };
-    let mut in_flight = FuturesUnordered::new();
-    for _ in 0..share {
-        in_flight.push(call(client, request, timeout));
-    }
-    while let Some((started, result)) = block_on(in_flight.next()) {
+    loop {
+        let started = Instant::now();
+        if started >= end || stop.load(Ordering::Acquire) {
+            return part;
+        }
+        let result = send(connection, request, options);
         let now = Instant::now();
         live.done.fetch_add(1, Ordering::Relaxed);
         let counted = now >= measure_from && now <= end;
@@ -314,11 +313,11 @@ fn connection(
                 if counted {
                     *part.errors.entry(grpc::error_name(&e)).or_default() += 1;
                 }
+                if e.code == Code::Unavailable {
+                    // No spin while the server is away.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
         }
-        if now < end && !stop.load(Ordering::Acquire) {
-            in_flight.push(call(client, request, timeout));
-        }
     }
-    part
 }
