@@ -562,14 +562,20 @@ impl Recorder<'_> {
         self.slot.received.fetch_add(1, Ordering::Release);
     }
 
+    /// The subscription is over (`failed`: it never was): the pacer, the
+    /// drain and the progress line stop waiting for it.
+    fn settle(&self, failed: bool) {
+        let state = if failed { FAILED } else { ENDED };
+        self.slot.state.store(state, Ordering::Release);
+    }
+
     fn finish(
         self,
         protocol: &'static str,
         open_error: Option<String>,
         ended: Option<String>,
     ) -> Outcome {
-        let state = if open_error.is_some() { FAILED } else { ENDED };
-        self.slot.state.store(state, Ordering::Release);
+        self.settle(open_error.is_some());
         Outcome {
             protocol,
             room: self.slot.room,
@@ -673,6 +679,8 @@ impl Member<'_> {
                 } else if !stopping {
                     self.ended = Some(ended_reason(&status));
                 }
+                // Now, not when the thread's other streams end too.
+                self.rec.settle(self.open_error.is_some());
                 true
             }
             Recv::TimedOut => false,
@@ -775,6 +783,9 @@ fn grpc_group(shared: &Shared, plan: GroupPlan) -> Vec<(usize, Outcome)> {
                     Err(status) => member.open_error = Some(grpc::error_name(&status)),
                 },
                 Err(why) => member.open_error = Some(format!("UNAVAILABLE ({why})")),
+            }
+            if member.open_error.is_some() {
+                member.rec.settle(true);
             }
             member
         })

@@ -168,7 +168,7 @@ pub fn run(plan: &UnaryPlan) -> Result<UnaryResult, Error> {
     let first = grpc::Connection::new(&plan.server, plan.timeout);
     send(&first, &request, &options).map_err(|e| {
         Error::Io(format!(
-            "SendMessage to {} failed: {} {}",
+            "SendMessage to {} failed: {}: {}",
             plan.server,
             grpc::error_name(&e),
             e.message
