@@ -91,7 +91,7 @@ pub const UNARY_OPTIONS: &[OptSpec] = &[
     opt(
         "concurrency",
         "64",
-        "calls in flight in all (spread over the connections; a load-tool thread each, at most 20000)",
+        "calls in flight in all (spread over the connections)",
     ),
     opt("duration-secs", "10", "how long to measure"),
     opt(

@@ -1,10 +1,13 @@
 //! `streamhub-bench unary`: SendMessage as fast as the server answers, with a fixed
 //! number of calls in flight spread over N connections (like `h2load -c N
-//! -m M`). Each call in flight is a thread of its own making blocking calls
-//! one after another on its connection (the h2c client multiplexes them),
-//! so every call's latency is its own, however the answers interleave.
+//! -m M`). One thread per connection keeps its share of calls in flight on
+//! it (the h2c client starts a call without waiting for it) and takes the
+//! answers as they come: it waits on the oldest call (streamhub answers a
+//! connection's calls in order) and then looks at all of them, so a
+//! wake-up may end many calls; each call's latency is taken when its end
+//! is seen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,13 +19,14 @@ use super::{grpc, secs};
 use streamhub::config::RawArgs;
 use streamhub::error::Error;
 use streamhub::grpc::call::{Code, Status};
-use streamhub::grpc::h2::client::{decode, CallOptions};
+use streamhub::grpc::h2::client::{decode, CallOptions, Recv, Stream};
 use streamhub::proto::chat;
 
-/// Most calls in flight: each is a thread.
-pub const MAX_CONCURRENCY: u64 = 20_000;
-/// Stack of a caller thread (encoding and decoding small messages).
-const CALLER_STACK: usize = 128 * 1024;
+/// Most calls in flight.
+pub const MAX_CONCURRENCY: u64 = 1_000_000;
+/// How long a connection's thread waits on its oldest call before it
+/// looks at the others (and at the clock) again.
+const CALL_WAIT: Duration = Duration::from_millis(20);
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -185,24 +189,28 @@ pub fn run(plan: &UnaryPlan) -> Result<UnaryResult, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let request = Arc::new(request);
     let mut workers = Vec::new();
-    // Call k goes to connection k % connections: the shares differ by at
-    // most one.
-    for k in 0..plan.concurrency {
-        let connection = connections[k % plan.connections].clone();
+    for (c, connection) in connections.into_iter().enumerate() {
+        // Spread the calls so the shares differ by at most one.
+        let share = plan.concurrency / plan.connections
+            + usize::from(c < plan.concurrency % plan.connections);
         let (request, options) = (request.clone(), options.clone());
         let (thread_live, thread_stop) = (live.clone(), stop.clone());
         let spawned = std::thread::Builder::new()
-            .name(format!("bench-unary-{k}"))
-            .stack_size(CALLER_STACK)
+            .name(format!("bench-unary-{c}"))
             .spawn(move || {
-                caller(
-                    &connection,
-                    &request,
-                    &options,
-                    (measure_from, end),
-                    &thread_live,
-                    &thread_stop,
-                )
+                let mut conn = ConnectionLoad {
+                    connection: &connection,
+                    request: &request,
+                    options: &options,
+                    share,
+                    measure_from,
+                    end,
+                    live: &thread_live,
+                    stop: &thread_stop,
+                    part: Part::default(),
+                };
+                conn.run();
+                conn.part
             });
         match spawned {
             Ok(handle) => workers.push(handle),
@@ -261,14 +269,15 @@ pub fn run(plan: &UnaryPlan) -> Result<UnaryResult, Error> {
     Ok(result)
 }
 
-/// One caller's share of the load.
+/// One connection's share of the load.
+#[derive(Default)]
 struct Part {
     ok: u64,
     errors: BTreeMap<String, u64>,
     latency: Histogram,
 }
 
-/// One SendMessage (the connection made again if it was lost).
+/// One SendMessage, blocking (the connection made again if it was lost).
 fn send(
     connection: &grpc::Connection,
     request: &[u8],
@@ -279,43 +288,144 @@ fn send(
     decode(&response)
 }
 
-/// Runs on `bench-unary-N`: one call after another until `end`.
-fn caller(
-    connection: &grpc::Connection,
-    request: &[u8],
-    options: &CallOptions,
-    (measure_from, end): (Instant, Instant),
-    live: &Live,
-    stop: &AtomicBool,
-) -> Part {
-    let mut part = Part {
-        ok: 0,
-        errors: BTreeMap::new(),
-        latency: Histogram::new(),
-    };
-    loop {
-        let started = Instant::now();
-        if started >= end || stop.load(Ordering::Acquire) {
-            return part;
-        }
-        let result = send(connection, request, options);
-        let now = Instant::now();
-        live.done.fetch_add(1, Ordering::Relaxed);
-        let counted = now >= measure_from && now <= end;
-        match result {
-            Ok(_) if counted => {
-                part.ok += 1;
-                part.latency.record((now - started).as_micros() as u64);
+/// A call in flight: a unary call is a stream of one response.
+struct Call {
+    stream: Stream,
+    started: Instant,
+    response: Option<Vec<u8>>,
+    /// Responses received: one, or the call failed.
+    responses: usize,
+}
+
+impl Call {
+    /// Takes what one wait gave; `Some` once the call is over.
+    fn take(&mut self, got: Recv) -> Option<Result<(), Status>> {
+        match got {
+            Recv::Message(m) => {
+                self.responses += 1;
+                self.response = Some(m);
+                None
             }
-            Ok(_) => {}
-            Err(e) => {
-                live.failed.fetch_add(1, Ordering::Relaxed);
-                if counted {
-                    *part.errors.entry(grpc::error_name(&e)).or_default() += 1;
+            Recv::TimedOut => None,
+            Recv::Ended(s) if s.code != Code::Ok => Some(Err(s)),
+            Recv::Ended(_) if self.responses != 1 => Some(Err(Status::new(
+                Code::Internal,
+                format!("{} response messages to a unary call", self.responses),
+            ))),
+            Recv::Ended(_) => {
+                let bytes = self.response.take().unwrap_or_default();
+                Some(decode::<chat::SendMessageResponse>(&bytes).map(drop))
+            }
+        }
+    }
+
+    /// The call's end if it is there, without waiting.
+    fn poll(&mut self) -> Option<Result<(), Status>> {
+        loop {
+            match self.stream.recv_timeout(Duration::ZERO) {
+                Recv::TimedOut => return None,
+                got => {
+                    if let Some(end) = self.take(got) {
+                        return Some(end);
+                    }
                 }
-                if e.code == Code::Unavailable {
-                    // No spin while the server is away.
-                    std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Runs on `bench-unary-N`: keeps `share` calls in flight on one
+/// connection until `end`, then lets the last ones finish.
+struct ConnectionLoad<'a> {
+    connection: &'a grpc::Connection,
+    request: &'a [u8],
+    options: &'a CallOptions,
+    share: usize,
+    measure_from: Instant,
+    end: Instant,
+    live: &'a Live,
+    stop: &'a AtomicBool,
+    part: Part,
+}
+
+impl ConnectionLoad<'_> {
+    fn run(&mut self) {
+        let mut in_flight: VecDeque<Call> = VecDeque::with_capacity(self.share);
+        loop {
+            self.fill(&mut in_flight);
+            if in_flight.is_empty() {
+                if Instant::now() >= self.end || self.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                // Not one call could start: the server is away.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            // The oldest first: its answer is due first.
+            let oldest = in_flight.front_mut().expect("not empty");
+            let got = oldest.stream.recv_timeout(CALL_WAIT);
+            let mut ended = Vec::new();
+            if let Some(end) = oldest.take(got) {
+                let call = in_flight.pop_front().expect("not empty");
+                ended.push((call.started, end));
+            }
+            // Whatever else ended meanwhile.
+            let mut i = 0;
+            while i < in_flight.len() {
+                match in_flight[i].poll() {
+                    Some(end) => {
+                        let call = in_flight.remove(i).expect("in range");
+                        ended.push((call.started, end));
+                    }
+                    None => i += 1,
+                }
+            }
+            let now = Instant::now();
+            for (started, end) in ended {
+                self.count(started, now, end);
+            }
+        }
+    }
+
+    /// Starts calls until `share` are in flight (none after `end`).
+    fn fill(&mut self, in_flight: &mut VecDeque<Call>) {
+        while in_flight.len() < self.share {
+            let started = Instant::now();
+            if started >= self.end || self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let opened = self.connection.channel().and_then(|channel| {
+                channel.server_streaming(grpc::chat_paths::SEND_MESSAGE, self.request, self.options)
+            });
+            match opened {
+                Ok(stream) => in_flight.push_back(Call {
+                    stream,
+                    started,
+                    response: None,
+                    responses: 0,
+                }),
+                Err(status) => {
+                    self.count(started, Instant::now(), Err(status));
+                    // The connection is gone or full: wait for answers.
+                    return;
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, started: Instant, now: Instant, end: Result<(), Status>) {
+        self.live.done.fetch_add(1, Ordering::Relaxed);
+        let counted = now >= self.measure_from && now <= self.end;
+        match end {
+            Ok(()) if counted => {
+                self.part.ok += 1;
+                self.part.latency.record((now - started).as_micros() as u64);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.live.failed.fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    *self.part.errors.entry(grpc::error_name(&e)).or_default() += 1;
                 }
             }
         }
