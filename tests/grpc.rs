@@ -287,11 +287,7 @@ fn upload_stops_at_first_invalid_message_naming_its_index() {
     }
     let err = close_and_recv::<chat::UploadResponse>(upload).unwrap_err();
     assert_eq!(err.code, Code::InvalidArgument);
-    assert!(
-        err.message.contains("index 2"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("index 2"), "{}", err.message);
     assert!(err.message.contains("user is required"));
     assert_eq!(server.app.hub().room_stats("up").unwrap().published, 2);
 }
@@ -302,7 +298,11 @@ fn chat_echoes_publishes_and_sends_heartbeats() {
     let client = server.client();
     let mut watcher = subscribe(&client, "talk", "watcher");
     let call = client.chat().unwrap();
-    push(&call, &chat_message("client_1", "talk", "charlie", "hi there")).unwrap();
+    push(
+        &call,
+        &chat_message("client_1", "talk", "charlie", "hi there"),
+    )
+    .unwrap();
     let echo: chat::Message = recv(&call).unwrap();
     assert_eq!(echo.id, "echo_client_1");
     assert_eq!(echo.content, "Echo: hi there");
@@ -536,11 +536,7 @@ fn subscribe_and_chat_reject_bad_room_names() {
         .unwrap();
     let err = next(&mut stream).unwrap_err();
     assert_eq!(err.code, Code::InvalidArgument);
-    assert!(
-        err.message.contains("room"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("room"), "{}", err.message);
 
     let call = client.chat().unwrap();
     push(&call, &chat_message("1", &"r".repeat(65), "u", "hi")).unwrap();
@@ -550,11 +546,7 @@ fn subscribe_and_chat_reject_bad_room_names() {
         }
     };
     assert_eq!(err.code, Code::InvalidArgument);
-    assert!(
-        err.message.contains("index 0"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("index 0"), "{}", err.message);
     assert_eq!(server.subscribers(), 0);
 }
 

@@ -8,7 +8,9 @@ use streamhub::proto::reflection::server_reflection_response::Message_response;
 use streamhub::proto::reflection::{ServerReflectionRequest, ServerReflectionResponse};
 
 use crate::support;
-use crate::support::grpc::{channel, decode, encode, next_as, opt, push, recv, Channel, Code, Status};
+use crate::support::grpc::{
+    channel, decode, encode, next_as, opt, push, recv, Channel, Code, Status,
+};
 
 const CHECK: &str = "/grpc.health.v1.Health/Check";
 const WATCH: &str = "/grpc.health.v1.Health/Watch";
