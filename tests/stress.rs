@@ -16,6 +16,7 @@
 //! runs the sizes of issue 5. Every socket has timeouts; waiting polls a
 //! counter against a deadline only where no signal exists.
 
+use std::collections::BTreeMap;
 use std::io::{self, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +31,7 @@ use streamhub_tools::proc::open_files_limit;
 
 use crate::support::grpc::{self, next, subscribe, subscribe_req, Code, RawGrpcSubscriber};
 use crate::support::http::{read_head, HttpPort};
-use crate::support::proc::{open_fds, thread_names, threads};
+use crate::support::proc::{fd_table, open_fds, thread_names, threads};
 use crate::support::sse::{probe_until, EventStream, Item};
 use crate::support::{self, wait_until, Server};
 
@@ -274,11 +275,12 @@ fn churn_to_baseline(server: &Server, cycles: usize, cycle: impl Fn(usize) + Syn
     assert!(wait_until(IO_TIMEOUT, || server.subscribers() == 0));
     let baseline = Holdings::now(server);
     let names = thread_names();
+    let fds = fd_table();
     let closed_before = closed_by_client(server);
     let started = Instant::now();
     churn(cycles, cycle);
     let churned = started.elapsed();
-    assert_back_to(server, baseline, &names);
+    assert_back_to(server, baseline, &names, &fds);
     assert_eq!(closed_by_client(server) - closed_before, cycles as u64);
     eprintln!(
         "{cycles} cycles in {churned:?}, back to baseline {:?} later",
@@ -295,18 +297,29 @@ fn closed_by_client(server: &Server) -> u64 {
 fn assert_back_to(
     server: &Server,
     baseline: Holdings,
-    names_before: &std::collections::BTreeMap<String, usize>,
+    names_before: &BTreeMap<String, usize>,
+    fds_before: &BTreeMap<u32, String>,
 ) {
     let mut last = Holdings::now(server);
     let back = wait_until(Duration::from_secs(30), || {
         last = Holdings::now(server);
         last.within(&baseline)
     });
-    assert!(
-        back,
-        "after churn: {last:?}, baseline {baseline:?}, open HTTP {}\nthreads before: {names_before:?}\nthreads after: {:?}",
+    if back {
+        return;
+    }
+    // The descriptors that were not there before, and what they are.
+    let fds_after = fd_table();
+    let new: BTreeMap<_, _> = fds_after
+        .iter()
+        .filter(|(n, what)| fds_before.get(n) != Some(*what))
+        .collect();
+    panic!(
+        "after churn: {last:?}, baseline {baseline:?}, open HTTP {}\nthreads before: {names_before:?}\nthreads after: {:?}\nnew descriptors: {new:#?}\ngRPC port {}, HTTP port {}",
         server.app.http().map_or(0, |h| h.open_connections()),
-        thread_names()
+        thread_names(),
+        server.app.grpc_port(),
+        server.app.http_port(),
     );
 }
 
