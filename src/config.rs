@@ -120,6 +120,12 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         "HTTP/2 concurrent streams allowed on one gRPC connection (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused with REFUSED_STREAM",
     ),
     opt(
+        "max-grpc-connections",
+        "STREAMHUB_MAX_GRPC_CONNECTIONS",
+        "4096",
+        "most open gRPC connections (each has a reader and a writer thread); past it new ones get GOAWAY and are closed",
+    ),
+    opt(
         "max-header-list-bytes",
         "STREAMHUB_MAX_HEADER_LIST_BYTES",
         "16384",
@@ -448,6 +454,8 @@ pub struct GrpcConfig {
     pub max_streams_per_connection: usize,
     /// SETTINGS_MAX_HEADER_LIST_SIZE of the gRPC port.
     pub max_header_list_bytes: usize,
+    /// Open connections allowed on the gRPC port.
+    pub max_connections: usize,
     /// Certificate chain and key files: TLS on the gRPC port.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub keepalive: Duration,
@@ -510,6 +518,7 @@ impl Config {
                     as usize,
                 max_header_list_bytes: raw.number("max-header-list-bytes", 1024, 1 << 20)? as usize,
                 tls,
+                max_connections: raw.number("max-grpc-connections", 1, 1 << 20)? as usize,
                 keepalive: raw.secs("keepalive-secs", 1, 86_400)?,
                 keepalive_timeout: raw.secs("keepalive-timeout-secs", 1, 3600)?,
                 chat_heartbeat: raw.secs("chat-heartbeat-secs", 1, 3600)?,

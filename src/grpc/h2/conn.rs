@@ -180,8 +180,11 @@ impl Budgets {
             // Earned back by each DATA frame sent, a quarter each.
             settings: Budget::new(100, 10),
             empty: Budget::new(200, 20),
-            // Earned back by each DATA frame sent (see take_output). An
-            // update costs a lookup and writes nothing.
+            // Earned back by each DATA frame sent (two) and each response
+            // begun (one), see take_output: gRPC's C core sends a stream and
+            // a connection update for a unary answer, and a grpcio client
+            // with 64 calls in flight ran a budget of one per DATA frame
+            // dry in a second. An update costs a lookup and writes nothing.
             window_updates: Budget::new(10_000, 5_000),
         }
     }
@@ -643,6 +646,7 @@ impl Conn {
                     return self.calm(Flood::WindowUpdate, events);
                 }
                 if stream == 0 {
+                    let was_open = self.conn_send_window > 0;
                     self.conn_send_window += increment as i64;
                     if self.conn_send_window > frame::MAX_WINDOW as i64 {
                         return self.fail(
@@ -650,6 +654,11 @@ impl Conn {
                             "connection window overflow",
                             events,
                         );
+                    }
+                    if was_open {
+                        // Nothing waited for the connection's window: an
+                        // update costs no walk over the streams.
+                        return;
                     }
                     // Every stream that waits for window may go now.
                     let waiting: Vec<u32> = self
@@ -1229,6 +1238,7 @@ impl Conn {
                     );
                     s.headers_sent = true;
                 }
+                self.budgets.window_updates.earn(1.0);
             }
             // DATA frames: as many messages per frame as fit.
             while !s.queue.is_empty() && out.len() < MAX_PASS_BYTES {
@@ -1264,7 +1274,7 @@ impl Conn {
                 s.queued_bytes -= n;
                 s.send_window -= n as i64;
                 self.conn_send_window -= n as i64;
-                self.budgets.window_updates.earn(1.0);
+                self.budgets.window_updates.earn(2.0);
                 self.budgets.pings.earn(0.25);
             }
             if s.queue.is_empty() {

@@ -30,37 +30,52 @@ pub enum DeframeError {
 }
 
 /// Collects a stream's DATA into messages. Holds at most one message being
-/// assembled: the caller bounds how much arrives before it takes them.
+/// assembled plus what one DATA frame brought: the caller bounds how much
+/// arrives before it takes them.
 #[derive(Default)]
 pub struct Deframer {
     buf: Vec<u8>,
+    /// Where the next message starts in `buf`: taking a message moves it,
+    /// not the bytes after it (draining the front per message made a DATA
+    /// frame of 100 small messages cost 100 shifts of the rest, 14% of the
+    /// load tool's CPU).
+    start: usize,
 }
 
 impl Deframer {
     pub fn push(&mut self, data: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(data);
     }
 
     /// The next complete message, if there is one.
     pub fn next(&mut self, max: usize) -> Result<Option<Vec<u8>>, DeframeError> {
-        if self.buf.len() < PREFIX_LEN {
+        let rest = &self.buf[self.start..];
+        if rest.len() < PREFIX_LEN {
             return Ok(None);
         }
-        if self.buf[0] != 0 {
+        if rest[0] != 0 {
             return Err(DeframeError::Compressed);
         }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
         if len > max {
             return Err(DeframeError::TooLarge { len, max });
         }
-        if self.buf.len() < PREFIX_LEN + len {
+        if rest.len() < PREFIX_LEN + len {
             return Ok(None);
         }
-        let message = self.buf[PREFIX_LEN..PREFIX_LEN + len].to_vec();
-        self.buf.drain(..PREFIX_LEN + len);
-        if self.buf.is_empty() {
+        let message = rest[PREFIX_LEN..PREFIX_LEN + len].to_vec();
+        self.start += PREFIX_LEN + len;
+        if self.start == self.buf.len() {
             // An idle stream keeps no buffer.
             self.buf = Vec::new();
+            self.start = 0;
         }
         Ok(Some(message))
     }
@@ -68,7 +83,7 @@ impl Deframer {
     /// Bytes of a message not yet complete (a stream that ends here was
     /// cut short).
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 }
 

@@ -27,7 +27,7 @@ use super::dispatch::Dispatch;
 use super::tls::{Tls, HANDSHAKE_TIMEOUT};
 use crate::error::Error;
 use crate::grpc::Shared;
-use crate::threads::Threads;
+use crate::threads::{Permit, Slots, Threads};
 
 /// Read buffer of a connection: a few of the largest frames.
 const READ_BUFFER: usize = 64 * 1024;
@@ -47,6 +47,9 @@ pub struct ConnShared {
     socket: TcpStream,
     /// TLS state, when the port speaks TLS.
     tls: Option<Tls>,
+    /// A slot of `--max-grpc-connections`, given back when the last holder
+    /// (reader, writer, a call's thread) lets go.
+    _slot: Permit,
 }
 
 impl ConnShared {
@@ -99,6 +102,7 @@ impl Server {
                         shared,
                         limits,
                         tls,
+                        open: Slots::new(),
                     };
                     accept_loop(listener, door, stopped, conns, threads)
                 })
@@ -160,6 +164,8 @@ struct Door {
     shared: Arc<Shared>,
     limits: Limits,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections open now, against `--max-grpc-connections`.
+    open: Arc<Slots>,
 }
 
 fn accept_loop(
@@ -170,6 +176,7 @@ fn accept_loop(
     threads: Threads,
 ) {
     let mut next = 0u64;
+    let mut refused = 0u64;
     for socket in listener.incoming() {
         if stopped.load(Ordering::SeqCst) {
             break;
@@ -184,10 +191,44 @@ fn accept_loop(
             }
         };
         next += 1;
-        if let Err(e) = serve(socket, next, &door, &conns, &threads) {
+        let limit = door.shared.config.max_connections;
+        let Some(slot) = door.open.take(limit) else {
+            refused += 1;
+            // Every connection costs two threads and their memory maps: past
+            // the cap it is turned away at once, before it costs anything
+            // (6,000 single-stream connections exhausted this machine's
+            // memory maps and aborted the process).
+            if refused % 1000 == 1 {
+                log::warn!(
+                    "gRPC connection refused: {limit} open (--max-grpc-connections); \
+                     {refused} refused so far"
+                );
+            }
+            turn_away(socket, door.tls.is_none());
+            continue;
+        };
+        if let Err(e) = serve(socket, next, &door, slot, &conns, &threads) {
             log::warn!("gRPC connection not served: {e}");
         }
     }
+}
+
+/// Closes a connection past the cap; on h2c, with SETTINGS and GOAWAY
+/// first, so an HTTP/2 client knows to go elsewhere.
+fn turn_away(mut socket: TcpStream, h2c: bool) {
+    if h2c {
+        let mut out = Vec::new();
+        super::frame::put_settings(&mut out, &[]);
+        super::frame::put_goaway(
+            &mut out,
+            0,
+            super::frame::ErrorCode::RefusedStream,
+            b"too many connections",
+        );
+        let _ = socket.set_write_timeout(Some(Duration::from_millis(100)));
+        let _ = socket.write_all(&out);
+    }
+    let _ = socket.shutdown(Shutdown::Both);
 }
 
 /// Starts a connection's reader and writer.
@@ -195,6 +236,7 @@ fn serve(
     socket: TcpStream,
     n: u64,
     door: &Door,
+    slot: Permit,
     conns: &Arc<Mutex<Vec<Arc<ConnShared>>>>,
     threads: &Threads,
 ) -> std::io::Result<()> {
@@ -216,23 +258,25 @@ fn serve(
         conn: Mutex::new(Conn::new(limits.clone())),
         writer: Condvar::new(),
         peer,
-        socket: socket.try_clone()?,
+        // The one descriptor of the connection: the reader and the writer
+        // use it through `&TcpStream` (a connection costs one fd).
+        socket,
         tls,
+        _slot: slot,
     });
     {
         let mut list = conns.lock();
         list.retain(|c| !c.conn.lock().is_closing());
         list.push(conn.clone());
     }
-    let writer_socket = socket.try_clone()?;
     let w = conn.clone();
     threads.spawn(format!("h2-write-{n}"), Some(WRITER_STACK), move || {
-        write_loop(&w, writer_socket)
+        write_loop(&w)
     })?;
     let r = conn.clone();
     let shared = shared.clone();
     let spawned = threads.spawn(format!("h2-read-{n}"), Some(READER_STACK), move || {
-        read_loop(&r, socket, &shared)
+        read_loop(&r, &shared)
     });
     if let Err(e) = spawned {
         conn.close();
@@ -241,7 +285,8 @@ fn serve(
     Ok(())
 }
 
-fn read_loop(conn: &Arc<ConnShared>, mut socket: TcpStream, shared: &Arc<Shared>) {
+fn read_loop(conn: &Arc<ConnShared>, shared: &Arc<Shared>) {
+    let mut socket = &conn.socket;
     let mut buf = vec![0u8; READ_BUFFER];
     // Ciphertext, read before rustls decrypts it into `buf`.
     let mut raw = if conn.tls.is_some() {
@@ -255,9 +300,7 @@ fn read_loop(conn: &Arc<ConnShared>, mut socket: TcpStream, shared: &Arc<Shared>
     let why = loop {
         let read = match &conn.tls {
             None => socket.read(&mut buf[have..]),
-            Some(tls) => tls.read(&mut socket, &mut raw, &mut buf[have..], || {
-                conn.wake_writer()
-            }),
+            Some(tls) => tls.read(socket, &mut raw, &mut buf[have..], || conn.wake_writer()),
         };
         let n = match read {
             Ok(0) => break "client closed the connection".to_string(),
@@ -306,7 +349,7 @@ fn read_loop(conn: &Arc<ConnShared>, mut socket: TcpStream, shared: &Arc<Shared>
 /// speaks it (with whatever records rustls has, handshake included).
 fn send(
     conn: &ConnShared,
-    socket: &mut TcpStream,
+    mut socket: &TcpStream,
     out: &[u8],
     records: &mut Vec<u8>,
 ) -> std::io::Result<()> {
@@ -325,7 +368,8 @@ fn send(
     }
 }
 
-fn write_loop(conn: &ConnShared, mut socket: TcpStream) {
+fn write_loop(conn: &ConnShared) {
+    let socket = &conn.socket;
     let mut out = Vec::with_capacity(16 * 1024);
     let mut records = Vec::new();
     loop {
@@ -346,7 +390,7 @@ fn write_loop(conn: &ConnShared, mut socket: TcpStream) {
             }
             c.is_closing()
         };
-        if send(conn, &mut socket, &out, &mut records).is_err() {
+        if send(conn, socket, &out, &mut records).is_err() {
             let mut events = Vec::new();
             conn.conn.lock().lost("write failed", &mut events);
             break;
@@ -359,7 +403,7 @@ fn write_loop(conn: &ConnShared, mut socket: TcpStream) {
             // close_notify goes last: a client stops reading at it.
             if let Some(tls) = &conn.tls {
                 tls.close();
-                let _ = send(conn, &mut socket, &[], &mut records);
+                let _ = send(conn, socket, &[], &mut records);
             }
             break;
         }

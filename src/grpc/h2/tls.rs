@@ -73,7 +73,7 @@ impl Tls {
     /// (handshake messages).
     pub fn read(
         &self,
-        socket: &mut TcpStream,
+        mut socket: &TcpStream,
         raw: &mut [u8],
         buf: &mut [u8],
         wake: impl Fn(),
