@@ -14,11 +14,19 @@ use crate::support::{python, root, unique};
 /// A self-signed certificate for `localhost` and 127.0.0.1, and its key
 /// (EC P-256, PKCS#8), in a directory of their own.
 fn certificate() -> (PathBuf, PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("streamhub-tls-{}-{}", std::process::id(), unique()));
+    let dir =
+        std::env::temp_dir().join(format!("streamhub-tls-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
         .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
         .arg("-keyout")
@@ -74,8 +82,12 @@ fn a_plain_client_on_the_tls_port_is_closed_and_others_are_served() {
     // h2c with prior knowledge, to a port that speaks TLS: rustls refuses
     // the first bytes and the connection ends at once.
     let mut plain = TcpStream::connect(&server.grpc_addr).unwrap();
-    plain.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    plain.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    plain
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
     let mut got = Vec::new();
     let read = plain.read_to_end(&mut got);
     assert!(read.is_ok(), "closed, not timed out: {read:?}");
@@ -97,21 +109,42 @@ fn a_plain_client_on_the_tls_port_is_closed_and_others_are_served() {
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
 fn a_missing_or_unpaired_certificate_is_a_clear_startup_error() {
     let out = Command::new(crate::support::binary::BIN)
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args(["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"])
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--tls-cert /nonexistent/cert.pem"), "{err}");
     let out = Command::new(crate::support::binary::BIN)
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
         .args(["--tls-cert", "/tmp/x.pem"])
         .output()
         .unwrap();

@@ -270,8 +270,12 @@ fn serve(
         list.push(conn.clone());
     }
     let w = conn.clone();
+    let list = conns.clone();
     threads.spawn(format!("h2-write-{n}"), Some(WRITER_STACK), move || {
-        write_loop(&w)
+        write_loop(&w);
+        // Forgotten as soon as it is over, not at the next accept: the list
+        // holds the socket (closed connections kept their descriptors).
+        list.lock().retain(|c| !Arc::ptr_eq(c, &w));
     })?;
     let r = conn.clone();
     let shared = shared.clone();
