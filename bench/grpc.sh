@@ -63,7 +63,7 @@ for run in $(seq "$RUNS"); do
         -H 'content-type: application/grpc' -H 'te: trailers' \
         "http://127.0.0.1:$port/chat.ChatService/SendMessage" >"$out.txt" 2>&1 || true
       grep -oE 'finished in [0-9.]+s, [0-9.]+ req/s' "$out.txt" \
-        | awk '{print "{\"req_per_sec\": " $5 "}"}' >"$out"
+        | awk '{print "{\"req_per_sec\": " $4 "}"}' >"$out"
     fi
     kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true
     echo "run $run $server: $(head -c 300 "$out" | tr -d '\n' | cut -c1-160)" >&2
