@@ -107,36 +107,28 @@ fn a_plain_client_on_the_tls_port_is_closed_and_others_are_served() {
 
 #[test]
 fn a_missing_or_unpaired_certificate_is_a_clear_startup_error() {
-    let out = Command::new(crate::support::binary::BIN)
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--tls-cert",
-            "/nonexistent/cert.pem",
-            "--tls-key",
-            "/nonexistent/key.pem",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    // `serve` with `tls`: its exit code and what it said.
+    let serve_with = |tls: &[&str]| {
+        let out = Command::new(crate::support::binary::BIN)
+            .args(["serve", "--grpc-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .args(tls)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = serve_with(&[
+        "--tls-cert",
+        "/nonexistent/cert.pem",
+        "--tls-key",
+        "/nonexistent/key.pem",
+    ]);
+    assert_eq!(code, Some(2));
     assert!(err.contains("--tls-cert /nonexistent/cert.pem"), "{err}");
-    let out = Command::new(crate::support::binary::BIN)
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--tls-cert", "/tmp/x.pem"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("go together"));
+    let (code, err) = serve_with(&["--tls-cert", "/tmp/x.pem"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("go together"), "{err}");
 }

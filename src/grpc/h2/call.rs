@@ -171,30 +171,28 @@ impl<T: Encode> Responses<T> for H2Call {
         let chunks: Vec<Chunk> = items.into_iter().map(Encode::chunk).collect();
         let queued = self.conn.conn.lock().send(self.stream, chunks);
         self.conn.wake_writer();
-        let Some(mut queued) = queued else {
-            return Err(WriteError::Gone);
-        };
+        match queued {
+            None => return Err(WriteError::Gone),
+            Some(q) if q <= QUEUE_HIGH => return Ok(()),
+            Some(_) => {}
+        }
         let until = Instant::now() + timeout;
-        while queued > QUEUE_HIGH {
-            self.conn.conn.lock().wake_below(self.stream, QUEUE_LOW);
-            // Re-checked after asking, so a drain in between is not missed.
-            match self.conn.conn.lock().queued(self.stream) {
-                None => return Err(WriteError::Gone),
-                Some(q) if q <= QUEUE_LOW => break,
-                Some(_) => {}
+        loop {
+            {
+                // Looked at and asked under one lock: a drain in between
+                // cannot be missed.
+                let mut conn = self.conn.conn.lock();
+                match conn.queued(self.stream) {
+                    None => return Err(WriteError::Gone),
+                    Some(q) if q <= QUEUE_LOW => return Ok(()),
+                    Some(_) => conn.wake_below(self.stream, QUEUE_LOW),
+                }
             }
             if self.deadline_passed() {
                 return Err(WriteError::Gone);
             }
             self.wait(Some(until)).map_err(WriteError::Interrupted)?;
-            queued = self
-                .conn
-                .conn
-                .lock()
-                .queued(self.stream)
-                .ok_or(WriteError::Gone)?;
         }
-        Ok(())
     }
 
     fn client_gone(&mut self) -> bool {

@@ -312,6 +312,8 @@ struct Stream {
     waker: Option<Sender<()>>,
     /// The thread waits for the queue to drain below the mark.
     wake_below: Option<usize>,
+    /// In the writer's `ready` queue (so asking again costs no search).
+    in_ready: bool,
 }
 
 impl Stream {
@@ -603,7 +605,8 @@ impl Conn {
                                         events,
                                     );
                                 }
-                                if delta > 0 && !s.queue.is_empty() && !self.ready.contains(&id) {
+                                if delta > 0 && !s.queue.is_empty() && !s.in_ready {
+                                    s.in_ready = true;
                                     self.ready.push_back(id);
                                 }
                             }
@@ -1041,8 +1044,11 @@ impl Conn {
     // ---- output ----
 
     fn mark_ready(&mut self, stream: u32) {
-        if !self.ready.contains(&stream) {
-            self.ready.push_back(stream);
+        if let Some(s) = self.streams.get_mut(&stream) {
+            if !s.in_ready {
+                s.in_ready = true;
+                self.ready.push_back(stream);
+            }
         }
     }
 
@@ -1217,9 +1223,11 @@ impl Conn {
             let Some(s) = self.streams.get_mut(&id) else {
                 continue;
             };
+            s.in_ready = false;
             if s.local_closed {
                 continue;
             }
+            let mut reset = false;
             if let Some(head) = s.plain_head.take() {
                 frame::put_headers(out, id, &head, false, max_frame);
                 s.headers_sent = true;
@@ -1286,22 +1294,24 @@ impl Conn {
                         // listening (as grpc-go does).
                         frame::put_rst_stream(out, id, ErrorCode::NoError);
                         s.remote_closed = true;
-                        if self.recently_reset.len() == RESET_MEMORY {
-                            self.recently_reset.pop_front();
-                        }
-                        self.recently_reset.push_back(id);
+                        reset = true;
                     }
                     s.wake();
                 }
             } else if s.send_window.min(self.conn_send_window) > 0 {
                 // Left over because the pass was full: next pass.
+                s.in_ready = true;
                 self.ready.push_back(id);
             }
             if s.wake_below.is_some_and(|m| s.queued_bytes <= m) {
                 s.wake_below = None;
                 s.wake();
             }
-            if s.local_closed {
+            let closed = s.local_closed;
+            if reset {
+                self.remember_reset(id);
+            }
+            if closed {
                 self.forget_if_closed(id);
             }
         }

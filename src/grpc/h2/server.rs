@@ -140,16 +140,19 @@ impl Server {
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
-        for c in self.conns.lock().drain(..) {
-            // Whatever was queued is written first, then the socket closes.
-            let mut events = Vec::new();
+        // Whatever was queued is written first (all connections at once,
+        // within one short deadline), then the sockets close.
+        let conns: Vec<Arc<ConnShared>> = self.conns.lock().drain(..).collect();
+        for c in &conns {
             c.conn.lock().drain();
             c.wake_writer();
-            let flushed = Instant::now() + Duration::from_millis(200);
-            while c.conn.lock().has_output() && Instant::now() < flushed {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            c.conn.lock().lost("server stopped", &mut events);
+        }
+        let flushed = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < flushed && conns.iter().any(|c| c.conn.lock().has_output()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for c in &conns {
+            c.conn.lock().lost("server stopped", &mut Vec::new());
             c.close();
         }
         let left = self.threads.wait_idle(Instant::now() + timeout);
@@ -265,9 +268,8 @@ fn serve(
         _slot: slot,
     });
     {
-        let mut list = conns.lock();
-        list.retain(|c| !c.conn.lock().is_closing());
-        list.push(conn.clone());
+        // Its writer takes it out again when the connection ends.
+        conns.lock().push(conn.clone());
     }
     let w = conn.clone();
     let list = conns.clone();
