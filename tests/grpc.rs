@@ -10,7 +10,7 @@ use streamhub::hub::CloseReason;
 use streamhub::proto::chat;
 
 use crate::support::grpc::{
-    close_and_recv, next, push, recv, send, subscribe, subscribe_req, CallOptions, Code,
+    close_and_recv, next, opt, push, recv, send, subscribe, subscribe_req, CallOptions, Code,
 };
 use crate::support::{self, wait_until};
 
@@ -632,4 +632,35 @@ fn chat_participant_joins_the_room_before_their_first_message() {
             ),
         ]
     );
+}
+
+#[test]
+fn unknown_methods_and_compressed_requests_are_unimplemented() {
+    let server = support::start();
+    let channel = server.channel();
+    let err = channel
+        .unary("/chat.ChatService/Nope", &[], &opt())
+        .unwrap_err();
+    assert_eq!(err.code, Code::Unimplemented);
+    assert_eq!(
+        err.message,
+        "unknown method Nope for service chat.ChatService"
+    );
+    let err = channel.unary("/pkg.Other/Call", &[], &opt()).unwrap_err();
+    assert_eq!(err.code, Code::Unimplemented);
+    assert_eq!(err.message, "unknown service pkg.Other");
+    // Only identity: a request that says it is gzip-compressed is refused,
+    // naming what is accepted.
+    let mut gzip = opt();
+    gzip.metadata.push(("grpc-encoding".into(), "gzip".into()));
+    let err = channel
+        .unary("/chat.ChatService/SendMessage", &[], &gzip)
+        .unwrap_err();
+    assert_eq!(err.code, Code::Unimplemented);
+    assert!(
+        err.message.contains("grpc-accept-encoding: identity"),
+        "{}",
+        err.message
+    );
+    assert_eq!(server.app.hub().stats().published, 0);
 }
