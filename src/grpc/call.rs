@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::error::Error;
+use crate::hub::Subscription;
 
 /// A gRPC status code. The numbers are the wire's (`grpc-status`), the
 /// names the canonical upper-case ones that metrics and logs show. All 17
@@ -219,6 +220,23 @@ pub trait Responses<T>: Call {
     /// Ends the call with `status` after everything written so far
     /// (waiting at most `timeout`).
     fn finish(self, status: Status, timeout: Duration);
+}
+
+/// A streaming call that can carry a room's messages without its thread:
+/// the transport reads them from the subscription itself (a connection's
+/// writer reads for all its streams). The call's thread keeps its lifetime:
+/// it waits in [`Call::wait`] until [`Follow::following`] is false or the
+/// deadline passes, then takes the subscription back to end the call.
+pub trait Follow: Call {
+    /// Hands `sub` to the transport, after what was sent so far; gives it
+    /// back if the call is already over.
+    fn follow(&mut self, sub: Subscription) -> Result<(), Subscription>;
+    /// True while the transport follows the subscription (not ended by the
+    /// hub, the call still open). Never blocks.
+    fn following(&mut self) -> bool;
+    /// Takes the subscription back (`None`: the connection went away and
+    /// dropped it).
+    fn unfollow(&mut self) -> Option<Subscription>;
 }
 
 /// A call whose client streams messages of type `T` (client-streaming,

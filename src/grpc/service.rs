@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::call::{Code, Reply, Requests, Responses, Started, Status};
+use super::call::{Code, Follow, Reply, Requests, Responses, Started, Status};
 use super::convert;
 use super::streams::{run_chat, run_metrics, run_subscriber, run_upload};
 use super::{wire, Shared};
@@ -37,7 +37,7 @@ pub(super) fn send_message(
     }
 }
 
-pub(super) fn subscribe_messages<C: Responses<wire::Outbound>>(
+pub(super) fn subscribe_messages<C: Responses<wire::Outbound> + Follow>(
     shared: &Arc<Shared>,
     req: chat::SubscribeRequest,
     call: C,

@@ -7,20 +7,12 @@
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use super::call::{Code, Interrupted, Received, Reply, Requests, Responses, Status, WriteError};
+use super::call::{Code, Follow, Interrupted, Received, Reply, Requests, Responses, Status};
 use super::convert::{self, system_message};
 use super::{wire, Shared};
-use crate::hub::{CloseReason, Draft, Presence, Subscription, Wait, MAX_BURST, SHUTDOWN_NOTICE};
+use crate::hub::{CloseReason, Draft, Presence, Subscription, MAX_BURST, SHUTDOWN_NOTICE};
 use crate::metrics::MetricsSampler;
 use crate::proto::chat;
-
-/// How often an idle subscriber asks the transport whether its client is
-/// still there. The room log wakes a subscriber only for messages and
-/// closes (one futex for the whole room), not for the call's events, so a
-/// cancelled call is noticed within this. (The HTTP/2 layer knows at once,
-/// and the stream's queue is dropped then; waking the parked thread for it
-/// would need a wake per subscriber in the room log.)
-const IDLE_CHECK: Duration = Duration::from_millis(250);
 
 /// Ends a stream because the server is stopping: a last SYSTEM notice, then
 /// UNAVAILABLE so that clients retry elsewhere.
@@ -46,21 +38,18 @@ fn shutdown_notice(room: &str) -> chat::Message {
     )
 }
 
-/// Runs on `grpc-sub-N`: writes the room's messages until the client leaves,
-/// falls behind or the server stops. Holds no hub lock while writing.
-pub(super) fn run_subscriber(
-    shared: &Shared,
-    mut sub: Subscription,
-    user: String,
-    mut call: impl Responses<wire::Outbound>,
-) {
-    // SCHED_BATCH: normal weight, but woken with a thousand others for a
-    // message it does not preempt the connection writers, which write for
-    // all of them, or the publishers (under grpcio, at normal policy, the
-    // herd starved its poll threads: p99 69 -> 400-1,900 ms, BENCHMARKS.md).
-    if let Err(e) = crate::sys::set_thread_policy(crate::sys::CpuPolicy::Batch) {
-        log::debug!("gRPC subscriber stays at normal policy: {e}");
-    }
+/// Runs on `grpc-sub-N`, which owns the call's lifetime: welcome, presence,
+/// deadline, close reason and goodbye. The messages themselves do not pass
+/// through it: the transport's writer reads them from the room's log
+/// ([`Follow`]), so a publish wakes one writer per connection instead of a
+/// thread per subscriber (paced at 400 msgs/s to 1,000 subscribers, a wake
+/// per subscriber kept p99 at 209 ms; BENCHMARKS.md). This thread sleeps
+/// until the hub ends the subscription, the client leaves or the deadline
+/// passes.
+pub(super) fn run_subscriber<C>(shared: &Shared, sub: Subscription, user: String, mut call: C)
+where
+    C: Responses<wire::Outbound> + Follow,
+{
     let room = sub.room().clone();
     let peer = call.peer();
     log::info!("SubscribeMessages opened: room={room} user={user:?} peer={peer}");
@@ -75,36 +64,26 @@ pub(super) fn run_subscriber(
         &room,
         format!("Welcome to room {room}, {user}!"),
     );
-    let mut reason = match call.send_all([wire::Outbound::Own(welcome)], timeout) {
-        Ok(()) => None,
-        Err(_) => Some(CloseReason::ClientClosed),
-    };
-    while reason.is_none() {
-        match sub.wait(Some(Instant::now() + IDLE_CHECK)) {
-            Wait::Ready => {
-                let burst: Vec<wire::Outbound> = sub
-                    .peek(MAX_BURST)
-                    .map(|m| wire::Outbound::Shared(m.clone()))
-                    .collect();
-                // Owned copies: taken before the write.
-                sub.advance(burst.len());
-                reason = match call.send_all(burst, timeout) {
-                    Ok(()) => None,
-                    Err(WriteError::Gone) => Some(CloseReason::ClientClosed),
-                    Err(WriteError::Interrupted(_)) => {
-                        Some(sub.close_reason().unwrap_or(CloseReason::WriteFailed))
-                    }
-                };
-            }
-            Wait::Closed(r) => reason = Some(r),
-            Wait::TimedOut => {
-                if call.client_gone() {
-                    reason = Some(CloseReason::ClientClosed);
+    let welcomed = call
+        .send_all([wire::Outbound::Own(welcome)], timeout)
+        .is_ok();
+    let followed = if welcomed { call.follow(sub) } else { Err(sub) };
+    let sub = match followed {
+        Ok(()) => {
+            while call.following() {
+                if call.wait(None).is_err() {
+                    // The deadline (shutdown comes through the hub).
+                    break;
                 }
             }
+            call.unfollow()
         }
-    }
-    let mut reason = reason.unwrap_or(CloseReason::ClientClosed);
+        Err(sub) => Some(sub),
+    };
+    let mut reason = sub
+        .as_ref()
+        .and_then(|s| s.close_reason())
+        .unwrap_or(CloseReason::ClientClosed);
     if reason == CloseReason::ClientClosed && call.deadline_passed() {
         reason = CloseReason::DeadlineExceeded;
     }
@@ -124,9 +103,11 @@ pub(super) fn run_subscriber(
         // left of it.
         _ => Code::Cancelled,
     };
-    sub.set_close_reason(reason);
-    // Unregistered first, so the LEAVE is not sent to the one leaving.
-    drop(sub);
+    if let Some(sub) = sub {
+        sub.set_close_reason(reason);
+        // Unregistered first, so the LEAVE is not sent to the one leaving.
+        drop(sub);
+    }
     drop(presence);
     shared.done("SubscribeMessages", code);
     log::info!("SubscribeMessages closed: room={room} user={user:?} reason={reason}");

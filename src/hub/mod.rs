@@ -48,6 +48,7 @@ pub use message::{
     check_user, normalize_room, CloseReason, Draft, Message, MessageKind, Protocol, DEFAULT_ROOM,
     MAX_BURST, MAX_ROOM_NAME, MAX_USER_NAME, SHUTDOWN_NOTICE,
 };
+pub use room_log::Watch;
 pub use stats::{ClosedCounts, HubConfig, HubStats, RoomStats};
 pub use subscription::{Presence, Replay, Subscription, Wait};
 use subscription::{Slot, SubscriberState};
@@ -438,6 +439,7 @@ impl Hub {
                 protocol,
                 reader,
                 state,
+                watcher: None,
             };
             return Ok((subscription, replay));
         }
@@ -786,6 +788,65 @@ mod tests {
         rx.recv().unwrap();
         hub.publish(Draft::chat("r", "u", "x")).unwrap();
         assert_eq!(reader.join().unwrap(), Some(1));
+    }
+
+    /// A watcher that counts its wakes and lets a test wait for one.
+    struct Counter(std::sync::Mutex<u64>, std::sync::Condvar);
+
+    impl Watch for Counter {
+        fn wake(&self) {
+            *self.0.lock().unwrap() += 1;
+            self.1.notify_all();
+        }
+    }
+
+    impl Counter {
+        fn wait_past(&self, n: u64) -> u64 {
+            let guard = self.0.lock().unwrap();
+            let (guard, _) = self
+                .1
+                .wait_timeout_while(guard, Duration::from_secs(10), |c| *c <= n)
+                .unwrap();
+            *guard
+        }
+    }
+
+    #[test]
+    fn a_watcher_is_called_once_per_wake_for_all_its_subscriptions_and_at_a_close() {
+        let hub = hub_stalling(4, Duration::ZERO);
+        let counter = Arc::new(Counter(Default::default(), Default::default()));
+        let watcher: Arc<dyn Watch> = counter.clone();
+        let mut subs: Vec<Subscription> = (0..3)
+            .map(|_| hub.subscribe("r", None, Protocol::Grpc).unwrap().0)
+            .collect();
+        for s in &mut subs {
+            s.watch(watcher.clone());
+        }
+        hub.publish(Draft::chat("r", "u", "x")).unwrap();
+        // One call for three subscriptions (made by the hub-waker thread).
+        assert!(counter.wait_past(0) >= 1);
+        assert_eq!(subs[0].check(), Wait::Ready);
+        for s in &mut subs[1..] {
+            s.drain();
+        }
+        // Nobody reads subs[0]: the publish past its window closes it, and
+        // the watcher hears of that too.
+        let before = *counter.0.lock().unwrap();
+        for i in 0..4 {
+            hub.publish(Draft::chat("r", "u", i.to_string())).unwrap();
+            for s in &mut subs[1..] {
+                s.drain();
+            }
+        }
+        assert!(counter.wait_past(before) > before);
+        assert_eq!(subs[0].check(), Wait::Closed(CloseReason::SlowConsumer));
+        // Registered once, counted three times; dropped subscriptions take
+        // their registrations with them.
+        let room = hub.room("r").unwrap();
+        let log = room.state.lock().log.shared().clone();
+        assert_eq!(log.watchers.lock()[0].1, 3);
+        drop(subs);
+        assert_eq!(log.watchers.lock().len(), 0);
     }
 
     #[test]

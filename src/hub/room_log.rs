@@ -24,11 +24,18 @@
 //! Waking: readers with nothing to read park on the log's futex word; a
 //! publisher bumps the word after the tail and calls the kernel only when
 //! some reader is parked: one call wakes them all, however many.
+//!
+//! A reader that is not a thread of its own (a gRPC connection's writer
+//! reads for all its streams, `grpc::h2`) registers a [`Watch`] instead:
+//! the same wakes call it, once per watcher however many of its streams
+//! read the room.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use super::message::Message;
 use crate::sys;
@@ -75,6 +82,23 @@ pub(super) struct Shared {
     /// A wake is on its way (see [`Shared::announce`]): later publishes
     /// need not ask for another.
     wake_pending: AtomicBool,
+    /// Watchers called with every wake, each once, with how many readers
+    /// registered it; `watching` is their number, read without the lock.
+    pub(super) watchers: Mutex<Vec<(Arc<dyn Watch>, usize)>>,
+    watching: AtomicU32,
+}
+
+/// Something that reads the log for others and wants to hear when it moves
+/// or a reader is closed (instead of parking on the futex). Called from the
+/// thread that wakes: it must only signal, never block or take a lock that
+/// a publisher holds.
+pub trait Watch: Send + Sync {
+    fn wake(&self);
+}
+
+/// The same watcher: one allocation, compared by address.
+fn same(a: &Arc<dyn Watch>, b: &Arc<dyn Watch>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
 impl Shared {
@@ -82,16 +106,58 @@ impl Shared {
         self.tail.load(Ordering::Acquire)
     }
 
-    /// Wakes every parked reader now (after a close).
+    /// Wakes every parked reader and watcher now (after a close).
     pub(super) fn wake(&self) {
         self.word.fetch_add(1, Ordering::SeqCst);
         if self.parked.load(Ordering::SeqCst) > 0 {
             sys::futex_wake_all(&self.word);
         }
+        self.call_watchers();
+    }
+
+    /// Registers a watcher (again: it is counted, and called once).
+    pub(super) fn watch(&self, watcher: &Arc<dyn Watch>) {
+        let mut list = self.watchers.lock();
+        match list.iter_mut().find(|(w, _)| same(w, watcher)) {
+            Some((_, n)) => *n += 1,
+            None => {
+                list.push((watcher.clone(), 1));
+                self.watching.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Takes back one registration of `watcher`.
+    pub(super) fn unwatch(&self, watcher: &Arc<dyn Watch>) {
+        let mut list = self.watchers.lock();
+        if let Some(i) = list.iter().position(|(w, _)| same(w, watcher)) {
+            list[i].1 -= 1;
+            if list[i].1 == 0 {
+                list.swap_remove(i);
+                self.watching.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Calls every watcher, without the list's lock held: a watcher may
+    /// take its own lock, under which readers are dropped (and unwatch).
+    fn call_watchers(&self) {
+        if self.watching.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let list: Vec<Arc<dyn Watch>> = self
+            .watchers
+            .lock()
+            .iter()
+            .map(|(w, _)| w.clone())
+            .collect();
+        for w in list {
+            w.wake();
+        }
     }
 
     /// After a publish: tells readers that the tail moved. Returns true when
-    /// some reader is parked and no wake is pending yet: then the caller
+    /// some reader is parked or watched and no wake is pending yet: then the caller
     /// makes sure [`Shared::wake_now`] runs soon. Until it has, later
     /// publishes ask for nothing, so one wake carries all of them.
     ///
@@ -102,7 +168,9 @@ impl Shared {
     /// word and does not sleep.
     pub(super) fn announce(&self) -> bool {
         self.word.fetch_add(1, Ordering::SeqCst);
-        self.parked.load(Ordering::SeqCst) > 0 && !self.wake_pending.swap(true, Ordering::SeqCst)
+        let someone =
+            self.parked.load(Ordering::SeqCst) > 0 || self.watching.load(Ordering::SeqCst) > 0;
+        someone && !self.wake_pending.swap(true, Ordering::SeqCst)
     }
 
     /// The wake [`Shared::announce`] asked for: the readers parked now, in
@@ -120,6 +188,8 @@ impl Shared {
     /// moved; later ones saw the new word.
     pub(super) fn wake_now(&self) {
         self.wake_pending.store(false, Ordering::SeqCst);
+        // Watchers first: each is one signal that carries many streams.
+        self.call_watchers();
         let mut left = self.parked.load(Ordering::SeqCst) as usize;
         while left > 0 {
             let woke = sys::futex_wake(&self.word, left.min(WAKE_BATCH));
@@ -175,6 +245,8 @@ impl Log {
                 word: AtomicU32::new(0),
                 parked: AtomicU32::new(0),
                 wake_pending: AtomicBool::new(false),
+                watchers: Mutex::new(Vec::new()),
+                watching: AtomicU32::new(0),
             }),
             chunks: VecDeque::from([Chunk::new(1)]),
             back_len: 0,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::room_log;
+use super::room_log::{self, Watch};
 use super::{CloseReason, Hub, Message, MessageKind, Protocol, Room};
 
 /// Where a new subscriber starts reading: the replayed part comes through
@@ -97,6 +97,8 @@ pub struct Subscription {
     pub(super) protocol: Protocol,
     pub(super) reader: room_log::Reader,
     pub(super) state: Arc<SubscriberState>,
+    /// Who is woken for this subscription instead of a parked thread.
+    pub(super) watcher: Option<Arc<dyn Watch>>,
 }
 
 impl Subscription {
@@ -111,18 +113,38 @@ impl Subscription {
         self.reader.available().min(before_end)
     }
 
+    /// What [`Subscription::wait`] would find now, without waiting
+    /// (`TimedOut`: nothing to take yet).
+    pub fn check(&self) -> Wait {
+        match self.state.reason() {
+            Some(CloseReason::SlowConsumer) => Wait::Closed(CloseReason::SlowConsumer),
+            Some(reason) if self.available() == 0 => Wait::Closed(reason),
+            _ if self.available() > 0 => Wait::Ready,
+            _ => Wait::TimedOut,
+        }
+    }
+
+    /// Has `watcher` called, instead of a parked thread woken, whenever
+    /// this subscription may have something to take or has ended: for a
+    /// reader that reads for many subscriptions at once (a connection's
+    /// writer). Replaces an earlier watcher.
+    pub fn watch(&mut self, watcher: Arc<dyn Watch>) {
+        let shared = self.reader.shared();
+        if let Some(old) = self.watcher.take() {
+            shared.unwatch(&old);
+        }
+        shared.watch(&watcher);
+        self.watcher = Some(watcher);
+    }
+
     /// Blocks until there is something to take, the subscription ends, or
     /// `deadline` passes. Spurious returns do not happen: `Ready` means
     /// [`Subscription::peek`] has messages.
     pub fn wait(&self, deadline: Option<Instant>) -> Wait {
         loop {
-            match self.state.reason() {
-                Some(CloseReason::SlowConsumer) => return Wait::Closed(CloseReason::SlowConsumer),
-                Some(reason) if self.available() == 0 => return Wait::Closed(reason),
-                _ => {}
-            }
-            if self.available() > 0 {
-                return Wait::Ready;
+            match self.check() {
+                Wait::TimedOut => {}
+                found => return found,
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Wait::TimedOut;
@@ -200,6 +222,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            self.reader.shared().unwatch(&w);
+        }
         self.hub.unregister(self);
     }
 }

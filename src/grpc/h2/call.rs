@@ -12,13 +12,16 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::conn::Chunk;
+use std::collections::VecDeque;
+
+use super::conn::{Chunk, Feed};
 use super::frame::ErrorCode;
 use super::server::ConnShared;
 use crate::grpc::call::{
-    Call, Code, Interrupted, Received, Reply, Requests, Responses, Status, WriteError,
+    Call, Code, Follow, Interrupted, Received, Reply, Requests, Responses, Status, WriteError,
 };
-use crate::grpc::wire::Outbound;
+use crate::grpc::wire::{self, Outbound};
+use crate::hub::{Subscription, Wait, MAX_BURST};
 
 /// A stream thread that has queued more than this on its stream waits for
 /// the writer (a client that reads slowly, or a closed window) before it
@@ -202,6 +205,62 @@ impl<T: Encode> Responses<T> for H2Call {
     fn finish(mut self, status: Status, _timeout: Duration) {
         self.end(&status);
     }
+}
+
+/// A subscription as a stream's feed: the writer takes the messages from
+/// the room's log itself, each as the shared encoding made once per
+/// publish.
+struct RoomFeed {
+    sub: Subscription,
+}
+
+impl Feed for RoomFeed {
+    fn pull(&mut self, budget: usize, queue: &mut VecDeque<Chunk>) -> bool {
+        match self.sub.check() {
+            Wait::Closed(_) => return true,
+            Wait::TimedOut => return false,
+            Wait::Ready if budget == 0 => return false,
+            Wait::Ready => {}
+        }
+        let (mut bytes, mut n) = (0, 0);
+        for m in self.sub.peek(MAX_BURST) {
+            if bytes >= budget {
+                break;
+            }
+            bytes += super::grpc::PREFIX_LEN + wire::shared_bytes(m).len();
+            queue.push_back(Chunk::Shared(m.clone()));
+            n += 1;
+        }
+        self.sub.advance(n);
+        false
+    }
+}
+
+impl Follow for H2Call {
+    fn follow(&mut self, mut sub: Subscription) -> Result<(), Subscription> {
+        sub.watch(self.conn.watcher.clone());
+        let fed = self
+            .conn
+            .conn
+            .lock()
+            .follow(self.stream, Box::new(RoomFeed { sub }));
+        self.conn.wake_writer();
+        fed.map_err(|feed| into_subscription(feed).expect("the feed given"))
+    }
+
+    fn following(&mut self) -> bool {
+        !self.deadline_passed() && self.conn.conn.lock().following(self.stream)
+    }
+
+    fn unfollow(&mut self) -> Option<Subscription> {
+        let feed = self.conn.conn.lock().unfollow(self.stream)?;
+        into_subscription(feed)
+    }
+}
+
+fn into_subscription(feed: Box<dyn Feed>) -> Option<Subscription> {
+    let any: Box<dyn std::any::Any> = feed;
+    any.downcast::<RoomFeed>().ok().map(|f| f.sub)
 }
 
 impl<T: protobuf::Message> Requests<T> for H2Call {

@@ -16,6 +16,13 @@
 //! per stream is bounded by its receive window (inbound) and by what its
 //! stream thread may queue (outbound).
 //!
+//! A stream may also be fed ([`Conn::follow`]): the writer pulls its
+//! responses from a [`Feed`] (a subscription to a room's log) itself, as
+//! far as the client's windows allow, so a published message costs one
+//! wake of each connection's writer, not of every stream's thread (the
+//! shape `shared/prototypes/h2-fanout` measured). The stream's thread only
+//! waits for the end.
+//!
 //! This file is longer than most (about 900 lines before its tests): it is
 //! one state machine, and splitting the stream table from the frame rules
 //! that change it would scatter each rule over two files.
@@ -50,6 +57,19 @@ const MAX_CONTROL_BACKLOG: usize = 256 * 1024;
 /// One pass of the writer takes at most this much, so one busy stream
 /// cannot hold the others' frames back for long.
 const MAX_PASS_BYTES: usize = 256 * 1024;
+/// A fed stream's queue is topped up to this much at most (and no more
+/// than the windows allow): what a stalled client holds is bounded, and the
+/// room's slow-consumer rule sees its lag.
+const FEED_AHEAD: i64 = 64 * 1024;
+
+/// Responses the writer pulls for a stream itself (see [`Conn::follow`]).
+/// Runs under the connection's lock: it must not block.
+pub trait Feed: Send + std::any::Any {
+    /// Moves responses worth about `budget` bytes to the back of `queue`
+    /// (none when `budget` is 0). Returns true once the feed has ended and
+    /// nothing more will come of it.
+    fn pull(&mut self, budget: usize, queue: &mut VecDeque<Chunk>) -> bool;
+}
 
 /// What a connection allows; from `GrpcConfig`.
 #[derive(Clone, Debug)]
@@ -314,6 +334,10 @@ struct Stream {
     wake_below: Option<usize>,
     /// In the writer's `ready` queue (so asking again costs no search).
     in_ready: bool,
+    /// Where the writer pulls this stream's responses from, if it does.
+    feed: Option<Box<dyn Feed>>,
+    /// The feed has ended (the stream's thread is woken for it).
+    feed_over: bool,
 }
 
 impl Stream {
@@ -353,6 +377,8 @@ pub struct Conn {
     control: Vec<u8>,
     /// Streams with something to write, in the order they asked.
     ready: VecDeque<u32>,
+    /// Streams with a live feed.
+    fed: Vec<u32>,
     /// GOAWAY sent: the last stream id we will serve.
     goaway: Option<u32>,
     draining: bool,
@@ -399,6 +425,7 @@ impl Conn {
             budgets: Budgets::new(),
             control,
             ready: VecDeque::new(),
+            fed: Vec::new(),
             goaway: None,
             draining: false,
             closing: false,
@@ -1087,8 +1114,78 @@ impl Conn {
         }
     }
 
+    /// From now on the writer pulls the stream's responses from `feed`
+    /// (after what is queued). Gives the feed back if the stream is gone.
+    pub fn follow(&mut self, stream: u32, feed: Box<dyn Feed>) -> Result<(), Box<dyn Feed>> {
+        if self.closing {
+            return Err(feed);
+        }
+        match self.streams.get_mut(&stream) {
+            Some(s) if !s.local_closed && s.trailers.is_none() && s.feed.is_none() => {
+                s.feed = Some(feed);
+                s.feed_over = false;
+                self.fed.push(stream);
+                Ok(())
+            }
+            _ => Err(feed),
+        }
+    }
+
+    /// True while the stream is open and its feed has not ended.
+    pub fn following(&self, stream: u32) -> bool {
+        !self.closing
+            && self
+                .streams
+                .get(&stream)
+                .is_some_and(|s| s.feed.is_some() && !s.feed_over && !s.local_closed)
+    }
+
+    /// Takes the stream's feed back (what it already gave stays queued).
+    pub fn unfollow(&mut self, stream: u32) -> Option<Box<dyn Feed>> {
+        self.fed.retain(|&id| id != stream);
+        self.streams.get_mut(&stream)?.feed.take()
+    }
+
+    /// Tops up every fed stream's queue from its feed, within the windows,
+    /// and notices feeds that ended (their threads are woken). A stream
+    /// whose window is shut pulls nothing: it falls behind in the room, and
+    /// the room's slow-consumer rule ends its feed.
+    fn pull_feeds(&mut self) {
+        let conn_window = self.conn_send_window;
+        let mut i = 0;
+        while i < self.fed.len() {
+            let id = self.fed[i];
+            let Some(s) = self.streams.get_mut(&id) else {
+                self.fed.swap_remove(i);
+                continue;
+            };
+            let Some(feed) = s.feed.as_mut() else {
+                self.fed.swap_remove(i);
+                continue;
+            };
+            let budget = s.send_window.min(conn_window).min(FEED_AHEAD) - s.queued_bytes as i64;
+            let before = s.queue.len();
+            let over = feed.pull(budget.max(0) as usize, &mut s.queue);
+            if s.queue.len() > before {
+                s.queued_bytes += s.queue.iter().skip(before).map(Chunk::len).sum::<usize>();
+                if !s.in_ready {
+                    s.in_ready = true;
+                    self.ready.push_back(id);
+                }
+            }
+            if over {
+                s.feed_over = true;
+                s.wake();
+                self.fed.swap_remove(i);
+                continue;
+            }
+            i += 1;
+        }
+    }
+
     /// Ends a stream with `status` after what is queued (trailers, or one
-    /// trailers-only HEADERS when nothing was sent).
+    /// trailers-only HEADERS when nothing was sent). A feed still attached
+    /// is let go: nothing may follow the trailers.
     pub fn finish(&mut self, stream: u32, status: &Status) {
         if self.closing {
             return;
@@ -1099,6 +1196,7 @@ impl Conn {
         if s.local_closed || s.trailers.is_some() {
             return;
         }
+        s.feed = None;
         let mut block = Block::new();
         if !s.headers_sent && s.queue.is_empty() {
             block = response_headers(block);
@@ -1213,6 +1311,9 @@ impl Conn {
     /// trailers. Wakes stream threads whose queues drained.
     pub fn take_output(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.control);
+        if !self.fed.is_empty() {
+            self.pull_feeds();
+        }
         let max_frame = self.peer_max_frame;
         let mut rounds = self.ready.len();
         while rounds > 0 && out.len() < MAX_PASS_BYTES {

@@ -237,6 +237,84 @@ fn many_messages_share_data_frames_up_to_the_frame_size() {
     assert_eq!(data.iter().map(|f| f.payload.len()).sum::<usize>(), 65_535);
 }
 
+/// A feed over a shared list: the test plays the room.
+struct ListFeed(Arc<parking_lot::Mutex<(VecDeque<Vec<u8>>, bool)>>);
+
+impl Feed for ListFeed {
+    fn pull(&mut self, budget: usize, queue: &mut VecDeque<Chunk>) -> bool {
+        let mut room = self.0.lock();
+        let mut taken = 0;
+        while taken < budget {
+            let Some(m) = room.0.pop_front() else { break };
+            taken += m.len() + g::PREFIX_LEN;
+            queue.push_back(Chunk::message(&m));
+        }
+        room.1 && room.0.is_empty()
+    }
+}
+
+#[test]
+fn a_fed_stream_is_written_from_its_feed_within_the_window_and_its_thread_woken_at_the_end() {
+    let mut c = Client::new();
+    c.frame(|b| frame::put_settings(b, &[(setting::INITIAL_WINDOW_SIZE, 100)]));
+    c.output();
+    c.headers(1, SEND, true);
+    let room = Arc::new(parking_lot::Mutex::new((VecDeque::new(), false)));
+    let (waker, woken) = crossbeam_channel::bounded(1);
+    c.conn.set_waker(1, waker);
+    c.conn.send(1, [Chunk::message(b"welcome")]);
+    assert!(c.conn.follow(1, Box::new(ListFeed(room.clone()))).is_ok());
+    assert!(c.conn.following(1));
+    // A second feed on the same stream is given back.
+    assert!(c.conn.follow(1, Box::new(ListFeed(room.clone()))).is_err());
+    room.lock().0.extend((0..20u8).map(|i| vec![i; 15]));
+    let out = c.output();
+    let data: Vec<&Out> = out.iter().filter(|f| f.head.kind == kind::DATA).collect();
+    // The welcome first, then messages up to the 100-byte window; the rest
+    // stays in the room (the feed is pulled no further than the window).
+    assert_eq!(&data[0].payload[5..12], b"welcome");
+    assert_eq!(data.iter().map(|f| f.payload.len()).sum::<usize>(), 100);
+    assert!(room.lock().0.len() >= 14, "{} left", room.lock().0.len());
+    assert!(woken.try_recv().is_err());
+    // The window opens: the writer takes the rest without anyone queueing.
+    c.frame(|b| frame::put_window_update(b, 1, 10_000));
+    let more: usize = c
+        .output()
+        .iter()
+        .filter(|f| f.head.kind == kind::DATA)
+        .map(|f| f.payload.len())
+        .sum();
+    assert_eq!(12 + 20 * 20, 100 + more);
+    assert!(room.lock().0.is_empty());
+    // The room ends the feed: the stream's thread is woken and takes it back.
+    room.lock().1 = true;
+    c.output();
+    assert!(woken.try_recv().is_ok());
+    assert!(!c.conn.following(1));
+    assert!(c.conn.unfollow(1).is_some());
+    c.conn.finish(1, &Status::ok());
+    let out = c.output();
+    assert_eq!(out[0].header("grpc-status"), Some("0"));
+}
+
+#[test]
+fn a_fed_stream_reset_by_the_client_drops_its_feed_and_wakes_its_thread() {
+    let mut c = Client::new();
+    c.headers(1, SEND, true);
+    let room = Arc::new(parking_lot::Mutex::new((VecDeque::new(), false)));
+    let (waker, woken) = crossbeam_channel::bounded(1);
+    c.conn.set_waker(1, waker);
+    assert!(c.conn.follow(1, Box::new(ListFeed(room.clone()))).is_ok());
+    c.frame(|b| frame::put_rst_stream(b, 1, ErrorCode::Cancel));
+    assert!(woken.try_recv().is_ok());
+    assert!(!c.conn.following(1));
+    assert!(c.conn.unfollow(1).is_none());
+    // The feed went with the stream.
+    assert_eq!(Arc::strong_count(&room), 1);
+    room.lock().0.push_back(b"late".to_vec());
+    assert!(c.output().iter().all(|f| f.head.kind != kind::DATA));
+}
+
 #[test]
 fn rapid_reset_ends_the_connection_with_enhance_your_calm() {
     let mut c = Client::new();

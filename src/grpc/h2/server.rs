@@ -11,13 +11,16 @@
 //!   `shared/prototypes/h2-fanout`: one write carries many streams' DATA).
 //!   It also sends the keepalive PINGs.
 //!
-//! Stream threads only queue on the connection and wake the writer. No
-//! lock is held while writing to or reading from a socket.
+//! Stream threads only queue on the connection and wake the writer; a
+//! SubscribeMessages stream does not even do that: the writer reads its
+//! room's log itself, woken by the room (`hub::Watch`) once per publish
+//! for all its streams. No lock is held while writing to or reading from a
+//! socket.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -27,6 +30,7 @@ use super::dispatch::Dispatch;
 use super::tls::{Tls, HANDSHAKE_TIMEOUT};
 use crate::error::Error;
 use crate::grpc::Shared;
+use crate::hub::Watch;
 use crate::threads::{Permit, Slots, Threads};
 
 /// Read buffer of a connection: a few of the largest frames.
@@ -43,6 +47,14 @@ const KEEP_OUTPUT: usize = 1 << 20;
 pub struct ConnShared {
     pub(super) conn: Mutex<Conn>,
     writer: Condvar,
+    /// Something may be there to write: set by every wake, cleared by the
+    /// writer before it looks (so a wake while it looks is not lost).
+    pending: AtomicBool,
+    /// The writer is about to wait or waiting on `writer`.
+    sleeping: AtomicBool,
+    /// What the rooms of its fed streams call (one per connection, so a
+    /// room calls it once however many of its streams read the room).
+    pub(super) watcher: Arc<dyn Watch>,
     pub(super) peer: String,
     socket: TcpStream,
     /// TLS state, when the port speaks TLS.
@@ -53,15 +65,26 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    /// Tells the writer there may be something to write.
+    /// Tells the writer there may be something to write. Never call it with
+    /// the connection's lock held.
+    ///
+    /// A wake may come from outside the lock (a room's tail moved): the
+    /// flag is set before the writer's state is read, and the writer
+    /// announces its sleep before it reads the flag, so one of them sees the
+    /// other (SeqCst); the notify is made under the lock, so it cannot fall
+    /// between the writer's last look and its wait.
     pub fn wake_writer(&self) {
-        self.writer.notify_one();
+        self.pending.store(true, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            let _held = self.conn.lock();
+            self.writer.notify_one();
+        }
     }
 
     /// Ends the connection now: both threads see it at once.
     fn close(&self) {
         let _ = self.socket.shutdown(Shutdown::Both);
-        self.writer.notify_one();
+        self.wake_writer();
     }
 }
 
@@ -257,9 +280,12 @@ fn serve(
         .peer_addr()
         .map(|a| format!("ipv{}:{a}", if a.is_ipv4() { 4 } else { 6 }))
         .unwrap_or_else(|_| "unknown".into());
-    let conn = Arc::new(ConnShared {
+    let conn = Arc::new_cyclic(|me| ConnShared {
         conn: Mutex::new(Conn::new(limits.clone())),
         writer: Condvar::new(),
+        pending: AtomicBool::new(false),
+        sleeping: AtomicBool::new(false),
+        watcher: Arc::new(WriterWatch(me.clone())),
         peer,
         // The one descriptor of the connection: the reader and the writer
         // use it through `&TcpStream` (a connection costs one fd).
@@ -289,6 +315,18 @@ fn serve(
         return Err(e);
     }
     Ok(())
+}
+
+/// Wakes a connection's writer for its rooms. Weak: a room's list of
+/// watchers must not keep a closed connection alive.
+struct WriterWatch(Weak<ConnShared>);
+
+impl Watch for WriterWatch {
+    fn wake(&self) {
+        if let Some(conn) = self.0.upgrade() {
+            conn.wake_writer();
+        }
+    }
 }
 
 fn read_loop(conn: &Arc<ConnShared>, shared: &Arc<Shared>) {
@@ -382,6 +420,7 @@ fn write_loop(conn: &ConnShared) {
         let closing = {
             let mut c = conn.conn.lock();
             loop {
+                conn.pending.store(false, Ordering::SeqCst);
                 let now = Instant::now();
                 if c.tick(now) == Tick::Close {
                     break;
@@ -392,7 +431,11 @@ fn write_loop(conn: &ConnShared) {
                     break;
                 }
                 let next = c.next_tick(now);
-                conn.writer.wait_until(&mut c, next);
+                conn.sleeping.store(true, Ordering::SeqCst);
+                if !conn.pending.load(Ordering::SeqCst) {
+                    conn.writer.wait_until(&mut c, next);
+                }
+                conn.sleeping.store(false, Ordering::SeqCst);
             }
             c.is_closing()
         };
