@@ -8,6 +8,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod grpc;
