@@ -16,6 +16,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod proto;
+pub mod rate;
 #[allow(unsafe_code)]
 pub(crate) mod sys;
 pub mod systemd;
