@@ -147,13 +147,13 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         "tls-cert",
         "STREAMHUB_TLS_CERT",
         "",
-        "PEM certificate chain: with --tls-key, the gRPC port speaks TLS only (ALPN h2; TLS 1.2 and 1.3); empty: plain h2c",
+        "PEM certificate chain (leaf first): with --tls-key, both ports speak TLS only (TLS 1.2 and 1.3; gRPC with ALPN h2, HTTP with http/1.1); SIGHUP reloads both files; under systemd see LoadCredential= in the unit; empty: plain h2c and HTTP",
     ),
     opt(
         "tls-key",
         "STREAMHUB_TLS_KEY",
         "",
-        "PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert",
+        "PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert; read again on SIGHUP",
     ),
     opt(
         "chat-heartbeat-secs",
@@ -438,6 +438,8 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub http: HttpConfig,
     pub hub: HubConfig,
+    /// Certificate and key of both ports, when they speak TLS.
+    pub tls: Option<TlsFiles>,
     /// Time open streams get to drain on shutdown.
     pub shutdown_grace: Duration,
 }
@@ -456,13 +458,19 @@ pub struct GrpcConfig {
     pub max_header_list_bytes: usize,
     /// Open connections allowed on the gRPC port.
     pub max_connections: usize,
-    /// Certificate chain and key files: TLS on the gRPC port.
-    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub keepalive: Duration,
     pub keepalive_timeout: Duration,
     pub chat_heartbeat: Duration,
     pub stream_stack_bytes: usize,
     pub write_timeout: Duration,
+}
+
+/// `--tls-cert` and `--tls-key`: the PEM files both ports serve, read at
+/// start and again on SIGHUP.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// Settings of the HTTP/SSE front door.
@@ -506,7 +514,10 @@ impl Config {
                     "--tls-cert and --tls-key go together: give both or neither".into(),
                 ))
             }
-            (c, k) => Some((c.into(), k.into())),
+            (c, k) => Some(TlsFiles {
+                cert: c.into(),
+                key: k.into(),
+            }),
         };
         let stream_stack_bytes = raw.number("stream-stack-kib", 32, 16 * 1024)? as usize * 1024;
         Ok(Config {
@@ -517,7 +528,6 @@ impl Config {
                 max_streams_per_connection: raw.number("max-streams-per-connection", 1, 1 << 16)?
                     as usize,
                 max_header_list_bytes: raw.number("max-header-list-bytes", 1024, 1 << 20)? as usize,
-                tls,
                 max_connections: raw.number("max-grpc-connections", 1, 1 << 20)? as usize,
                 keepalive: raw.secs("keepalive-secs", 1, 86_400)?,
                 keepalive_timeout: raw.secs("keepalive-timeout-secs", 1, 3600)?,
@@ -550,6 +560,7 @@ impl Config {
                 max_rooms: raw.number("max-rooms", 1, 1 << 24)? as usize,
                 history_total_bytes: raw.number("history-total-bytes", 0, 1 << 40)? as usize,
             },
+            tls,
             shutdown_grace: raw.secs("shutdown-grace-secs", 0, 3600)?,
         })
     }

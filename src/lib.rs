@@ -3,8 +3,9 @@
 //! in-process broadcast [`hub::Hub`]; every stream is served by its own named
 //! thread.
 //!
-//! [`App`] is the whole server: `main` starts it from a [`config::Config`]
-//! and stops it on a signal; the integration tests start it on port 0.
+//! [`App`] is the whole server: `main` starts it from a [`config::Config`],
+//! reloads its certificate on SIGHUP ([`App::reload_tls`]) and stops it on
+//! SIGTERM or SIGINT; the integration tests start it on port 0.
 
 #![deny(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod rate;
 pub(crate) mod sys;
 pub mod systemd;
 pub mod threads;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +43,8 @@ pub struct App {
     threads: Threads,
     grpc: Option<grpc::GrpcServer>,
     http: Option<http::HttpServer>,
+    /// The certificate both ports serve, when they speak TLS.
+    tls: Option<Arc<tls::Certificates>>,
     /// Dropped to tell every thread that shutdown began.
     stop_tx: Option<Sender<()>>,
     stopping: Receiver<()>,
@@ -54,8 +58,16 @@ impl App {
         let telemetry = Arc::new(Telemetry::default());
         let threads = Threads::new();
         let (stop_tx, stopping) = crossbeam_channel::bounded::<()>(0);
+        // One certificate store for both ports, each with its own ALPN.
+        let tls = config
+            .tls
+            .as_ref()
+            .map(tls::Certificates::load)
+            .transpose()?;
+        let door = |alpn| tls.as_ref().map(|t| t.server_config(alpn)).transpose();
         let grpc = grpc::GrpcServer::start(
             &config.grpc,
+            door(tls::ALPN_H2)?,
             hub.clone(),
             telemetry.clone(),
             threads.clone(),
@@ -68,6 +80,7 @@ impl App {
         );
         let http = http::HttpServer::start(
             &config.http,
+            door(tls::ALPN_HTTP1)?,
             hub.clone(),
             telemetry.clone(),
             threads.clone(),
@@ -78,12 +91,20 @@ impl App {
             config.http.addr.ip(),
             http.port()
         );
+        if let Some(tls) = &tls {
+            log::info!(
+                "both ports speak TLS only (gRPC ALPN h2, HTTP http/1.1): {} sha256 {}",
+                tls.cert_path().display(),
+                tls.fingerprint()
+            );
+        }
         Ok(App {
             hub,
             telemetry,
             threads,
             grpc: Some(grpc),
             http: Some(http),
+            tls,
             stop_tx: Some(stop_tx),
             stopping,
             grace: config.shutdown_grace,
@@ -140,6 +161,26 @@ impl App {
             }
         })?;
         Ok(())
+    }
+
+    /// Reads `--tls-cert` and `--tls-key` again (SIGHUP): new connections on
+    /// both ports get the new certificate, open ones keep theirs. A bad file
+    /// keeps the old certificate; the log says why either way.
+    pub fn reload_tls(&self) {
+        let Some(tls) = &self.tls else {
+            log::info!("no certificate to reload: the ports speak no TLS (no --tls-cert)");
+            return;
+        };
+        let before = tls.fingerprint();
+        match tls.reload() {
+            Ok(()) => log::info!(
+                "TLS certificate reloaded: sha256 {} (was {before}); open connections keep theirs",
+                tls.fingerprint()
+            ),
+            Err(e) => {
+                log::warn!("TLS certificate not reloaded, still serving sha256 {before}: {e}")
+            }
+        }
     }
 
     /// A receiver that disconnects when shutdown begins.

@@ -1,5 +1,6 @@
 //! `streamhub`: parse the command line, set up logging, start the server (or
-//! run a client command), wait for a signal, exit. Errors become exit codes
+//! run a client command), wait for a signal (SIGHUP reloads the TLS
+//! certificate; SIGTERM or SIGINT stops), exit. Errors become exit codes
 //! here and nowhere else: 0 success, 1 runtime failure, 2 bad usage.
 
 use std::net::{SocketAddr, TcpStream};
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 mod client;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use streamhub::config::{self, Config, RawArgs, SERVE_OPTIONS};
@@ -51,7 +52,10 @@ fn serve(args: &[String]) -> Result<(), Error> {
         return Ok(());
     }
     systemd::init_logging();
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    // SIGHUP is taken before the server starts, so that a reload sent early
+    // (a renewal hook racing a restart) cannot kill the process: its
+    // default action is to terminate.
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let (grpc_addr, http_addr) = (config.grpc.addr, config.http.addr);
     let app = App::start(config)?;
     let notifier = Notifier::from_env();
@@ -65,15 +69,28 @@ fn serve(args: &[String]) -> Result<(), Error> {
             app.start_watchdog(every, move || watchdog.notify("WATCHDOG=1"))?;
         }
     }
-    if let Some(signal) = signals.forever().next() {
-        log::info!("received signal {signal}");
+    for signal in signals.forever() {
+        if signal != SIGHUP {
+            log::info!("received signal {signal}");
+            break;
+        }
+        // Certificate renewal: new connections get the new certificate,
+        // open streams go on. (No RELOADING=1 to systemd: the unit's
+        // ExecReload only sends the signal, and the reload is over in
+        // about a millisecond.)
+        app.reload_tls();
     }
     notifier.notify("STOPPING=1");
-    // A second signal while draining means "now".
+    // A second SIGTERM or SIGINT while draining means "now"; a reload then
+    // is pointless (the server is going) and must not count as one.
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if signals.forever().next().is_some() {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    log::info!("SIGHUP while shutting down: ignored");
+                    continue;
+                }
                 log::warn!("second signal: exiting at once");
                 std::process::exit(1);
             }

@@ -11,3 +11,4 @@ mod sse;
 mod stress;
 mod support;
 mod tls;
+mod tls_http;

@@ -1,6 +1,7 @@
 //! TLS on the gRPC port: a certificate made here with `openssl`, the real
 //! binary, Python's grpcio with `ssl_channel_credentials`, and clients
-//! that speak the wrong thing.
+//! that speak the wrong thing. The HTTP port's TLS and the SIGHUP reload
+//! are in `tls_http`, with the helpers here.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,11 +14,18 @@ use crate::support::{python, root, unique};
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, and its key
 /// (EC P-256, PKCS#8), in a directory of their own.
-fn certificate() -> (PathBuf, PathBuf, PathBuf) {
+pub fn certificate() -> (PathBuf, PathBuf, PathBuf) {
     let dir =
         std::env::temp_dir().join(format!("streamhub-tls-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    make_certificate(&cert, &key);
+    (dir, cert, key)
+}
+
+/// Writes a new self-signed certificate and key to `cert` and `key`
+/// (replacing what is there: a renewal).
+pub fn make_certificate(cert: &Path, key: &Path) {
     let status = Command::new("openssl")
         .args([
             "req",
@@ -30,17 +38,16 @@ fn certificate() -> (PathBuf, PathBuf, PathBuf) {
         .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
         .arg("-keyout")
-        .arg(&key)
+        .arg(key)
         .arg("-out")
-        .arg(&cert)
+        .arg(cert)
         .stderr(std::process::Stdio::null())
         .status()
         .expect("openssl runs (Debian's openssl package)");
     assert!(status.success());
-    (dir, cert, key)
 }
 
-fn tls_flags<'a>(cert: &'a Path, key: &'a Path) -> [&'a str; 4] {
+pub fn tls_flags<'a>(cert: &'a Path, key: &'a Path) -> [&'a str; 4] {
     [
         "--tls-cert",
         cert.to_str().unwrap(),

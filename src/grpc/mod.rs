@@ -138,9 +138,11 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Binds `config.addr` and starts serving.
+    /// Binds `config.addr` and starts serving; with `tls` (ALPN h2, from
+    /// `crate::tls`), every connection speaks TLS only.
     pub fn start(
         config: &GrpcConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
         hub: Arc<Hub>,
         telemetry: Arc<Telemetry>,
         threads: Threads,
@@ -163,17 +165,6 @@ impl GrpcServer {
             keepalive: config.keepalive,
             keepalive_timeout: config.keepalive_timeout,
             ..h2::conn::Limits::default()
-        };
-        let tls = match &config.tls {
-            Some((cert, key)) => {
-                let tls = h2::tls::load(cert, key)?;
-                log::info!(
-                    "gRPC port speaks TLS only (ALPN h2), certificate {}",
-                    cert.display()
-                );
-                Some(tls)
-            }
-            None => None,
         };
         let server = h2::server::Server::start(shared.clone(), limits, tls)?;
         Ok(GrpcServer { server, shared })

@@ -5,7 +5,8 @@
 //! [`Step`] comes out of [`Incoming::advance`], and nothing here touches a
 //! socket, so the limits (head size, body size, deadlines) are unit-tested
 //! without one. `server` owns the I/O around it: reading without blocking on
-//! `http-accept`, writing responses on a worker.
+//! `http-accept`, writing responses on a worker; `wire` reads and writes
+//! the bytes, through TLS when the port speaks it.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use super::request::{
     framing, head_may_be_complete, parse_head, ChunkedDecoder, Framing, Rejection, Request,
     MAX_HEAD_BYTES,
 };
+use super::wire::{starts_tls, Tls};
 use crate::threads::Permit;
 
 /// After an error response, most bytes read and discarded before closing.
@@ -166,6 +168,12 @@ impl Incoming {
                     self.deadline = now + header_timeout;
                 }
                 Phase::Head { scanned } => {
+                    // A TLS client on a plain port: refused at its first
+                    // byte, not after the head deadline (no request line
+                    // starts with it, and a ClientHello has no blank line).
+                    if self.buf.first().is_some_and(|b| starts_tls(*b)) {
+                        return Step::Fail(Rejection::new(400, NOT_PLAIN));
+                    }
                     let parsed = if head_may_be_complete(&self.buf, *scanned) {
                         parse_head(&self.buf)
                     } else {
@@ -242,6 +250,11 @@ impl Incoming {
     }
 }
 
+/// The answer to a TLS handshake on a plain HTTP port (the client's TLS
+/// library reports it as a protocol error; a person may read it in a dump).
+const NOT_PLAIN: &str =
+    "this port speaks plain HTTP, not TLS: use http://, or start streamhub with --tls-cert";
+
 fn head_too_large() -> Rejection {
     Rejection::new(
         431,
@@ -252,6 +265,9 @@ fn head_too_large() -> Rejection {
 /// One client connection and what has arrived of its current request.
 pub(super) struct Conn {
     pub stream: TcpStream,
+    /// The TLS session over `stream`, when the port speaks TLS (its I/O is
+    /// in `wire`).
+    pub tls: Option<Box<Tls>>,
     pub peer: SocketAddr,
     pub incoming: Incoming,
     /// One slot of `--max-http-connections`; `None` for a connection that
@@ -268,6 +284,7 @@ impl Conn {
     ) -> Conn {
         Conn {
             stream,
+            tls: None,
             peer,
             incoming: Incoming::new(deadline),
             _slot: slot,
@@ -380,6 +397,25 @@ mod tests {
             feed(&mut c, &vec![0; LINGER_DISCARD]),
             Step::Close
         ));
+    }
+
+    #[test]
+    fn a_tls_client_hello_on_a_plain_port_is_refused_at_its_first_byte() {
+        let mut c = fresh();
+        // The first five bytes of a ClientHello record, nowhere near a
+        // blank line.
+        let Step::Fail(rejection) = feed(&mut c, b"\x16\x03\x01\x02\x00") else {
+            panic!("a handshake record is refused at once");
+        };
+        assert_eq!(rejection.status, 400);
+        assert!(rejection.reason.contains("not TLS"), "{}", rejection.reason);
+        // A keep-alive connection's next request too.
+        let mut c = fresh();
+        assert!(matches!(
+            feed(&mut c, b"GET / HTTP/1.1\r\n\r\n"),
+            Step::Dispatch(_)
+        ));
+        assert!(matches!(feed(&mut c, b"\x16"), Step::Fail(_)));
     }
 
     #[test]

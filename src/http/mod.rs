@@ -24,9 +24,15 @@
 //! `--max-message-bytes`; `--http-workers` + `--max-sse-clients` + 1
 //! threads.
 //!
+//! With `--tls-cert` the port speaks TLS only (rustls, ALPN `http/1.1`, TLS
+//! 1.2 and 1.3, the certificate `crate::tls` owns for both ports): the
+//! handshake runs on `http-accept` without blocking and within the head
+//! deadline, and the session then moves with its connection like the
+//! socket (`wire`).
+//!
 //! Pure protocol logic lives in [`request`], [`response`], [`routes`],
 //! [`sse`] and [`prometheus`], and the connection state machine in `conn`;
-//! `server` and `stream` are the I/O around it.
+//! `server`, `stream` and `wire` are the I/O around it.
 
 mod conn;
 pub(crate) mod prometheus;
@@ -36,6 +42,7 @@ pub(crate) mod routes;
 mod server;
 pub(crate) mod sse;
 mod stream;
+mod wire;
 // The one module allowed `unsafe` (poll(2), listen(2)); see its header.
 
 /// Cases per property test of the submodules; `STREAMHUB_STRESS=long`
@@ -75,6 +82,8 @@ struct Shared {
     telemetry: Arc<Telemetry>,
     threads: Threads,
     config: HttpConfig,
+    /// The port's TLS configuration (ALPN http/1.1), when it speaks TLS.
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Disconnects when shutdown begins.
     stopping: Receiver<()>,
     /// Connections being served (counted against `--max-http-connections`).
@@ -106,9 +115,11 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds `config.addr` (port 0 picks a free port) and starts the
-    /// accept thread and the workers.
+    /// accept thread and the workers; with `tls` (from `crate::tls`), every
+    /// connection speaks TLS only.
     pub fn start(
         config: &HttpConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
         hub: Arc<Hub>,
         telemetry: Arc<Telemetry>,
         threads: Threads,
@@ -129,6 +140,7 @@ impl HttpServer {
             telemetry,
             threads: threads.clone(),
             config: config.clone(),
+            tls,
             stopping,
             open_connections: Slots::new(),
             sse_streams: Slots::new(),

@@ -5,10 +5,13 @@
 //! A connection moves between threads and is owned by exactly one at a
 //! time: `http-accept` while a request is arriving or the connection is
 //! idle, a worker while its request runs, an `sse-N` thread for the rest
-//! of its life once it becomes an event stream.
+//! of its life once it becomes an event stream. Its TLS session, when the
+//! port speaks TLS, moves with it: the handshake is read and written on
+//! `http-accept` like a head, without blocking and within the head
+//! deadline (`wire`).
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener};
+use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -24,6 +27,7 @@ use super::request::Request;
 use super::response::Response;
 use super::routes::{self, Action};
 use super::stream;
+use super::wire::{Got, Tls};
 use super::Shared;
 use crate::sys::PollSet;
 
@@ -36,6 +40,10 @@ const TICK: Duration = Duration::from_millis(100);
 const LINGER: Duration = Duration::from_secs(1);
 /// Most connections lingering at once; past it they close at once.
 const MAX_LINGERING: usize = 256;
+/// How soon `http-accept` tries again to send TLS records the socket did
+/// not take (poll(2) here waits only for input). A handshake flight is a
+/// few KiB into an empty send buffer, so this is for pathological clients.
+const RETRY_OUTPUT: Duration = Duration::from_millis(10);
 
 /// A complete request and its connection, for a worker.
 pub(super) struct Job {
@@ -116,9 +124,16 @@ impl Poller {
             }
             self.expire(now);
             let next = self.conns.iter().map(|c| c.incoming.deadline).min();
-            let timeout = next
+            let mut timeout = next
                 .map_or(TICK, |d| d.saturating_duration_since(now))
                 .min(TICK);
+            for conn in &self.conns {
+                if conn.has_hidden_input() {
+                    timeout = Duration::ZERO;
+                } else if conn.has_pending_output() {
+                    timeout = timeout.min(RETRY_OUTPUT);
+                }
+            }
             let listening = !matches!(self.accept_paused_until, Some(t) if now < t);
             self.set.clear();
             self.set.push(self.wake.as_raw_fd());
@@ -140,10 +155,14 @@ impl Poller {
             // Backwards, so that removing index i (swap_remove) and pushing
             // at the end never moves a connection not yet looked at.
             for i in (0..self.conns.len()).rev() {
-                if self.set.ready(i + 2) {
+                let conn = &self.conns[i];
+                if self.set.ready(i + 2) || conn.has_hidden_input() || conn.has_pending_output() {
                     let mut conn = self.conns.swap_remove(i);
-                    self.fill(&mut conn);
-                    self.settle(conn, now);
+                    if self.fill(&mut conn) == Got::NotTls {
+                        self.refuse_plain(conn, now);
+                    } else {
+                        self.settle(conn, now);
+                    }
                 }
             }
             if self.set.ready(0) {
@@ -160,33 +179,48 @@ impl Poller {
         );
     }
 
-    /// Reads what the connection's phase may take, without blocking.
-    fn fill(&mut self, conn: &mut Conn) {
+    /// Reads what the connection's phase may take, without blocking
+    /// (through TLS: the handshake too). Returns what the last read found.
+    fn fill(&mut self, conn: &mut Conn) -> Got {
         for _ in 0..4 {
             let want = conn.incoming.wants().min(self.scratch.len());
             if want == 0 {
-                return;
+                return Got::Nothing;
             }
-            match (&conn.stream).read(&mut self.scratch[..want]) {
-                Ok(0) => {
-                    conn.incoming.eof = true;
-                    return;
-                }
-                Ok(n) => {
+            match conn.read_now(&mut self.scratch[..want]) {
+                Got::Bytes(n) => {
                     conn.incoming.received(&self.scratch[..n]);
-                    if n < want {
-                        return;
+                    // A short plain read emptied the socket; a TLS read
+                    // stops at a record's end.
+                    if n < want && !conn.is_tls() {
+                        return Got::Bytes(n);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
+                Got::Eof => {
+                    conn.incoming.eof = true;
+                    return Got::Eof;
+                }
+                Got::Broken => {
                     conn.incoming.eof = true;
                     conn.incoming.broken = true;
-                    return;
+                    return Got::Broken;
                 }
+                other => return other,
             }
         }
+        Got::Nothing
+    }
+
+    /// Plain HTTP on the TLS port: a `400` in clear text the client can
+    /// read (an alert it could not), and the connection closes.
+    fn refuse_plain(&mut self, mut conn: Conn, now: Instant) {
+        log::debug!("{}: plain HTTP on the TLS port", conn.peer);
+        conn.tls = None;
+        let response = Response::error(
+            400,
+            "this port speaks TLS only: use https:// (plain HTTP is not served here)",
+        );
+        self.fail(conn, response, now);
     }
 
     /// Decides what happens to a connection that got bytes (or came back
@@ -202,8 +236,9 @@ impl Poller {
         let step = conn.incoming.advance(max_body, header_timeout, now);
         if conn.incoming.take_continue() {
             // A few bytes into an empty send buffer: never blocks.
-            let _ = (&conn.stream).write(b"HTTP/1.1 100 Continue\r\n\r\n");
+            conn.send_now(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
+        conn.refresh();
         match step {
             Step::Wait => self.conns.push(conn),
             Step::Close => {}
@@ -223,8 +258,7 @@ impl Poller {
     /// Sends a short error response without blocking, then lingers.
     fn fail(&mut self, mut conn: Conn, response: Response, now: Instant) {
         self.shared.telemetry.http_response(response.status);
-        let _ = (&conn.stream).write(&response.to_bytes(false, true));
-        let _ = conn.stream.shutdown(Shutdown::Write);
+        conn.send_last_now(&response.to_bytes(false, true));
         let lingering = self
             .conns
             .iter()
@@ -244,7 +278,10 @@ impl Poller {
                 continue;
             }
             let conn = self.conns.swap_remove(i);
-            if conn.incoming.mid_request() {
+            if conn.is_handshaking() {
+                // Nothing can be said before the handshake: just close.
+                log::debug!("{}: TLS handshake not done in time", conn.peer);
+            } else if conn.incoming.mid_request() {
                 log::debug!("{}: request not complete in time", conn.peer);
                 let response = Response::error(408, "the request did not arrive in time");
                 self.fail(conn, response, now);
@@ -274,8 +311,14 @@ impl Poller {
             }
             let _ = stream.set_nodelay(true);
             let _ = stream.set_write_timeout(Some(config.write_timeout));
+            // The handshake counts against the head's deadline.
             let deadline = now + config.header_timeout;
             let Some(slot) = self.shared.open_connections.take(config.max_connections) else {
+                if self.shared.tls.is_some() {
+                    // A 503 would need a handshake first, the work the cap
+                    // is there to refuse: the client sees the close.
+                    continue;
+                }
                 let conn = Conn::new(stream, peer, None, deadline);
                 let response = Response::unavailable(
                     &format!("too many connections (limit {})", config.max_connections),
@@ -284,8 +327,17 @@ impl Poller {
                 self.fail(conn, response, now);
                 continue;
             };
-            self.conns
-                .push(Conn::new(stream, peer, Some(slot), deadline));
+            let mut conn = Conn::new(stream, peer, Some(slot), deadline);
+            if let Some(tls) = &shared.tls {
+                match Tls::new(tls) {
+                    Ok(tls) => conn.tls = Some(Box::new(tls)),
+                    Err(e) => {
+                        log::warn!("TLS session not made: {e}");
+                        continue;
+                    }
+                }
+            }
+            self.conns.push(conn);
         }
     }
 }
@@ -331,11 +383,9 @@ fn serve(shared: &Arc<Shared>, job: Job, back: &GiveBack) {
     response.headers.extend(cors);
     close |= response.streaming;
     shared.telemetry.http_response(response.status);
-    let written = conn
-        .stream
-        .write_all(&response.to_bytes(req.is_head(), close));
+    let written = conn.write_all(&response.to_bytes(req.is_head(), close));
     if written.is_err() || close {
-        let _ = conn.stream.shutdown(Shutdown::Both);
+        conn.finish();
         return;
     }
     conn.incoming

@@ -1,7 +1,11 @@
 //! Event streams: `GET /events` (a room) and `GET /metrics/events`. Each
 //! runs on its own named thread that is the only writer of its socket and
-//! blocks on the hub queue, a timer and shutdown, never on a lock.
+//! blocks on the hub queue, a timer and shutdown, never on a lock. On a TLS
+//! port the thread also owns the connection's TLS session: it encrypts its
+//! events and reads the client's records itself to notice it leaving (a
+//! session is never driven by two threads).
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
@@ -11,6 +15,7 @@ use super::conn::Conn;
 use super::response::Response;
 use super::routes::{error_response, EventsParams, MetricsParams};
 use super::sse;
+use super::wire::Tls;
 use super::Shared;
 use crate::hub::{
     CloseReason, Message, MessageKind, Presence, Protocol, Replay, Subscription, Wait, MAX_BURST,
@@ -160,18 +165,45 @@ pub(super) fn open(
     }
 }
 
-/// A stream thread's socket for writing. The socket's own timeout is short
-/// so that a blocked write can look up between tries (has the hub dropped
-/// this subscriber?); a write fails only after `timeout` without progress.
+/// A stream thread's socket for writing, and its TLS session when the port
+/// speaks TLS. The socket's own timeout is short so that a blocked write
+/// can look up between tries (has the hub dropped this subscriber?); a
+/// write fails only after `timeout` without progress.
 struct Patient<'a> {
     stream: &'a TcpStream,
+    /// Borrowed by one write or liveness check at a time, all on this
+    /// thread.
+    tls: Option<RefCell<Box<Tls>>>,
     timeout: Duration,
 }
 
 impl<'a> Patient<'a> {
-    fn new(stream: &'a TcpStream, timeout: Duration) -> Patient<'a> {
+    fn new(stream: &'a TcpStream, tls: Option<Box<Tls>>, timeout: Duration) -> Patient<'a> {
         let _ = stream.set_write_timeout(Some(GIVE_UP_CHECK.min(timeout)));
-        Patient { stream, timeout }
+        Patient {
+            stream,
+            tls: tls.map(RefCell::new),
+            timeout,
+        }
+    }
+
+    /// Whether the client closed its end (see [`client_gone`]).
+    fn client_gone(&self) -> bool {
+        match &self.tls {
+            None => client_gone(self.stream),
+            Some(tls) => tls.borrow_mut().client_gone(self.stream),
+        }
+    }
+
+    /// The stream's end: close_notify on TLS (one try: a client that does
+    /// not read gets no more of our time), then both directions.
+    fn close(&self) {
+        if let Some(tls) = &self.tls {
+            let mut tls = tls.borrow_mut();
+            tls.close_notify();
+            let _ = tls.write_records(self.stream);
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
     }
 
     fn plain(&self) -> PatientWrite<'_> {
@@ -182,6 +214,7 @@ impl<'a> Patient<'a> {
     fn giving_up_when<'b>(&'b self, give_up: &'b dyn Fn() -> bool) -> PatientWrite<'b> {
         PatientWrite {
             stream: self.stream,
+            tls: self.tls.as_ref(),
             timeout: self.timeout,
             give_up,
         }
@@ -190,6 +223,7 @@ impl<'a> Patient<'a> {
 
 struct PatientWrite<'b> {
     stream: &'b TcpStream,
+    tls: Option<&'b RefCell<Box<Tls>>>,
     timeout: Duration,
     give_up: &'b dyn Fn() -> bool,
 }
@@ -211,15 +245,36 @@ impl PatientWrite<'_> {
     }
 }
 
+impl PatientWrite<'_> {
+    /// Sends every record the session holds, patiently.
+    fn send_records(&self, tls: &mut Tls) -> io::Result<()> {
+        while tls.wants_write() {
+            if self.retry(|| tls.write_records(self.stream))? == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Write for PatientWrite<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let stream = self.stream;
-        self.retry(|| (&*stream).write(buf))
+        self.write_vectored(&[IoSlice::new(buf)])
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let stream = self.stream;
-        self.retry(|| (&*stream).write_vectored(bufs))
+        let Some(tls) = self.tls else {
+            return self.retry(|| (&*stream).write_vectored(bufs));
+        };
+        // rustls takes up to its buffer limit (64 KiB) of plaintext, and
+        // what it took is on the wire before this returns, like a socket
+        // write.
+        let mut tls = tls.borrow_mut();
+        self.send_records(&mut tls)?;
+        let n = tls.queue(bufs)?;
+        self.send_records(&mut tls)?;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -332,7 +387,7 @@ fn encoded(m: &Message) -> &[u8] {
 /// falls behind or the server stops. Takes no lock: it reads the room log
 /// from its own position and sends everything up to the tail (at most a
 /// burst) with one `writev`.
-fn run_events(shared: &Shared, conn: Conn, start: EventsStart) {
+fn run_events(shared: &Shared, mut conn: Conn, start: EventsStart) {
     let EventsStart {
         params,
         mut sub,
@@ -349,10 +404,11 @@ fn run_events(shared: &Shared, conn: Conn, start: EventsStart) {
         }
     }
     let room = sub.room().clone();
+    let tls = conn.tls.take();
     let stream = &conn.stream;
     let types = params.types;
     let user = params.user.as_str();
-    let out = Patient::new(stream, shared.config.write_timeout);
+    let out = Patient::new(stream, tls, shared.config.write_timeout);
     let mut reason = write_pieces(out.plain(), &[&opening])
         .err()
         .map(|e| write_failure(&e));
@@ -408,11 +464,11 @@ fn run_events(shared: &Shared, conn: Conn, start: EventsStart) {
             Wait::TimedOut => {
                 let now = Instant::now();
                 if now >= next_beat {
-                    reason = keep_alive(&out, stream);
+                    reason = keep_alive(&out);
                     next_beat = now + keepalive;
                     next_check = now + LIVENESS_CHECK;
                 } else if now >= next_check {
-                    if client_gone(stream) {
+                    if out.client_gone() {
                         reason = Some(CloseReason::ClientClosed);
                     }
                     next_check = now + LIVENESS_CHECK;
@@ -429,13 +485,13 @@ fn run_events(shared: &Shared, conn: Conn, start: EventsStart) {
     // Unregistered first, so the LEAVE is not sent to the one leaving.
     drop(sub);
     drop(presence);
-    let _ = stream.shutdown(Shutdown::Both);
+    out.close();
     log::info!("SSE closed: room={room} user={user:?} reason={reason}");
 }
 
 /// The keep-alive comment, after checking that the client is still there.
-fn keep_alive(out: &Patient, stream: &TcpStream) -> Option<CloseReason> {
-    if client_gone(stream) {
+fn keep_alive(out: &Patient) -> Option<CloseReason> {
+    if out.client_gone() {
         return Some(CloseReason::ClientClosed);
     }
     let mut beat = Vec::new();
@@ -460,12 +516,12 @@ fn metric_json(m: &crate::metrics::Measurement, instance: &str) -> String {
 /// interval, the same measurements StreamMetrics sends.
 fn run_metrics(
     shared: &Shared,
-    conn: Conn,
+    mut conn: Conn,
     cors: &[(&'static str, String)],
     params: MetricsParams,
 ) {
-    let stream = &conn.stream;
-    let out = Patient::new(stream, shared.config.write_timeout);
+    let tls = conn.tls.take();
+    let out = Patient::new(&conn.stream, tls, shared.config.write_timeout);
     let MetricsParams { instance, interval } = params;
     log::info!(
         "SSE metrics opened: instance={instance:?} interval={interval:?} peer={}",
@@ -494,7 +550,7 @@ fn run_metrics(
                     reason = write_pieces(out.plain(), &[&batch]).err().map(|e| write_failure(&e));
                     next_beat = now + keepalive;
                 } else if now >= next_beat {
-                    reason = keep_alive(&out, stream);
+                    reason = keep_alive(&out);
                     next_beat = now + keepalive;
                 }
             }
@@ -505,7 +561,7 @@ fn run_metrics(
         let goodbye = sse::system_notice("", SHUTDOWN_NOTICE, None);
         let _ = write_pieces(out.plain(), &[&goodbye]);
     }
-    let _ = stream.shutdown(Shutdown::Both);
+    out.close();
     log::info!("SSE metrics closed: instance={instance:?} reason={reason}");
 }
 

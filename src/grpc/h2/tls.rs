@@ -1,54 +1,24 @@
-//! TLS for the gRPC port: rustls (ring provider) with ALPN `h2`, TLS 1.2
-//! and 1.3. A connection's TLS state sits behind its own lock, shared by
-//! the connection's reader and writer: the reader feeds it the bytes it
-//! read from the socket and takes the plaintext out, the writer puts
-//! plaintext in and takes the records out; neither does socket I/O while
-//! holding it (the pattern in shared/CAPABILITIES.md section 2a). A client
-//! that does not finish its handshake within [`HANDSHAKE_TIMEOUT`] is
-//! dropped.
+//! TLS for the gRPC port's connections. The configuration (ALPN `h2`, TLS
+//! 1.2 and 1.3, the certificate that SIGHUP reloads) comes from
+//! `crate::tls`, which the HTTP port shares. A connection's TLS state sits
+//! behind its own lock, shared by the connection's reader and writer: the
+//! reader feeds it the bytes it read from the socket and takes the
+//! plaintext out, the writer puts plaintext in and takes the records out;
+//! neither does socket I/O while holding it (the pattern in
+//! shared/CAPABILITIES.md section 2a). A client that does not finish its
+//! handshake within [`HANDSHAKE_TIMEOUT`] is dropped.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
-
-use crate::error::Error;
 
 /// How long a new connection may take to finish its handshake (the time a
 /// half-open TLS client may hold a connection's two threads).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Loads the certificate chain and key and builds the server's TLS
-/// configuration. Errors name the file and what is wrong with it.
-pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| Error::Config(format!("--tls-cert {}: {e}", cert.display())))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::Config(format!("--tls-cert {}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(Error::Config(format!(
-            "--tls-cert {}: no certificate in the file",
-            cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| Error::Config(format!("--tls-key {}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| Error::Config(format!("TLS: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| Error::Config(format!("--tls-cert/--tls-key: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
-}
 
 /// One connection's TLS state.
 pub struct Tls {
