@@ -11,6 +11,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use crate::support::binary::{lines_of, serve, signal, Serve};
+use crate::support::{python, root};
 use crate::tls::{certificate, make_certificate, tls_flags};
 
 /// `curl` over TLS, trusting `ca`, with a deadline.
@@ -202,6 +203,37 @@ fn an_event_stream_over_tls_receives_what_is_published_meanwhile() {
         line.contains(&big),
         "the whole message, {} bytes",
         line.len()
+    );
+    // The stream thread reads the client's records itself: it notices the
+    // client leaving within its liveness check (3 s).
+    drop(events);
+    let closed = log_line(&server, "SSE closed: room=tls-sse");
+    assert!(closed.contains("reason=client"), "{closed}");
+    // On SIGTERM a stream gets its goodbye through TLS.
+    let events = CurlStream::open(&cert, &format!("https://{http}/events?room=tls-sse"));
+    signal(&server.child, "TERM");
+    events.wait_for("server shutting down");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn pipelined_requests_in_one_tls_record_are_all_answered_and_the_connection_kept() {
+    let (dir, cert, key) = certificate();
+    let server = serve(&tls_flags(&cert, &key));
+    let http = server.http_addr();
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(python())
+        .arg(root().join("tests/py/tls_pipeline.py"))
+        .arg(&http)
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(r#""ok": true"#),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let _ = std::fs::remove_dir_all(dir);
 }
