@@ -684,6 +684,22 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_come_as_a_pair_for_both_ports() {
+        let parse = |a: &[&str]| {
+            RawArgs::parse(SERVE_OPTIONS, &args(a), |_| None).and_then(|r| Config::from_raw(&r))
+        };
+        let config = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        let files = config.tls.expect("both given");
+        assert_eq!(
+            (files.cert.to_str(), files.key.to_str()),
+            (Some("c.pem"), Some("k.pem"))
+        );
+        assert!(parse(&[]).unwrap().tls.is_none(), "plain by default");
+        let e = parse(&["--tls-key", "k.pem"]).unwrap_err().to_string();
+        assert!(e.contains("go together"), "{e}");
+    }
+
+    #[test]
     fn repeatable_flags_and_inline_values() {
         let raw = RawArgs::parse(
             SERVE_OPTIONS,

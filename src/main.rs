@@ -76,8 +76,8 @@ fn serve(args: &[String]) -> Result<(), Error> {
         }
         // Certificate renewal: new connections get the new certificate,
         // open streams go on. (No RELOADING=1 to systemd: the unit's
-        // ExecReload only sends the signal, and the reload is over in
-        // about a millisecond.)
+        // ExecReload only sends the signal, and the reload is two small
+        // file reads and a key check.)
         app.reload_tls();
     }
     notifier.notify("STOPPING=1");
