@@ -217,9 +217,11 @@ fn an_event_stream_over_tls_receives_what_is_published_meanwhile() {
 }
 
 #[test]
-fn pipelined_requests_in_one_tls_record_are_all_answered_and_the_connection_kept() {
+fn pipelined_requests_over_tls_are_all_answered_and_an_idle_session_ends_with_close_notify() {
     let (dir, cert, key) = certificate();
-    let server = serve(&tls_flags(&cert, &key));
+    let mut flags = tls_flags(&cert, &key).to_vec();
+    flags.extend(["--http-idle-timeout-secs", "1"]);
+    let server = serve(&flags);
     let http = server.http_addr();
     let out = Command::new("timeout")
         .arg("30")
@@ -227,6 +229,7 @@ fn pipelined_requests_in_one_tls_record_are_all_answered_and_the_connection_kept
         .arg(root().join("tests/py/tls_pipeline.py"))
         .arg(&http)
         .arg(&cert)
+        .arg("1")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

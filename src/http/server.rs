@@ -277,7 +277,7 @@ impl Poller {
             if self.conns[i].incoming.deadline > now {
                 continue;
             }
-            let conn = self.conns.swap_remove(i);
+            let mut conn = self.conns.swap_remove(i);
             if conn.is_handshaking() {
                 // Nothing can be said before the handshake: just close.
                 log::debug!("{}: TLS handshake not done in time", conn.peer);
@@ -285,6 +285,10 @@ impl Poller {
                 log::debug!("{}: request not complete in time", conn.peer);
                 let response = Response::error(408, "the request did not arrive in time");
                 self.fail(conn, response, now);
+            } else if conn.is_tls() {
+                // Idle past the keep-alive: a TLS client is told the session
+                // ended (close_notify), not left to find a dead socket.
+                conn.send_last_now(&[]);
             }
         }
     }

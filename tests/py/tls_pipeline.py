@@ -3,7 +3,9 @@ requests in one write, a body and the next request in one record (the
 server must read what rustls decrypted beyond the body), then the same
 connection kept alive for one more request after a pause.
 
-Usage: tls_pipeline.py HOST:PORT CA_PEM
+Usage: tls_pipeline.py HOST:PORT CA_PEM IDLE_SECS
+IDLE_SECS is the server's --http-idle-timeout-secs: past it the server must
+end the idle session with close_notify (a bare TCP close is an error here).
 Prints one JSON line; exits non-zero on the first mismatch.
 """
 import json
@@ -41,9 +43,10 @@ def main():
     host, port = sys.argv[1].rsplit(":", 1)
     ctx = ssl.create_default_context(cafile=sys.argv[2])
     ctx.set_alpn_protocols(["http/1.1"])
-    deadline = time.monotonic() + 20
-    with socket.create_connection((host, int(port)), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+    idle = float(sys.argv[3])
+    deadline = time.monotonic() + 20 + idle
+    with socket.create_connection((host, int(port)), timeout=10 + idle) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as tls:
             assert tls.selected_alpn_protocol() == "http/1.1", tls.selected_alpn_protocol()
             body = json.dumps({"room": "pipeline", "user": "py", "content": "one write"}).encode()
             post = (b"POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -66,6 +69,8 @@ def main():
             tls.sendall(get)
             again = read_responses(tls, 1, deadline)
             assert again == [200], again
+            # Idle past the keep-alive: close_notify, then the end.
+            assert tls.recv(1) == b"", "close_notify ends the session"
             print(json.dumps({"ok": True, "version": tls.version()}))
 
 
