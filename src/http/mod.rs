@@ -21,8 +21,11 @@
 //!
 //! Capacity, worked out up front: at most `--max-http-connections` open
 //! sockets, each holding at most 16 KiB of head or one body of
-//! `--max-message-bytes`; `--http-workers` + `--max-sse-clients` + 1
-//! threads.
+//! `--max-message-bytes` (with TLS, also a rustls session: a record being
+//! received, about 16 KiB of decrypted input, about 64 KiB of records
+//! to send); `--http-workers` + `--max-sse-clients` + 1 threads. Past the
+//! connection cap a plain client gets a `503`, a TLS client a close (a
+//! `503` would first cost the handshake the cap is there to refuse).
 //!
 //! With `--tls-cert` the port speaks TLS only (rustls, ALPN `http/1.1`, TLS
 //! 1.2 and 1.3, the certificate `crate::tls` owns for both ports): the
