@@ -67,11 +67,24 @@ fn response(status: ServingStatus) -> HealthCheckResponse {
     resp
 }
 
+/// `grpc.health.v1.Health` for the generated dispatch.
+pub(super) struct Health<'a>(pub(super) &'a Arc<Shared>);
+
+impl<C: Responses<HealthCheckResponse>> crate::proto::services::health::Health<C> for Health<'_> {
+    type Status = Status;
+    type Started = Started<C>;
+
+    fn check(&self, request: HealthCheckRequest) -> Result<HealthCheckResponse, Status> {
+        check(self.0, request)
+    }
+
+    fn watch(&self, request: HealthCheckRequest, call: C) -> Started<C> {
+        watch(self.0, request, call)
+    }
+}
+
 /// Health.Check: the status of one service, or NOT_FOUND.
-pub(super) fn check(
-    shared: &Shared,
-    req: HealthCheckRequest,
-) -> Result<HealthCheckResponse, Status> {
+fn check(shared: &Shared, req: HealthCheckRequest) -> Result<HealthCheckResponse, Status> {
     let state = shared.health.status_of(&req.service);
     if state == ServingStatus::SERVICE_UNKNOWN {
         shared.done("Health.Check", Code::NotFound);
@@ -85,7 +98,7 @@ pub(super) fn check(
     }
 }
 
-pub(super) fn watch<C: Responses<HealthCheckResponse>>(
+fn watch<C: Responses<HealthCheckResponse>>(
     shared: &Arc<Shared>,
     req: HealthCheckRequest,
     call: C,

@@ -186,9 +186,37 @@ fn error(code: Code, message: String) -> Answer {
     Answer::ErrorResponse(e)
 }
 
+/// `grpc.reflection.v1.ServerReflection` and its `v1alpha` twin for the
+/// generated dispatch.
+pub(super) struct Reflection<'a>(pub(super) &'a Arc<Shared>);
+
+impl<C> crate::proto::services::reflection::ServerReflection<C> for Reflection<'_>
+where
+    C: Requests<ServerReflectionRequest> + Responses<ServerReflectionResponse>,
+{
+    type Status = Status;
+    type Started = Started<C>;
+
+    fn server_reflection_info(&self, call: C) -> Started<C> {
+        serve(self.0, "ServerReflection.v1", call)
+    }
+}
+
+impl<C> crate::proto::services::reflection_v1alpha::ServerReflection<C> for Reflection<'_>
+where
+    C: Requests<ServerReflectionRequest> + Responses<ServerReflectionResponse>,
+{
+    type Status = Status;
+    type Started = Started<C>;
+
+    fn server_reflection_info(&self, call: C) -> Started<C> {
+        serve(self.0, "ServerReflection.v1alpha", call)
+    }
+}
+
 /// ServerReflectionInfo, either version (their messages are the same);
 /// `method` names the version for metrics.
-pub(super) fn serve<C>(shared: &Arc<Shared>, method: &'static str, call: C) -> Started<C>
+fn serve<C>(shared: &Arc<Shared>, method: &'static str, call: C) -> Started<C>
 where
     C: Requests<ServerReflectionRequest> + Responses<ServerReflectionResponse>,
 {

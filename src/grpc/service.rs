@@ -1,5 +1,6 @@
-//! The `chat.ChatService` handlers, in the call interface's terms (the
-//! HTTP/2 layer's dispatch calls them, on the connection's reader thread).
+//! The `chat.ChatService` handlers, in the call interface's terms: the
+//! generated `ChatService` trait, implemented by [`Chat`] (the HTTP/2
+//! layer's dispatch calls them, on the connection's reader thread).
 //! They run on the transport's receiving threads and never block
 //! there: SendMessage publishes and answers at once; every streaming call is
 //! handed to [`Shared::start_stream`], which gives it a thread running one
@@ -14,9 +15,50 @@ use super::{wire, Shared};
 use crate::hub::{Draft, Protocol};
 use crate::metrics::stream_interval;
 use crate::proto::chat;
+use crate::proto::services::chat::ChatService;
+
+/// `chat.ChatService` for the generated dispatch: every RPC of the proto
+/// has its handler here, or the build fails.
+pub(super) struct Chat<'a>(pub(super) &'a Arc<Shared>);
+
+impl<C> ChatService<C> for Chat<'_>
+where
+    C: Responses<wire::Outbound>
+        + Follow
+        + Requests<chat::Message>
+        + Responses<chat::Message>
+        + Reply<chat::UploadResponse>
+        + Responses<chat::Metric>,
+{
+    type Status = Status;
+    type Started = Started<C>;
+
+    fn send_message(
+        &self,
+        request: chat::SendMessageRequest,
+    ) -> Result<chat::SendMessageResponse, Status> {
+        send_message(self.0, request)
+    }
+
+    fn subscribe_messages(&self, request: chat::SubscribeRequest, call: C) -> Started<C> {
+        subscribe_messages(self.0, request, call)
+    }
+
+    fn upload_messages(&self, call: C) -> Started<C> {
+        upload_messages(self.0, call)
+    }
+
+    fn chat(&self, call: C) -> Started<C> {
+        chat(self.0, call)
+    }
+
+    fn stream_metrics(&self, request: chat::MetricsRequest, call: C) -> Started<C> {
+        stream_metrics(self.0, request, call)
+    }
+}
 
 /// SendMessage: publishes, and answers with the message's id and time.
-pub(super) fn send_message(
+fn send_message(
     shared: &Shared,
     req: chat::SendMessageRequest,
 ) -> Result<chat::SendMessageResponse, Status> {
@@ -37,7 +79,7 @@ pub(super) fn send_message(
     }
 }
 
-pub(super) fn subscribe_messages<C: Responses<wire::Outbound> + Follow>(
+fn subscribe_messages<C: Responses<wire::Outbound> + Follow>(
     shared: &Arc<Shared>,
     req: chat::SubscribeRequest,
     call: C,
@@ -53,7 +95,7 @@ pub(super) fn subscribe_messages<C: Responses<wire::Outbound> + Follow>(
     )
 }
 
-pub(super) fn upload_messages<C>(shared: &Arc<Shared>, call: C) -> Started<C>
+fn upload_messages<C>(shared: &Arc<Shared>, call: C) -> Started<C>
 where
     C: Requests<chat::Message> + Reply<chat::UploadResponse>,
 {
@@ -67,7 +109,7 @@ where
     )
 }
 
-pub(super) fn chat<C>(shared: &Arc<Shared>, call: C) -> Started<C>
+fn chat<C>(shared: &Arc<Shared>, call: C) -> Started<C>
 where
     C: Requests<chat::Message> + Responses<chat::Message>,
 {
@@ -81,7 +123,7 @@ where
     )
 }
 
-pub(super) fn stream_metrics<C: Responses<chat::Metric>>(
+fn stream_metrics<C: Responses<chat::Metric>>(
     shared: &Arc<Shared>,
     req: chat::MetricsRequest,
     call: C,

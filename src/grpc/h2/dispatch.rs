@@ -11,77 +11,76 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
-use super::call::{Encode, H2Call, Inbound};
-use super::conn::{Event, RequestHead};
+use super::call::{H2Call, Inbound};
+use super::conn::{Chunk, Event, RequestHead};
 use super::server::ConnShared;
 use crate::grpc::call::{Code, Refused, Responses, Started, Status};
 use crate::grpc::{health, reflection, service, Shared};
+use crate::proto::services::chat::ChatServiceMethod;
+use crate::proto::services::health::HealthMethod;
+use crate::proto::services::{self, reflection as reflection_v1, reflection_v1alpha, Handled};
 
-/// Every method served, by path.
+/// Every method served: one of a proto service's generated methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    SendMessage,
-    SubscribeMessages,
-    UploadMessages,
-    Chat,
-    StreamMetrics,
-    HealthCheck,
-    HealthWatch,
-    ReflectionV1,
-    ReflectionV1Alpha,
+    Chat(ChatServiceMethod),
+    Health(HealthMethod),
+    ReflectionV1(reflection_v1::ServerReflectionMethod),
+    ReflectionV1Alpha(reflection_v1alpha::ServerReflectionMethod),
 }
-
-pub const METHODS: &[(&str, Method)] = &[
-    ("/chat.ChatService/SendMessage", Method::SendMessage),
-    (
-        "/chat.ChatService/SubscribeMessages",
-        Method::SubscribeMessages,
-    ),
-    ("/chat.ChatService/UploadMessages", Method::UploadMessages),
-    ("/chat.ChatService/Chat", Method::Chat),
-    ("/chat.ChatService/StreamMetrics", Method::StreamMetrics),
-    ("/grpc.health.v1.Health/Check", Method::HealthCheck),
-    ("/grpc.health.v1.Health/Watch", Method::HealthWatch),
-    (
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        Method::ReflectionV1,
-    ),
-    (
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        Method::ReflectionV1Alpha,
-    ),
-];
 
 impl Method {
     pub fn of(path: &str) -> Option<Method> {
-        METHODS.iter().find(|(p, _)| *p == path).map(|(_, m)| *m)
+        None.or_else(|| ChatServiceMethod::of(path).map(Method::Chat))
+            .or_else(|| HealthMethod::of(path).map(Method::Health))
+            .or_else(|| reflection_v1::ServerReflectionMethod::of(path).map(Method::ReflectionV1))
+            .or_else(|| {
+                reflection_v1alpha::ServerReflectionMethod::of(path).map(Method::ReflectionV1Alpha)
+            })
+    }
+
+    /// Every method of every service.
+    fn all() -> impl Iterator<Item = Method> {
+        let chat = ChatServiceMethod::ALL.iter().map(|m| Method::Chat(*m));
+        let health = HealthMethod::ALL.iter().map(|m| Method::Health(*m));
+        let v1 = reflection_v1::ServerReflectionMethod::ALL
+            .iter()
+            .map(|m| Method::ReflectionV1(*m));
+        let v1alpha = reflection_v1alpha::ServerReflectionMethod::ALL
+            .iter()
+            .map(|m| Method::ReflectionV1Alpha(*m));
+        chat.chain(health).chain(v1).chain(v1alpha)
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Method::Chat(m) => m.path(),
+            Method::Health(m) => m.path(),
+            Method::ReflectionV1(m) => m.path(),
+            Method::ReflectionV1Alpha(m) => m.path(),
+        }
     }
 
     /// True when the client streams its requests (its call starts at once).
     fn client_streams(self) -> bool {
-        matches!(
-            self,
-            Method::UploadMessages
-                | Method::Chat
-                | Method::ReflectionV1
-                | Method::ReflectionV1Alpha
-        )
+        match self {
+            Method::Chat(m) => m.client_streams(),
+            Method::Health(m) => m.client_streams(),
+            Method::ReflectionV1(m) => m.client_streams(),
+            Method::ReflectionV1Alpha(m) => m.client_streams(),
+        }
     }
 
     /// The name metrics count it under.
     fn metric_name(self) -> &'static str {
         match self {
-            Method::SendMessage => "SendMessage",
-            Method::SubscribeMessages => "SubscribeMessages",
-            Method::UploadMessages => "UploadMessages",
-            Method::Chat => "Chat",
-            Method::StreamMetrics => "StreamMetrics",
-            Method::HealthCheck => "Health.Check",
-            Method::HealthWatch => "Health.Watch",
-            Method::ReflectionV1 => "ServerReflection.v1",
-            Method::ReflectionV1Alpha => "ServerReflection.v1alpha",
+            Method::Chat(m) => m.name(),
+            Method::Health(HealthMethod::Check) => "Health.Check",
+            Method::Health(HealthMethod::Watch) => "Health.Watch",
+            Method::ReflectionV1(_) => "ServerReflection.v1",
+            Method::ReflectionV1Alpha(_) => "ServerReflection.v1alpha",
         }
     }
 }
@@ -92,9 +91,8 @@ fn unknown_method(path: &str) -> Status {
         .trim_start_matches('/')
         .split_once('/')
         .unwrap_or((path, ""));
-    let known = METHODS
-        .iter()
-        .any(|(p, _)| p.trim_start_matches('/').split('/').next() == Some(service));
+    let known =
+        Method::all().any(|m| m.path().trim_start_matches('/').split('/').next() == Some(service));
     if known {
         Status::new(
             Code::Unimplemented,
@@ -224,16 +222,7 @@ impl Dispatch {
         if method.client_streams() {
             let (tx, rx) = crossbeam_channel::unbounded();
             self.streams.insert(stream, Pending::Streaming(tx));
-            let call = self.call(stream, Some(rx), deadline);
-            let shared = &self.shared;
-            match method {
-                Method::UploadMessages => answer(service::upload_messages(shared, call)),
-                Method::Chat => answer(service::chat(shared, call)),
-                Method::ReflectionV1 => {
-                    answer(reflection::serve(shared, "ServerReflection.v1", call))
-                }
-                _ => answer(reflection::serve(shared, "ServerReflection.v1alpha", call)),
-            }
+            self.start(stream, method, None, deadline, Some(rx));
         } else {
             self.streams.insert(
                 stream,
@@ -274,54 +263,50 @@ impl Dispatch {
             let st = Status::new(Code::DeadlineExceeded, "deadline exceeded");
             return self.fail(stream, method, st);
         }
+        self.start(stream, method, Some(&bytes), deadline, None);
+    }
+
+    /// Hands a call to its handler through the generated dispatch: with its
+    /// request message, or at its headers when the client streams.
+    fn start(
+        &self,
+        stream: u32,
+        method: Method,
+        message: Option<&[u8]>,
+        deadline: Option<Instant>,
+        inbox: Option<Receiver<Inbound>>,
+    ) {
         let shared = &self.shared;
-        let parsed = match method {
-            Method::SendMessage => decode(&bytes).map(|req| {
-                unary(&self.conn, stream, service::send_message(shared, req));
-            }),
-            Method::HealthCheck => decode(&bytes).map(|req| {
-                unary(&self.conn, stream, health::check(shared, req));
-            }),
-            Method::SubscribeMessages => decode(&bytes).map(|req| {
-                answer(service::subscribe_messages(
-                    shared,
-                    req,
-                    self.call(stream, None, deadline),
-                ));
-            }),
-            Method::StreamMetrics => decode(&bytes).map(|req| {
-                answer(service::stream_metrics(
-                    shared,
-                    req,
-                    self.call(stream, None, deadline),
-                ));
-            }),
-            Method::HealthWatch => decode(&bytes).map(|req| {
-                answer(health::watch(
-                    shared,
-                    req,
-                    self.call(stream, None, deadline),
-                ));
-            }),
-            _ => unreachable!("client-streaming methods start at their headers"),
+        let call = || self.call(stream, inbox, deadline);
+        let handled = match method {
+            Method::Chat(m) => services::chat::dispatch(&service::Chat(shared), m, message, call),
+            Method::Health(m) => {
+                services::health::dispatch(&health::Health(shared), m, message, call)
+            }
+            Method::ReflectionV1(m) => {
+                reflection_v1::dispatch(&reflection::Reflection(shared), m, message, call)
+            }
+            Method::ReflectionV1Alpha(m) => {
+                reflection_v1alpha::dispatch(&reflection::Reflection(shared), m, message, call)
+            }
         };
-        if let Err(e) = parsed {
-            let st = Status::new(Code::Internal, format!("malformed request message: {e}"));
-            self.fail(stream, method, st);
+        match handled {
+            Ok(Handled::Answered(answer)) => unary(&self.conn, stream, answer),
+            Ok(Handled::Started(started)) => settle(started),
+            Err(e) => {
+                let st = Status::new(Code::Internal, format!("malformed request message: {e}"));
+                self.fail(stream, method, st);
+            }
         }
     }
 }
 
-fn decode<T: protobuf::Message>(bytes: &[u8]) -> Result<T, protobuf::Error> {
-    T::parse_from_bytes(bytes)
-}
-
 /// Queues a unary answer: the response and OK, or the status.
-fn unary<T: Encode>(conn: &ConnShared, stream: u32, answer: Result<T, Status>) {
+fn unary(conn: &ConnShared, stream: u32, answer: Result<Vec<u8>, Status>) {
     let mut c = conn.conn.lock();
     match answer {
         Ok(resp) => {
-            c.send(stream, [resp.chunk()]);
+            c.send(stream, [Chunk::message(&resp)]);
             c.finish(stream, &Status::ok());
         }
         Err(st) => c.finish(stream, &st),
@@ -330,7 +315,7 @@ fn unary<T: Encode>(conn: &ConnShared, stream: u32, answer: Result<T, Status>) {
 
 /// Answers a streaming call its handler refused (counted and logged
 /// there). Finishing never blocks on this transport.
-fn answer(started: Started<H2Call>) {
+fn settle(started: Started<H2Call>) {
     if let Err(Refused { call, status }) = started {
         Responses::<crate::proto::chat::Message>::finish(call, status, std::time::Duration::ZERO);
     }
@@ -339,28 +324,33 @@ fn answer(started: Started<H2Call>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::services;
 
     #[test]
-    fn every_method_of_every_proto_service_is_served_with_its_shape() {
-        let generated: Vec<(&str, bool, bool)> = [
-            services::chat::CHAT_SERVICE_METHODS,
-            services::health::HEALTH_METHODS,
-            services::reflection::SERVER_REFLECTION_METHODS,
-            services::reflection_v1alpha::SERVER_REFLECTION_METHODS,
-        ]
-        .concat();
-        assert_eq!(generated.len(), METHODS.len());
-        for (path, client_streams, _) in generated {
-            let method = Method::of(path).unwrap_or_else(|| panic!("{path} has no handler"));
-            assert_eq!(method.client_streams(), client_streams, "{path}");
-        }
+    fn every_method_of_every_proto_service_is_routed() {
+        let paths: Vec<&str> = Method::all().map(Method::path).collect();
+        assert_eq!(paths.len(), 5 + 2 + 1 + 1);
+        assert!(paths.contains(&"/chat.ChatService/SubscribeMessages"));
+        assert!(paths.contains(&"/grpc.health.v1.Health/Watch"));
+        assert!(paths.contains(&"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"));
+        let streaming: Vec<&str> = Method::all()
+            .filter(|m| m.client_streams())
+            .map(|m| m.metric_name())
+            .collect();
+        assert_eq!(
+            streaming,
+            [
+                "UploadMessages",
+                "Chat",
+                "ServerReflection.v1",
+                "ServerReflection.v1alpha"
+            ]
+        );
     }
 
     #[test]
     fn every_path_names_its_method_and_unknown_ones_say_what_is_unknown() {
-        for (path, method) in METHODS {
-            assert_eq!(Method::of(path), Some(*method));
+        for method in Method::all() {
+            assert_eq!(Method::of(method.path()), Some(method));
         }
         assert_eq!(Method::of("/chat.ChatService/Nope"), None);
         assert_eq!(

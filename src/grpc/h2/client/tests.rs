@@ -428,7 +428,7 @@ fn connecting_to_what_is_not_an_h2c_server_fails() {
 
 #[test]
 fn chat_paths_are_the_generated_methods() {
-    let methods = crate::proto::services::CHAT_SERVICE_METHODS;
+    use crate::proto::services::chat::ChatServiceMethod;
     for (path, client_streams, server_streams) in [
         (chat_paths::SEND_MESSAGE, false, false),
         (chat_paths::SUBSCRIBE_MESSAGES, false, true),
@@ -436,12 +436,11 @@ fn chat_paths_are_the_generated_methods() {
         (chat_paths::CHAT, true, true),
         (chat_paths::STREAM_METRICS, false, true),
     ] {
-        assert!(
-            methods.contains(&(path, client_streams, server_streams)),
-            "{path}"
-        );
+        let method = ChatServiceMethod::of(path).unwrap_or_else(|| panic!("{path}"));
+        assert_eq!(method.client_streams(), client_streams, "{path}");
+        assert_eq!(method.server_streams(), server_streams, "{path}");
     }
-    assert_eq!(methods.len(), 5);
+    assert_eq!(ChatServiceMethod::ALL.len(), 5);
 }
 
 #[test]
