@@ -215,11 +215,11 @@ struct RoomFeed {
 }
 
 impl Feed for RoomFeed {
-    fn pull(&mut self, budget: usize, queue: &mut VecDeque<Chunk>) -> bool {
+    fn pull(&mut self, budget: usize, queue: &mut VecDeque<Chunk>) -> (usize, bool) {
         match self.sub.check() {
-            Wait::Closed(_) => return true,
-            Wait::TimedOut => return false,
-            Wait::Ready if budget == 0 => return false,
+            Wait::Closed(_) => return (0, true),
+            Wait::TimedOut => return (0, false),
+            Wait::Ready if budget == 0 => return (0, false),
             Wait::Ready => {}
         }
         let (mut bytes, mut n) = (0, 0);
@@ -232,7 +232,7 @@ impl Feed for RoomFeed {
             n += 1;
         }
         self.sub.advance(n);
-        false
+        (bytes, false)
     }
 }
 

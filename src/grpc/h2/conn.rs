@@ -66,9 +66,9 @@ const FEED_AHEAD: i64 = 64 * 1024;
 /// Runs under the connection's lock: it must not block.
 pub trait Feed: Send + std::any::Any {
     /// Moves responses worth about `budget` bytes to the back of `queue`
-    /// (none when `budget` is 0). Returns true once the feed has ended and
-    /// nothing more will come of it.
-    fn pull(&mut self, budget: usize, queue: &mut VecDeque<Chunk>) -> bool;
+    /// (none when `budget` is 0). Returns the bytes it queued, and true once
+    /// the feed has ended and nothing more will come of it.
+    fn pull(&mut self, budget: usize, queue: &mut VecDeque<Chunk>) -> (usize, bool);
 }
 
 /// What a connection allows; from `GrpcConfig`.
@@ -1164,10 +1164,9 @@ impl Conn {
                 continue;
             };
             let budget = s.send_window.min(conn_window).min(FEED_AHEAD) - s.queued_bytes as i64;
-            let before = s.queue.len();
-            let over = feed.pull(budget.max(0) as usize, &mut s.queue);
-            if s.queue.len() > before {
-                s.queued_bytes += s.queue.iter().skip(before).map(Chunk::len).sum::<usize>();
+            let (pulled, over) = feed.pull(budget.max(0) as usize, &mut s.queue);
+            if pulled > 0 {
+                s.queued_bytes += pulled;
                 if !s.in_ready {
                     s.in_ready = true;
                     self.ready.push_back(id);

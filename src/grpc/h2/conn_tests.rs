@@ -241,7 +241,7 @@ fn many_messages_share_data_frames_up_to_the_frame_size() {
 struct ListFeed(Arc<parking_lot::Mutex<(VecDeque<Vec<u8>>, bool)>>);
 
 impl Feed for ListFeed {
-    fn pull(&mut self, budget: usize, queue: &mut VecDeque<Chunk>) -> bool {
+    fn pull(&mut self, budget: usize, queue: &mut VecDeque<Chunk>) -> (usize, bool) {
         let mut room = self.0.lock();
         let mut taken = 0;
         while taken < budget {
@@ -249,7 +249,7 @@ impl Feed for ListFeed {
             taken += m.len() + g::PREFIX_LEN;
             queue.push_back(Chunk::message(&m));
         }
-        room.1 && room.0.is_empty()
+        (taken, room.1 && room.0.is_empty())
     }
 }
 

@@ -33,7 +33,8 @@ pub enum Method {
 
 impl Method {
     pub fn of(path: &str) -> Option<Method> {
-        None.or_else(|| ChatServiceMethod::of(path).map(Method::Chat))
+        ChatServiceMethod::of(path)
+            .map(Method::Chat)
             .or_else(|| HealthMethod::of(path).map(Method::Health))
             .or_else(|| reflection_v1::ServerReflectionMethod::of(path).map(Method::ReflectionV1))
             .or_else(|| {
