@@ -32,6 +32,12 @@ pub const CLIENT_OPTIONS: &[OptSpec] = &[
         "10",
         "deadline of unary calls and of connecting",
     ),
+    opt(
+        "token",
+        "STREAMHUB_TOKEN",
+        "",
+        "bearer token sent as authorization metadata (see 'streamhub token')",
+    ),
 ];
 
 /// Options of `streamhub metrics`.
@@ -45,6 +51,12 @@ pub const METRICS_OPTIONS: &[OptSpec] = &[
     opt("instance", "", "streamhub", "instance_id to ask for"),
     opt("interval-secs", "", "1", "seconds between batches"),
     opt("count", "", "0", "stop after this many metrics (0: never)"),
+    opt(
+        "token",
+        "STREAMHUB_TOKEN",
+        "",
+        "bearer token sent as authorization metadata (see 'streamhub token')",
+    ),
 ];
 
 /// One-line summaries of the client subcommands, for the top-level help.
@@ -79,11 +91,27 @@ fn failure(what: &str, s: Status) -> Error {
     Error::Io(format!("{what}: {} {}", s.code, s.message))
 }
 
+/// The options of every call: the token, when there is one.
+fn call_options(raw: &RawArgs) -> CallOptions {
+    let token = raw.string("token");
+    let options = CallOptions::default();
+    if token.is_empty() {
+        options
+    } else {
+        options.metadata("authorization", &format!("Bearer {token}"))
+    }
+}
+
 /// One connection for the command's one call; failing to connect is
 /// reported as the call's UNAVAILABLE, as a gRPC client would.
-fn connect(what: &str, server: &str, timeout: Duration) -> Result<ChatClient, Error> {
+fn connect(
+    what: &str,
+    server: &str,
+    timeout: Duration,
+    raw: &RawArgs,
+) -> Result<ChatClient, Error> {
     Channel::connect(server, timeout)
-        .map(ChatClient::new)
+        .map(|channel| ChatClient::new(channel).with_options(call_options(raw)))
         .map_err(|e| {
             failure(
                 what,
@@ -107,7 +135,8 @@ fn print_message(out: &mut impl Write, m: &chat::Message) -> std::io::Result<()>
 
 fn default_user(raw: &RawArgs) -> String {
     let user = raw.string("user");
-    if !user.is_empty() {
+    if !user.is_empty() || !raw.string("token").is_empty() {
+        // With a token the server takes the user from it.
         return user;
     }
     std::env::var("USER").unwrap_or_else(|_| "streamhub-cli".into())
@@ -134,15 +163,19 @@ pub fn run(command: &str, args: &[String]) -> Result<bool, Error> {
     }
     let server = raw.string("server");
     if command == "metrics" {
-        let client = connect("StreamMetrics", &server, METRICS_CONNECT_TIMEOUT)?;
+        let client = connect("StreamMetrics", &server, METRICS_CONNECT_TIMEOUT, &raw)?;
         return metrics(&client, &raw).map(|()| true);
     }
     let timeout = raw.secs("timeout-secs", 1, 3600)?;
     match command {
-        "send" => send(&connect("SendMessage", &server, timeout)?, &raw, timeout)?,
-        "subscribe" => subscribe(&connect("SubscribeMessages", &server, timeout)?, &raw)?,
-        "upload" => upload(&connect("UploadMessages", &server, timeout)?, &raw)?,
-        _ => chat(&connect("Chat", &server, timeout)?, &raw)?,
+        "send" => send(
+            &connect("SendMessage", &server, timeout, &raw)?,
+            &raw,
+            timeout,
+        )?,
+        "subscribe" => subscribe(&connect("SubscribeMessages", &server, timeout, &raw)?, &raw)?,
+        "upload" => upload(&connect("UploadMessages", &server, timeout, &raw)?, &raw)?,
+        _ => chat(&connect("Chat", &server, timeout, &raw)?, &raw)?,
     }
     Ok(true)
 }
@@ -154,7 +187,7 @@ fn send(client: &ChatClient, raw: &RawArgs, timeout: Duration) -> Result<(), Err
     req.content = raw.positional.join(" ");
     let resp = client
         .clone()
-        .with_options(CallOptions::default().timeout(timeout))
+        .with_options(call_options(raw).timeout(timeout))
         .send_message(&req)
         .map_err(|e| failure("SendMessage", e))?;
     let ts = resp.timestamp.seconds;

@@ -14,8 +14,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::access::{AccessConfig, Limits};
+use crate::auth::{AuthConfig, KeySource};
 use crate::error::Error;
 use crate::hub::HubConfig;
+use crate::rate::Quota;
 
 /// One option of a subcommand.
 pub struct OptSpec {
@@ -154,6 +157,96 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         "STREAMHUB_TLS_KEY",
         "",
         "PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert; read again on SIGHUP",
+    ),
+    opt(
+        "auth",
+        "STREAMHUB_AUTH",
+        "off",
+        "off (anyone may publish and subscribe anywhere, under any name) or required (a JWT bearer token is needed, see --auth-secret-file; its sub is the user and its streamhub.publish/subscribe claims the rooms)",
+    ),
+    opt(
+        "auth-secret-file",
+        "STREAMHUB_AUTH_SECRET_FILE",
+        "",
+        "file holding the HS256 secret tokens are signed with (at least 32 bytes; a trailing newline is ignored)",
+    ),
+    opt(
+        "auth-public-key-file",
+        "STREAMHUB_AUTH_PUBLIC_KEY_FILE",
+        "",
+        "PEM public key of the token issuer, for RS256 or ES256 tokens (instead of --auth-secret-file)",
+    ),
+    opt(
+        "auth-algorithm",
+        "STREAMHUB_AUTH_ALGORITHM",
+        "",
+        "HS256, RS256 or ES256; the only one accepted, whatever a token says (empty: HS256 for a secret, by key type for a public key)",
+    ),
+    opt(
+        "auth-leeway-secs",
+        "STREAMHUB_AUTH_LEEWAY_SECS",
+        "30",
+        "clock skew tolerated when checking a token's exp and nbf",
+    ),
+    opt(
+        "auth-audience",
+        "STREAMHUB_AUTH_AUDIENCE",
+        "",
+        "when set, tokens must carry it in aud; when not, tokens with an aud are refused",
+    ),
+    OptSpec {
+        repeatable: true,
+        ..opt(
+            "anonymous-subscribe",
+            "STREAMHUB_ANONYMOUS_SUBSCRIBE",
+            "",
+            "with --auth required, rooms anyone may subscribe to without a token (repeatable; a name, '*' or a prefix like 'news.*')",
+        )
+    },
+    opt(
+        "auth-cookie",
+        "STREAMHUB_AUTH_COOKIE",
+        "",
+        "name of a cookie to read the token from on the HTTP port (for EventSource, which cannot set headers; the access_token query parameter works too); empty: no cookie is read",
+    ),
+    OptSpec {
+        switch: true,
+        ..opt(
+            "auth-metrics",
+            "STREAMHUB_AUTH_METRICS",
+            "false",
+            "with --auth required, measurements (/metrics, /metrics/events, StreamMetrics) need a valid token too (health and reflection always stay open)",
+        )
+    },
+    opt(
+        "publish-rate",
+        "STREAMHUB_PUBLISH_RATE",
+        "0",
+        "messages per second each user (by token, else by client address) may publish on average; past it 429 / RESOURCE_EXHAUSTED (0: unlimited)",
+    ),
+    opt(
+        "publish-burst",
+        "STREAMHUB_PUBLISH_BURST",
+        "20",
+        "messages a user may publish at once before --publish-rate applies",
+    ),
+    opt(
+        "connect-rate",
+        "STREAMHUB_CONNECT_RATE",
+        "0",
+        "new connections per second per client address, both ports together; past it the connection is refused (0: unlimited)",
+    ),
+    opt(
+        "connect-burst",
+        "STREAMHUB_CONNECT_BURST",
+        "50",
+        "new connections an address may open at once before --connect-rate applies",
+    ),
+    opt(
+        "max-connections-per-address",
+        "STREAMHUB_MAX_CONNECTIONS_PER_ADDRESS",
+        "1024",
+        "connections one client address may hold open on each port, so that one address cannot take every connection (0: no cap)",
     ),
     opt(
         "chat-heartbeat-secs",
@@ -389,6 +482,18 @@ impl RawArgs {
         Ok(n)
     }
 
+    /// A rate per second: a number (decimals allowed, e.g. 0.5), 0 for
+    /// unlimited.
+    pub fn rate(&self, flag: &str) -> Result<f64, Error> {
+        let text = self.get(flag).unwrap_or_default();
+        match text.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() && (0.0..=1e9).contains(&n) => Ok(n),
+            _ => Err(Error::Config(format!(
+                "--{flag}: expected a rate per second like 10 or 0.5 (0: unlimited), got '{text}'"
+            ))),
+        }
+    }
+
     /// A stream-thread priority: `idle`, `low` or `normal`.
     pub fn priority(&self, flag: &str) -> Result<crate::threads::Priority, Error> {
         let text = self.get(flag).unwrap_or_default();
@@ -440,6 +545,8 @@ pub struct Config {
     pub hub: HubConfig,
     /// Certificate and key of both ports, when they speak TLS.
     pub tls: Option<TlsFiles>,
+    /// Who may do what, and how often: both doors ask the same gate.
+    pub access: AccessConfig,
     /// Time open streams get to drain on shutdown.
     pub shutdown_grace: Duration,
 }
@@ -493,6 +600,8 @@ pub struct HttpConfig {
     pub stream_priority: crate::threads::Priority,
     /// SO_SNDBUF of each event stream (0: the system's).
     pub sse_send_buffer: usize,
+    /// `--auth-cookie`: the cookie a token may come in.
+    pub auth_cookie: Option<String>,
 }
 
 impl Config {
@@ -550,6 +659,7 @@ impl Config {
                 stream_stack_bytes,
                 stream_priority: raw.priority("stream-priority")?,
                 sse_send_buffer: raw.number("sse-send-buffer-bytes", 0, 64 << 20)? as usize,
+                auth_cookie: Some(raw.string("auth-cookie")).filter(|c| !c.is_empty()),
             },
             hub: HubConfig {
                 subscriber_queue: raw.number("subscriber-queue", 1, 1 << 20)? as usize,
@@ -561,6 +671,7 @@ impl Config {
                 history_total_bytes: raw.number("history-total-bytes", 0, 1 << 40)? as usize,
             },
             tls,
+            access: access_config(raw)?,
             shutdown_grace: raw.secs("shutdown-grace-secs", 0, 3600)?,
         })
     }
@@ -573,6 +684,69 @@ impl Config {
         config.http.addr = "127.0.0.1:0".parse().expect("literal address");
         config
     }
+}
+
+/// The auth and limit flags.
+fn access_config(raw: &RawArgs) -> Result<AccessConfig, Error> {
+    let key = match (
+        raw.string("auth-secret-file"),
+        raw.string("auth-public-key-file"),
+    ) {
+        (s, p) if s.is_empty() && p.is_empty() => None,
+        (s, p) if !s.is_empty() && !p.is_empty() => {
+            return Err(Error::Config(
+                "--auth-secret-file and --auth-public-key-file: give one, not both".into(),
+            ))
+        }
+        (s, _) if !s.is_empty() => Some(KeySource::SecretFile(s.into())),
+        (_, p) => Some(KeySource::PublicKeyFile(p.into())),
+    };
+    let algorithm = match raw.string("auth-algorithm").trim() {
+        "" => None,
+        text => Some(text.parse()?),
+    };
+    let anonymous_subscribe = raw
+        .list("anonymous-subscribe")
+        .iter()
+        .map(|p| {
+            p.parse()
+                .map_err(|e| Error::Config(format!("--anonymous-subscribe '{p}': {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let cookie = raw.string("auth-cookie");
+    if !cookie.is_empty()
+        && !cookie
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return Err(Error::Config(format!(
+            "--auth-cookie: '{cookie}' is not a cookie name"
+        )));
+    }
+    let audience = Some(raw.string("auth-audience")).filter(|a| !a.is_empty());
+    Ok(AccessConfig {
+        auth: AuthConfig {
+            mode: raw.string("auth").trim().parse()?,
+            key,
+            algorithm,
+            leeway: raw.secs("auth-leeway-secs", 0, 3600)?,
+            anonymous_subscribe,
+            audience,
+        },
+        limits: Limits {
+            publish: Quota::new(
+                raw.rate("publish-rate")?,
+                raw.number("publish-burst", 1, 1 << 20)? as u32,
+            ),
+            connect: Quota::new(
+                raw.rate("connect-rate")?,
+                raw.number("connect-burst", 1, 1 << 20)? as u32,
+            ),
+            connections_per_address: raw.number("max-connections-per-address", 0, 1 << 20)?
+                as usize,
+        },
+        metrics_need_token: raw.switch("auth-metrics"),
+    })
 }
 
 /// The effective settings as `--print-config` shows them, in the

@@ -9,6 +9,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -55,6 +56,8 @@ impl App {
     /// Binds both ports and starts serving.
     pub fn start(config: Config) -> Result<App, Error> {
         let hub = Arc::new(Hub::new(config.hub.clone()));
+        // Reads the key file: a wrong one stops the start, naming the flag.
+        let access = Arc::new(access::Access::from_config(&config.access)?);
         let telemetry = Arc::new(Telemetry::default());
         let threads = Threads::new();
         let (stop_tx, stopping) = crossbeam_channel::bounded::<()>(0);
@@ -69,6 +72,7 @@ impl App {
             &config.grpc,
             door(tls::ALPN_H2)?,
             hub.clone(),
+            access.clone(),
             telemetry.clone(),
             threads.clone(),
             stopping.clone(),
@@ -82,6 +86,7 @@ impl App {
             &config.http,
             door(tls::ALPN_HTTP1)?,
             hub.clone(),
+            access.clone(),
             telemetry.clone(),
             threads.clone(),
             stopping.clone(),
@@ -91,6 +96,10 @@ impl App {
             config.http.addr.ip(),
             http.port()
         );
+        match access.mode() {
+            auth::AuthMode::Off => log::info!("auth off: anyone may publish and subscribe"),
+            auth::AuthMode::Required => log::info!("auth required: bearer tokens on both ports"),
+        }
         if let Some(tls) = &tls {
             log::info!(
                 "both ports speak TLS only (gRPC ALPN h2, HTTP http/1.1): {} sha256 {}",

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod client;
+mod mint;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -25,6 +26,7 @@ fn top_help() -> String {
     for (name, summary, _) in client::COMMANDS {
         out.push_str(&format!("  {name:<10} {summary}\n"));
     }
+    out.push_str(&format!("  {:<10} {}\n", "token", mint::SUMMARY));
     out.push_str("\nRun 'streamhub <COMMAND> --help' for the options of a command.\n");
     out
 }
@@ -124,6 +126,7 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match command.as_str() {
         "serve" => serve(rest),
+        "token" => mint::run(rest),
         "bench" => Err(Error::Config(
             "the load tool is its own binary now: run 'streamhub-bench' (see BENCHMARKS.md)".into(),
         )),

@@ -177,6 +177,8 @@ fn every_subscriber_of_a_crowded_room_gets_every_message_in_the_same_order() {
         c.http.max_sse_clients = sse + 16;
         c.http.max_connections = sse + publishers + 64;
         c.grpc.max_streams = grpc + 16;
+        // Every client is 127.0.0.1.
+        c.access.limits.connections_per_address = 0;
     });
     let http = server.app.http_port();
     let mut plan = FanoutPlan::defaults();

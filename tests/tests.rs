@@ -1,6 +1,8 @@
 //! Integration tests: the real server on 127.0.0.1 port 0 and real clients.
 //! One test binary (see STYLE.md); each area is a module.
 
+mod auth;
+mod auth_clients;
 mod conformance;
 mod flood;
 mod grpc;

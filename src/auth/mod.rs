@@ -92,6 +92,9 @@ pub use token::{
 /// `exp` and `nbf`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
+/// What a stream's last notice says when its token expires (both doors).
+pub const TOKEN_EXPIRED_NOTICE: &str = "token has expired: reconnect with a fresh token";
+
 /// Whether tokens are required (`--auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AuthMode {
@@ -227,6 +230,22 @@ pub struct Grant {
     pub expires: Option<SystemTime>,
 }
 
+impl Grant {
+    /// The user a message or a presence is under, given the name the
+    /// client sent: the token's user, which the client may leave empty or
+    /// repeat but not replace; without a token, the client's name.
+    pub fn user_for(&self, claimed: &str) -> Result<String, Denied> {
+        match &self.user {
+            None => Ok(claimed.to_owned()),
+            Some(user) if claimed.is_empty() || claimed == user => Ok(user.clone()),
+            Some(user) => Err(Denied::WrongUser {
+                claimed: claimed.chars().take(64).collect(),
+                user: user.clone(),
+            }),
+        }
+    }
+}
+
 /// Why a request was refused. The text is short, safe to send to the
 /// client and to log: it never contains the token or any part of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +257,34 @@ pub enum Denied {
     /// A valid token (or an anonymous client) without the permission:
     /// HTTP 403, gRPC PERMISSION_DENIED.
     Forbidden { action: Action, room: String },
+    /// A valid token, and a message or presence under another user's name
+    /// than its `sub`: HTTP 403, gRPC PERMISSION_DENIED.
+    WrongUser { claimed: String, user: String },
+}
+
+impl Denied {
+    /// A fixed label for counting refusals by reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Denied::Unauthenticated(why) => why.label(),
+            Denied::Forbidden { .. } => "forbidden",
+            Denied::WrongUser { .. } => "wrong_user",
+        }
+    }
+
+    /// Every label [`Self::label`] gives, for metrics that list them all.
+    pub const LABELS: [&'static str; 10] = [
+        "missing",
+        "too_large",
+        "malformed",
+        "wrong_algorithm",
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "wrong_audience",
+        "forbidden",
+        "wrong_user",
+    ];
 }
 
 /// Why a token (or its absence) is not accepted.
@@ -309,6 +356,9 @@ impl fmt::Display for Denied {
             Denied::Unauthenticated(why) => why.fmt(f),
             Denied::Forbidden { action, room } => {
                 write!(f, "not allowed to {action} in room \"{room}\"")
+            }
+            Denied::WrongUser { claimed, user } => {
+                write!(f, "user \"{claimed}\" is not the token's user \"{user}\"")
             }
         }
     }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use crate::access::Refusal;
+use crate::auth::Denied;
 use crate::error::Error;
 use crate::hub::Subscription;
 
@@ -143,6 +145,20 @@ impl From<&Error> for Code {
 impl From<&Error> for Status {
     fn from(e: &Error) -> Status {
         Status::new(Code::from(e), e.to_string())
+    }
+}
+
+/// A refusal of the gate, as the status that says it: UNAUTHENTICATED
+/// (no usable token), PERMISSION_DENIED (a token without the right), or
+/// RESOURCE_EXHAUSTED (a limit; the message says when to retry).
+impl From<&Refusal> for Status {
+    fn from(refusal: &Refusal) -> Status {
+        let code = match refusal {
+            Refusal::Denied(Denied::Unauthenticated(_)) => Code::Unauthenticated,
+            Refusal::Denied(_) => Code::PermissionDenied,
+            Refusal::Limited { .. } => Code::ResourceExhausted,
+        };
+        Status::new(code, refusal.to_string())
     }
 }
 

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
+use crate::access::Access;
 use crate::config::GrpcConfig;
 use crate::error::Error;
 use crate::hub::{Hub, SHUTDOWN_NOTICE};
@@ -38,6 +39,8 @@ const ENVELOPE_BYTES: usize = 64 * 1024;
 /// What every handler and stream thread shares.
 struct Shared {
     hub: Arc<Hub>,
+    /// Who may do what, and how often (shared with the HTTP door).
+    access: Arc<Access>,
     telemetry: Arc<Telemetry>,
     threads: Threads,
     config: GrpcConfig,
@@ -95,7 +98,7 @@ impl Shared {
         let started = permit.and_then(|permit| Ok((permit, prepare()?)));
         let (permit, prepared) = match started {
             Ok(v) => v,
-            Err(e) => return Err(self.refuse(method, call, &e)),
+            Err(e) => return Err(self.refuse(method, call, Status::from(&e))),
         };
         let shared = self.clone();
         let spawned = self.threads.spawn_with(
@@ -109,16 +112,15 @@ impl Shared {
         );
         if let Err(((call, _, _), e)) = spawned {
             let e = Error::ResourceExhausted(format!("cannot start a stream thread: {e}"));
-            return Err(self.refuse(method, call, &e));
+            return Err(self.refuse(method, call, Status::from(&e)));
         }
         Ok(())
     }
 
     /// A streaming call that could not start, counted and logged.
-    fn refuse<C>(&self, method: &'static str, call: C, e: &Error) -> Refused<C> {
-        let status = Status::from(e);
+    fn refuse<C>(&self, method: &'static str, call: C, status: Status) -> Refused<C> {
         self.done(method, status.code);
-        log::warn!("{method} refused: {e}");
+        log::warn!("{method} refused: {}", status.message);
         Refused { call, status }
     }
 
@@ -144,6 +146,7 @@ impl GrpcServer {
         config: &GrpcConfig,
         tls: Option<Arc<rustls::ServerConfig>>,
         hub: Arc<Hub>,
+        access: Arc<Access>,
         telemetry: Arc<Telemetry>,
         threads: Threads,
         stopping: Receiver<()>,
@@ -151,6 +154,7 @@ impl GrpcServer {
         hub.set_encoder(crate::hub::Protocol::Grpc, wire::encode);
         let shared = Arc::new(Shared {
             hub,
+            access,
             telemetry,
             threads,
             config: config.clone(),

@@ -6,20 +6,60 @@
 //! handed to [`Shared::start_stream`], which gives it a thread running one
 //! of the bodies in [`super::streams`], or says how to refuse it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use super::call::{Code, Follow, Reply, Requests, Responses, Started, Status};
 use super::convert;
 use super::streams::{run_chat, run_metrics, run_subscriber, run_upload};
 use super::{wire, Shared};
+use crate::auth::Identity;
 use crate::hub::{Draft, Protocol};
 use crate::metrics::stream_interval;
 use crate::proto::chat;
 use crate::proto::services::chat::ChatService;
 
 /// `chat.ChatService` for the generated dispatch: every RPC of the proto
-/// has its handler here, or the build fails.
-pub(super) struct Chat<'a>(pub(super) &'a Arc<Shared>);
+/// has its handler here, or the build fails. Made per call, with who calls.
+pub(super) struct Chat<'a> {
+    pub(super) shared: &'a Arc<Shared>,
+    pub(super) caller: Caller,
+}
+
+/// Who calls, as the gate knows them: their identity (from the call's
+/// `authorization` metadata, verified by the transport's dispatch) and
+/// their address (whose publish budget they use without a token).
+#[derive(Debug, Clone)]
+pub(super) struct Caller {
+    pub(super) identity: Arc<Identity>,
+    pub(super) ip: IpAddr,
+}
+
+impl Caller {
+    /// When the caller's token expires, as an instant a stream can wait
+    /// for; `None` without a token.
+    pub(super) fn expires(&self) -> Option<Instant> {
+        match &*self.identity {
+            Identity::User(token) => Some(expiry_instant(token.expires())),
+            _ => None,
+        }
+    }
+
+    /// May this caller publish `draft` now? Makes its user the token's.
+    pub(super) fn publish(&self, shared: &Shared, draft: &mut Draft) -> Result<(), Status> {
+        shared
+            .access
+            .publish(
+                &self.identity,
+                self.ip,
+                draft,
+                SystemTime::now(),
+                Instant::now(),
+            )
+            .map_err(|refusal| Status::from(&refusal))
+    }
+}
 
 impl<C> ChatService<C> for Chat<'_>
 where
@@ -37,33 +77,37 @@ where
         &self,
         request: chat::SendMessageRequest,
     ) -> Result<chat::SendMessageResponse, Status> {
-        send_message(self.0, request)
+        send_message(self.shared, &self.caller, request)
     }
 
     fn subscribe_messages(&self, request: chat::SubscribeRequest, call: C) -> Started<C> {
-        subscribe_messages(self.0, request, call)
+        subscribe_messages(self.shared, &self.caller, request, call)
     }
 
     fn upload_messages(&self, call: C) -> Started<C> {
-        upload_messages(self.0, call)
+        upload_messages(self.shared, &self.caller, call)
     }
 
     fn chat(&self, call: C) -> Started<C> {
-        chat(self.0, call)
+        chat(self.shared, &self.caller, call)
     }
 
     fn stream_metrics(&self, request: chat::MetricsRequest, call: C) -> Started<C> {
-        stream_metrics(self.0, request, call)
+        stream_metrics(self.shared, &self.caller, request, call)
     }
 }
 
 /// SendMessage: publishes, and answers with the message's id and time.
 fn send_message(
     shared: &Shared,
+    caller: &Caller,
     req: chat::SendMessageRequest,
 ) -> Result<chat::SendMessageResponse, Status> {
-    let draft = Draft::chat(req.room, req.user, req.content);
-    match shared.hub.publish(draft) {
+    let mut draft = Draft::chat(req.room, req.user, req.content);
+    let published = caller
+        .publish(shared, &mut draft)
+        .and_then(|()| shared.hub.publish(draft).map_err(|e| Status::from(&e)));
+    match published {
         Ok(m) => {
             let mut resp = chat::SendMessageResponse::new();
             resp.message_id = m.id.clone();
@@ -71,8 +115,7 @@ fn send_message(
             shared.done("SendMessage", Code::Ok);
             Ok(resp)
         }
-        Err(e) => {
-            let st = Status::from(&e);
+        Err(st) => {
             shared.done("SendMessage", st.code);
             Err(st)
         }
@@ -81,56 +124,81 @@ fn send_message(
 
 fn subscribe_messages<C: Responses<wire::Outbound> + Follow>(
     shared: &Arc<Shared>,
+    caller: &Caller,
     req: chat::SubscribeRequest,
     call: C,
 ) -> Started<C> {
+    const METHOD: &str = "SubscribeMessages";
+    let now = SystemTime::now();
+    let allowed = match shared
+        .access
+        .subscribe(&caller.identity, &req.room, &req.user, now)
+    {
+        Ok(allowed) => allowed,
+        Err(refusal) => return Err(shared.refuse(METHOD, call, Status::from(&refusal))),
+    };
     let hub = shared.hub.clone();
     shared.start_stream(
         shared.open_stream(),
-        "SubscribeMessages",
+        METHOD,
         "sub",
         call,
-        move || Ok((hub.subscribe(&req.room, None, Protocol::Grpc)?.0, req.user)),
-        |shared, call, (sub, user)| run_subscriber(shared, sub, user, call),
+        move || {
+            Ok((
+                hub.subscribe(&allowed.room, None, Protocol::Grpc)?.0,
+                allowed,
+            ))
+        },
+        |shared, call, (sub, allowed)| {
+            let expires = allowed.expires.map(expiry_instant);
+            run_subscriber(shared, sub, allowed.user, expires, call)
+        },
     )
 }
 
-fn upload_messages<C>(shared: &Arc<Shared>, call: C) -> Started<C>
+fn upload_messages<C>(shared: &Arc<Shared>, caller: &Caller, call: C) -> Started<C>
 where
     C: Requests<chat::Message> + Reply<chat::UploadResponse>,
 {
+    let caller = caller.clone();
     shared.start_stream(
         shared.open_stream(),
         "UploadMessages",
         "upload",
         call,
         || Ok(()),
-        |shared, call, ()| run_upload(shared, call),
+        move |shared, call, ()| run_upload(shared, &caller, call),
     )
 }
 
-fn chat<C>(shared: &Arc<Shared>, call: C) -> Started<C>
+fn chat<C>(shared: &Arc<Shared>, caller: &Caller, call: C) -> Started<C>
 where
     C: Requests<chat::Message> + Responses<chat::Message>,
 {
+    let caller = caller.clone();
     shared.start_stream(
         shared.open_stream(),
         "Chat",
         "chat",
         call,
         || Ok(()),
-        |shared, call, ()| run_chat(shared, call),
+        move |shared, call, ()| run_chat(shared, &caller, call),
     )
 }
 
 fn stream_metrics<C: Responses<chat::Metric>>(
     shared: &Arc<Shared>,
+    caller: &Caller,
     req: chat::MetricsRequest,
     call: C,
 ) -> Started<C> {
+    const METHOD: &str = "StreamMetrics";
+    if let Err(refusal) = shared.access.measurements(&caller.identity) {
+        return Err(shared.refuse(METHOD, call, Status::from(&refusal)));
+    }
     shared.start_stream(
         shared.open_stream(),
-        "StreamMetrics",
+        METHOD,
         "metrics",
         call,
         || {
@@ -141,4 +209,13 @@ fn stream_metrics<C: Responses<chat::Metric>>(
         },
         |shared, call, (interval, instance)| run_metrics(shared, instance, interval, call),
     )
+}
+
+/// The instant a token's expiry falls on, by this process's monotonic
+/// clock (a stream waits on instants; the token names wall-clock time).
+pub(super) fn expiry_instant(expires: SystemTime) -> Instant {
+    let left = expires
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    Instant::now() + left
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::call::{Code, Follow, Interrupted, Received, Reply, Requests, Responses, Status};
 use super::convert::{self, system_message};
+use super::service::Caller;
 use super::{wire, Shared};
+use crate::auth::TOKEN_EXPIRED_NOTICE;
 use crate::hub::{CloseReason, Draft, Presence, Subscription, MAX_BURST, SHUTDOWN_NOTICE};
 use crate::metrics::MetricsSampler;
 use crate::proto::chat;
@@ -38,6 +40,16 @@ fn shutdown_notice(room: &str) -> chat::Message {
     )
 }
 
+/// The last words of a stream whose token expired.
+fn expiry_notice(room: &str) -> chat::Message {
+    system_message(
+        "system_token_expired".into(),
+        "System",
+        room,
+        TOKEN_EXPIRED_NOTICE.into(),
+    )
+}
+
 /// Runs on `grpc-sub-N`, which owns the call's lifetime: welcome, presence,
 /// deadline, close reason and goodbye. The messages themselves do not pass
 /// through it: the transport's writer reads them from the room's log
@@ -45,9 +57,15 @@ fn shutdown_notice(room: &str) -> chat::Message {
 /// thread per subscriber (paced at 400 msgs/s to 1,000 subscribers, a wake
 /// per subscriber kept p99 at 209 ms; BENCHMARKS.md). This thread sleeps
 /// until the hub ends the subscription, the client leaves or the deadline
-/// passes.
-pub(super) fn run_subscriber<C>(shared: &Shared, sub: Subscription, user: String, mut call: C)
-where
+/// passes, or its token expires (`expires`: then it says so and ends the
+/// call UNAUTHENTICATED, for the client to come back with a fresh token).
+pub(super) fn run_subscriber<C>(
+    shared: &Shared,
+    sub: Subscription,
+    user: String,
+    expires: Option<Instant>,
+    mut call: C,
+) where
     C: Responses<wire::Outbound> + Follow,
 {
     let room = sub.room().clone();
@@ -71,8 +89,9 @@ where
     let sub = match followed {
         Ok(()) => {
             while call.following() {
-                if call.wait(None).is_err() {
-                    // The deadline (shutdown comes through the hub).
+                if call.wait(expires).is_err() {
+                    // The deadline or the token's expiry (shutdown comes
+                    // through the hub).
                     break;
                 }
             }
@@ -86,6 +105,8 @@ where
         .unwrap_or(CloseReason::ClientClosed);
     if reason == CloseReason::ClientClosed && call.deadline_passed() {
         reason = CloseReason::DeadlineExceeded;
+    } else if reason == CloseReason::ClientClosed && expired(expires) {
+        reason = CloseReason::TokenExpired;
     }
     let code = match reason {
         CloseReason::SlowConsumer => {
@@ -99,6 +120,15 @@ where
             say_goodbye(shared, call, wire::Outbound::Own(shutdown_notice(&room)))
         }
         CloseReason::DeadlineExceeded => Code::DeadlineExceeded,
+        CloseReason::TokenExpired => {
+            let notice = expiry_notice(&room);
+            let _ = call.send_all([wire::Outbound::Own(notice)], timeout);
+            call.finish(
+                Status::new(Code::Unauthenticated, TOKEN_EXPIRED_NOTICE),
+                timeout,
+            );
+            Code::Unauthenticated
+        }
         // Dropping the call (at the end of this function) cancels what is
         // left of it.
         _ => Code::Cancelled,
@@ -113,29 +143,42 @@ where
     log::info!("SubscribeMessages closed: room={room} user={user:?} reason={reason}");
 }
 
-/// Runs on `grpc-upload-N`: publishes each streamed message in order.
+/// Whether a token's expiry has come.
+fn expired(expires: Option<Instant>) -> bool {
+    expires.is_some_and(|t| Instant::now() >= t)
+}
+
+/// Runs on `grpc-upload-N`: publishes each streamed message in order, each
+/// checked by the gate (the caller's token and publish rate).
 /// Whatever `type` a client sets, its messages are published as CHAT:
 /// JOIN, LEAVE and SYSTEM come from the server only, so none can be forged.
-pub(super) fn run_upload<C>(shared: &Shared, mut call: C)
+pub(super) fn run_upload<C>(shared: &Shared, caller: &Caller, mut call: C)
 where
     C: Requests<chat::Message> + Reply<chat::UploadResponse>,
 {
     const METHOD: &str = "UploadMessages";
     log::info!("UploadMessages opened");
     let timeout = shared.write_timeout();
+    let expires = caller.expires();
     let mut count: i32 = 0;
     let outcome: Result<(), Status> = loop {
-        match call.next(None) {
+        match call.next(expires) {
+            Err(_) if expired(expires) => {
+                break Err(Status::new(Code::Unauthenticated, TOKEN_EXPIRED_NOTICE))
+            }
             Err(_) => break Err(Status::new(Code::Unavailable, SHUTDOWN_NOTICE)),
             Ok(Received::Ended) => break Ok(()),
             Ok(Received::Failed(e)) => {
                 break Err(Status::new(Code::Cancelled, format!("receive failed: {e}")))
             }
             Ok(Received::Message(m)) => {
-                let draft = Draft::chat(m.room, m.user, m.content);
-                if let Err(e) = shared.hub.publish(draft) {
-                    let message = format!("message at index {count}: {e}");
-                    break Err(Status::new(Code::from(&e), message));
+                let mut draft = Draft::chat(m.room, m.user, m.content);
+                let published = caller
+                    .publish(shared, &mut draft)
+                    .and_then(|()| shared.hub.publish(draft).map_err(|e| Status::from(&e)));
+                if let Err(st) = published {
+                    let message = format!("message at index {count}: {}", st.message);
+                    break Err(Status::new(st.code, message));
                 }
                 count += 1;
             }
@@ -157,7 +200,7 @@ where
 
 /// Runs on `grpc-chat-N`, the only writer of its call: reads inbound
 /// messages, echoes and publishes each, and sends the heartbeat.
-pub(super) fn run_chat<C>(shared: &Shared, call: C)
+pub(super) fn run_chat<C>(shared: &Shared, caller: &Caller, call: C)
 where
     C: Requests<chat::Message> + Responses<chat::Message>,
 {
@@ -165,6 +208,7 @@ where
     log::info!("Chat opened: peer={peer}");
     let mut chat = ChatCall {
         shared,
+        caller,
         joined: None,
         received: 0,
     };
@@ -192,6 +236,7 @@ enum Inbound {
 /// step).
 struct ChatCall<'a> {
     shared: &'a Shared,
+    caller: &'a Caller,
     /// The participant's room and presence, from their first message.
     joined: Option<(String, Presence)>,
     received: u64,
@@ -207,7 +252,15 @@ impl ChatCall<'_> {
         let timeout = self.shared.write_timeout();
         let heartbeat = self.shared.config.chat_heartbeat;
         let mut next_heartbeat = Instant::now() + heartbeat;
+        let expires = self.caller.expires();
         loop {
+            if expired(expires) {
+                let room = self.joined.as_ref().map_or("", |(r, _)| r.as_str());
+                let _ = call.send_all([expiry_notice(room)], timeout);
+                let status = Status::new(Code::Unauthenticated, TOKEN_EXPIRED_NOTICE);
+                call.finish(status, timeout);
+                return Code::Unauthenticated;
+            }
             let (replies, end) = match self.read_available(&mut call) {
                 Inbound::Gone => return Code::Cancelled,
                 Inbound::Replies(r) => (r, None),
@@ -229,7 +282,8 @@ impl ChatCall<'_> {
                 next_heartbeat += heartbeat;
                 continue;
             }
-            match call.wait(Some(next_heartbeat)) {
+            let until = expires.map_or(next_heartbeat, |t| t.min(next_heartbeat));
+            match call.wait(Some(until)) {
                 Ok(()) | Err(Interrupted::TimedOut) => {}
                 Err(Interrupted::Stopping) => {
                     let room = self.joined.as_ref().map_or("", |(r, _)| r.as_str());
@@ -262,7 +316,11 @@ impl ChatCall<'_> {
     /// first) and returns its echo, or the status that refuses it.
     fn publish(&mut self, m: chat::Message) -> Result<chat::Message, Status> {
         let hub = &self.shared.hub;
-        let draft = Draft::chat(m.room, m.user, m.content);
+        let index = self.received;
+        let mut draft = Draft::chat(m.room, m.user, m.content);
+        self.caller.publish(self.shared, &mut draft).map_err(|st| {
+            Status::new(st.code, format!("message at index {index}: {}", st.message))
+        })?;
         if self.joined.is_none() {
             // JOIN reaches the room before the first message.
             if let Ok(room) = hub.validate(&draft) {
@@ -270,7 +328,6 @@ impl ChatCall<'_> {
                 self.joined = Some((room.to_string(), presence));
             }
         }
-        let index = self.received;
         let published = hub
             .publish(draft)
             .map_err(|e| Status::new(Code::from(&e), format!("message at index {index}: {e}")))?;

@@ -16,6 +16,7 @@ use super::request::{
     MAX_HEAD_BYTES,
 };
 use super::wire::{starts_tls, Tls};
+use crate::access::{Admission, KnownToken};
 use crate::threads::Permit;
 
 /// After an error response, most bytes read and discarded before closing.
@@ -273,6 +274,11 @@ pub(super) struct Conn {
     /// One slot of `--max-http-connections`; `None` for a connection that
     /// is only told it is over the cap.
     _slot: Option<Permit>,
+    /// Its count against `--max-connections-per-address`.
+    _admission: Option<Admission>,
+    /// The last token verified on it: a keep-alive client sends the same
+    /// one with every request.
+    pub known: KnownToken,
 }
 
 impl Conn {
@@ -288,7 +294,15 @@ impl Conn {
             peer,
             incoming: Incoming::new(deadline),
             _slot: slot,
+            _admission: None,
+            known: KnownToken::default(),
         }
+    }
+
+    /// Counts the connection against its address's cap while it lives.
+    pub fn admitted(mut self, admission: Admission) -> Conn {
+        self._admission = Some(admission);
+        self
     }
 }
 

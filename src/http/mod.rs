@@ -33,11 +33,18 @@
 //! deadline, and the session then moves with its connection like the
 //! socket (`wire`).
 //!
+//! Who may do what is asked of [`crate::access`] through [`gate`] (the
+//! token a request carries, a refusal as a response): per request, and per
+//! connection at accept (`--max-connections-per-address`,
+//! `--connect-rate`; a plain client past them gets a 429, a TLS client a
+//! close, as at the connection cap).
+//!
 //! Pure protocol logic lives in [`request`], [`response`], [`routes`],
-//! [`sse`] and [`prometheus`], and the connection state machine in `conn`;
+//! [`gate`], [`sse`] and [`prometheus`], and the connection state machine in `conn`;
 //! `server`, `stream` and `wire` are the I/O around it.
 
 mod conn;
+pub(crate) mod gate;
 pub(crate) mod prometheus;
 pub(crate) mod request;
 pub(crate) mod response;
@@ -69,6 +76,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
+use crate::access::Access;
 use crate::config::HttpConfig;
 use crate::error::Error;
 use crate::hub::{Hub, Protocol};
@@ -82,6 +90,8 @@ const SERVICE_STACK: usize = 256 * 1024;
 /// What every HTTP thread shares.
 struct Shared {
     hub: Arc<Hub>,
+    /// Who may do what, and how often (shared with the gRPC door).
+    access: Arc<Access>,
     telemetry: Arc<Telemetry>,
     threads: Threads,
     config: HttpConfig,
@@ -124,6 +134,7 @@ impl HttpServer {
         config: &HttpConfig,
         tls: Option<Arc<rustls::ServerConfig>>,
         hub: Arc<Hub>,
+        access: Arc<Access>,
         telemetry: Arc<Telemetry>,
         threads: Threads,
         stopping: Receiver<()>,
@@ -140,6 +151,7 @@ impl HttpServer {
         hub.set_encoder(Protocol::Sse, sse::encode_message);
         let shared = Arc::new(Shared {
             hub,
+            access,
             telemetry,
             threads: threads.clone(),
             config: config.clone(),

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use crate::access::Refusals;
 use crate::hub::{CloseReason, HubStats, Protocol};
 use crate::metrics::ProcessSample;
 
@@ -20,6 +21,8 @@ pub struct Snapshot {
     pub grpc_calls: Vec<((&'static str, &'static str), u64)>,
     /// gRPC connections ended for flooding, by kind of flood.
     pub grpc_floods: Vec<(&'static str, u64)>,
+    /// What the gate refused, by reason, on both ports.
+    pub refusals: Refusals,
     pub http_connections: u64,
     pub sse_streams: u64,
     pub process: ProcessSample,
@@ -176,6 +179,25 @@ pub fn render(s: &Snapshot) -> String {
         "gRPC connections ended with GOAWAY ENHANCE_YOUR_CALM, by what they flooded (rapid_reset, ping, settings, empty_frames, window_update, continuation, header_list).",
         &floods,
     );
+    let by_reason = |list: &[(&'static str, u64)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(reason, n)| (labels(&[("reason", reason)]), n.to_string()))
+            .collect()
+    };
+    family(
+        &mut out,
+        "streamhub_auth_refused_total",
+        "counter",
+        "Requests and calls refused for their token, by reason (missing, malformed, bad_signature, expired, forbidden, wrong_user, ...), both ports.",
+        &by_reason(&s.refusals.denied),
+    );
+    family(
+        &mut out,
+        "streamhub_rate_limited_total",
+        "counter",
+        "Publishes and connections refused by a limit, by limit (publish_rate, connect_rate, connections_per_address), both ports.",
+        &by_reason(&s.refusals.limited),
+    );
     family(
         &mut out,
         "streamhub_http_connections",
@@ -236,6 +258,10 @@ mod tests {
             http_responses: vec![(200, 5), (404, 1)],
             grpc_calls: vec![(("SendMessage", "OK"), 3)],
             grpc_floods: vec![("rapid_reset", 2)],
+            refusals: Refusals {
+                denied: vec![("expired", 3)],
+                limited: vec![("publish_rate", 4)],
+            },
             http_connections: 2,
             sse_streams: 1,
             process: ProcessSample {
@@ -297,6 +323,17 @@ mod tests {
         assert_eq!(
             value(&text, r#"streamhub_grpc_floods_total{kind="rapid_reset"}"#),
             Some(2.0)
+        );
+        assert_eq!(
+            value(&text, r#"streamhub_auth_refused_total{reason="expired"}"#),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"streamhub_rate_limited_total{reason="publish_rate"}"#
+            ),
+            Some(4.0)
         );
         assert_eq!(
             value(&text, "process_resident_memory_bytes"),

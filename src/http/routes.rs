@@ -15,7 +15,7 @@
 //! headers when `--cors-origin` is set).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::request::Request;
 use super::response::Response;
@@ -50,6 +50,9 @@ pub struct EventsParams {
     pub types: TypeFilter,
     /// Announce JOIN/LEAVE for this user; empty: no announcements.
     pub user: String,
+    /// When the client's token expires: the stream ends then. Set by the
+    /// gate, not by routing.
+    pub expires: Option<SystemTime>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -67,7 +70,7 @@ const ROUTES: &[(&str, &[&str])] = &[
 ];
 
 /// Headers a browser may send on a cross-origin request to streamhub.
-const CORS_ALLOW_HEADERS: &str = "Content-Type, Last-Event-ID, Cache-Control";
+const CORS_ALLOW_HEADERS: &str = "Content-Type, Last-Event-ID, Cache-Control, Authorization";
 
 /// The methods `path` answers to, or `None` for an unknown path.
 fn methods(path: &str) -> Option<&'static [&'static str]> {
@@ -143,6 +146,7 @@ fn events_params(req: &Request) -> Result<EventsParams, String> {
         after_seq,
         types,
         user,
+        expires: None,
     })
 }
 
@@ -163,25 +167,28 @@ fn metrics_params(req: &Request) -> Result<MetricsParams, String> {
     })
 }
 
-/// Reads `{"room","user","content"}`. Every field must be present and a
-/// string; the hub then validates the values exactly as for gRPC.
+/// Reads `{"room","user","content"}`. Every field must be a string; `room`
+/// and `content` must be present, `user` may be left out when a token
+/// names the user (without one the hub then refuses the empty name). The
+/// hub validates the values exactly as for gRPC.
 pub fn parse_publish(body: &[u8]) -> Result<Draft, String> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
     let object = value
         .as_object()
         .ok_or_else(|| "body must be a JSON object with room, user and content".to_string())?;
-    let field = |name: &str| -> Result<String, String> {
-        match object.get(name) {
-            None => Err(format!("missing field '{name}'")),
-            Some(serde_json::Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err(format!("field '{name}' must be a string")),
+    let field = |name: &str, default: Option<&str>| -> Result<String, String> {
+        match (object.get(name), default) {
+            (None, Some(default)) => Ok(default.to_string()),
+            (None, None) => Err(format!("missing field '{name}'")),
+            (Some(serde_json::Value::String(s)), _) => Ok(s.clone()),
+            (Some(_), _) => Err(format!("field '{name}' must be a string")),
         }
     };
     Ok(Draft {
-        room: field("room")?,
-        user: field("user")?,
-        content: field("content")?,
+        room: field("room", None)?,
+        user: field("user", Some(""))?,
+        content: field("content", None)?,
         kind: MessageKind::Chat,
     })
 }
@@ -238,6 +245,9 @@ pub fn cors_headers(req: &Request, origins: &[String]) -> Vec<(&'static str, Str
         out.push(("Access-Control-Allow-Origin", "*".to_string()));
     } else if origins.iter().any(|o| o == origin) {
         out.push(("Access-Control-Allow-Origin", origin.to_string()));
+        // A named origin may send its cookie (the token of an EventSource
+        // made with `withCredentials`); `*` never may (Fetch standard).
+        out.push(("Access-Control-Allow-Credentials", "true".to_string()));
     } else {
         return out;
     }
@@ -297,6 +307,7 @@ mod tests {
                 after_seq: None,
                 types: TypeFilter::default(),
                 user: String::new(),
+                expires: None,
             }
         );
         let Action::Events(p) = route(&get(

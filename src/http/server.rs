@@ -11,17 +11,18 @@
 //! deadline (`wire`).
 
 use std::io::{self, Read, Write};
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::conn::{Conn, Step, READ_CHUNK};
+use super::gate;
 use super::prometheus;
 use super::request::Request;
 use super::response::Response;
@@ -29,6 +30,7 @@ use super::routes::{self, Action};
 use super::stream;
 use super::wire::{Got, Tls};
 use super::Shared;
+use crate::access::{Door, KnownToken};
 use crate::sys::PollSet;
 
 /// Longest `http-accept` sleeps without checking for shutdown.
@@ -317,6 +319,17 @@ impl Poller {
             let _ = stream.set_write_timeout(Some(config.write_timeout));
             // The handshake counts against the head's deadline.
             let deadline = now + config.header_timeout;
+            let admission = match shared.access.admit(Door::Http, peer.ip(), now) {
+                Ok(admission) => admission,
+                Err(refusal) => {
+                    log::debug!("{peer}: {refusal}");
+                    if shared.tls.is_none() {
+                        let conn = Conn::new(stream, peer, None, deadline);
+                        self.fail(conn, gate::refusal_response(&refusal), now);
+                    }
+                    continue;
+                }
+            };
             let Some(slot) = self.shared.open_connections.take(config.max_connections) else {
                 if self.shared.tls.is_some() {
                     // A 503 would need a handshake first, the work the cap
@@ -331,7 +344,7 @@ impl Poller {
                 self.fail(conn, response, now);
                 continue;
             };
-            let mut conn = Conn::new(stream, peer, Some(slot), deadline);
+            let mut conn = Conn::new(stream, peer, Some(slot), deadline).admitted(admission);
             if let Some(tls) = &shared.tls {
                 match Tls::new(tls) {
                     Ok(tls) => conn.tls = Some(Box::new(tls)),
@@ -366,7 +379,9 @@ fn serve(shared: &Arc<Shared>, job: Job, back: &GiveBack) {
         return;
     }
     let cors = routes::cors_headers(&req, &shared.config.cors_origins);
-    let outcome = catch_unwind(AssertUnwindSafe(|| handle(shared, &req)));
+    let ip = conn.peer.ip();
+    let known = &mut conn.known;
+    let outcome = catch_unwind(AssertUnwindSafe(|| handle(shared, &req, ip, known)));
     let mut close = req.wants_close() || conn.incoming.eof || shared.is_stopping();
     let mut response = match outcome {
         Ok(Outcome::Respond(response)) => response,
@@ -399,9 +414,47 @@ fn serve(shared: &Arc<Shared>, job: Job, back: &GiveBack) {
     }
 }
 
-/// Runs what a request asks for, short of opening a stream.
-fn handle(shared: &Shared, req: &Request) -> Outcome {
-    let response = match routes::route(req) {
+/// Runs what a request asks for, short of opening a stream: routing (pure),
+/// then the gate (who may, how often), then the hub.
+fn handle(shared: &Shared, req: &Request, ip: IpAddr, known: &mut KnownToken) -> Outcome {
+    let action = routes::route(req);
+    if matches!(action, Action::Respond(_) | Action::Health) {
+        // Health stays open with auth on: systemd and load balancers ask.
+        return Outcome::Respond(respond(shared, action));
+    }
+    let access = &shared.access;
+    let now = SystemTime::now();
+    let identity = gate::token_of(req, shared.config.auth_cookie.as_deref())
+        .map_err(|denied| access.refuse(denied))
+        .and_then(|token| access.identify_on(known, token, now));
+    let allowed = identity.and_then(|identity| match action {
+        Action::Publish(mut draft) => {
+            access.publish(&identity, ip, &mut draft, now, Instant::now())?;
+            Ok(Action::Publish(draft))
+        }
+        Action::Events(mut params) => {
+            let allowed = access.subscribe(&identity, &params.room, &params.user, now)?;
+            params.user = allowed.user;
+            params.expires = allowed.expires;
+            Ok(Action::Events(params))
+        }
+        Action::MetricsEvents(_) | Action::Prometheus => {
+            access.measurements(&identity)?;
+            Ok(action)
+        }
+        action => Ok(action),
+    });
+    match allowed {
+        Ok(Action::Events(params)) => Outcome::Stream(stream::Kind::Events(params)),
+        Ok(Action::MetricsEvents(params)) => Outcome::Stream(stream::Kind::Metrics(params)),
+        Ok(action) => Outcome::Respond(respond(shared, action)),
+        Err(refusal) => Outcome::Respond(gate::refusal_response(&refusal)),
+    }
+}
+
+/// The answer to an allowed request that is not a stream.
+fn respond(shared: &Shared, action: Action) -> Response {
+    match action {
         Action::Respond(response) => response,
         Action::Publish(draft) => routes::publish_response(shared.hub.publish(draft)),
         Action::Prometheus => Response::new(200)
@@ -411,10 +464,10 @@ fn handle(shared: &Shared, req: &Request) -> Outcome {
             Response::json(503, &serde_json::json!({ "status": "stopping" }))
         }
         Action::Health => Response::json(200, &serde_json::json!({ "status": "ok" })),
-        Action::Events(params) => return Outcome::Stream(stream::Kind::Events(params)),
-        Action::MetricsEvents(params) => return Outcome::Stream(stream::Kind::Metrics(params)),
-    };
-    Outcome::Respond(response)
+        Action::Events(_) | Action::MetricsEvents(_) => {
+            Response::error(500, "a stream is not a response")
+        }
+    }
 }
 
 fn snapshot(shared: &Shared) -> prometheus::Snapshot {
@@ -423,6 +476,7 @@ fn snapshot(shared: &Shared) -> prometheus::Snapshot {
         http_responses: shared.telemetry.http_responses(),
         grpc_calls: shared.telemetry.grpc_calls(),
         grpc_floods: shared.telemetry.grpc_floods(),
+        refusals: shared.access.refusals(),
         http_connections: shared.open_connections.open() as u64,
         sse_streams: shared.sse_streams.open() as u64,
         process: crate::metrics::ProcessSample::now(),

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::conn::Conn;
 use super::response::Response;
@@ -17,6 +17,7 @@ use super::routes::{error_response, EventsParams, MetricsParams};
 use super::sse;
 use super::wire::Tls;
 use super::Shared;
+use crate::auth::TOKEN_EXPIRED_NOTICE;
 use crate::hub::{
     CloseReason, Message, MessageKind, Presence, Protocol, Replay, Subscription, Wait, MAX_BURST,
     SHUTDOWN_NOTICE,
@@ -35,6 +36,8 @@ const GIVE_UP_CHECK: Duration = Duration::from_millis(100);
 /// (a non-blocking peek). Without it a client that left is noticed only at
 /// the next keep-alive write, holding a thread and a queue until then.
 const LIVENESS_CHECK: Duration = Duration::from_secs(3);
+/// "Never", as an instant that can be compared with (a year away).
+const FOREVER: Duration = Duration::from_secs(365 * 86_400);
 /// Slices per `writev`; under every system's IOV_MAX (1,024 on Linux), and
 /// more than a burst, so a burst is one call when the socket takes it.
 const MAX_SLICES: usize = MAX_BURST + 1;
@@ -416,6 +419,10 @@ fn run_events(shared: &Shared, mut conn: Conn, start: EventsStart) {
     let keepalive = shared.config.sse_keepalive;
     let mut next_beat = Instant::now() + keepalive;
     let mut next_check = Instant::now() + LIVENESS_CHECK;
+    // The token's expiry, by the monotonic clock; far away without one.
+    let expires = params.expires.map_or(next_check + FOREVER, |t| {
+        Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default()
+    });
     // Why no allocation per burst: with a thousand stream threads at
     // SCHED_IDLE, malloc's arena locks are shared by many of them, and one
     // preempted while holding a lock stalls every thread that needs that
@@ -425,7 +432,7 @@ fn run_events(shared: &Shared, mut conn: Conn, start: EventsStart) {
     let mut spare: Vec<IoSlice<'static>> = Vec::new();
     let mut busy = crate::threads::BusyRoom::new(shared.config.stream_priority);
     while reason.is_none() {
-        match sub.wait(Some(next_beat.min(next_check))) {
+        match sub.wait(Some(next_beat.min(next_check).min(expires))) {
             Wait::Ready => {
                 let (mut taken, mut bytes, mut newest) = (0, 0, 0);
                 let mut pieces = recycle(std::mem::take(&mut spare));
@@ -463,7 +470,9 @@ fn run_events(shared: &Shared, mut conn: Conn, start: EventsStart) {
             Wait::Closed(r) => reason = Some(r),
             Wait::TimedOut => {
                 let now = Instant::now();
-                if now >= next_beat {
+                if now >= expires {
+                    reason = Some(CloseReason::TokenExpired);
+                } else if now >= next_beat {
                     reason = keep_alive(&out);
                     next_beat = now + keepalive;
                     next_check = now + LIVENESS_CHECK;
@@ -477,8 +486,15 @@ fn run_events(shared: &Shared, mut conn: Conn, start: EventsStart) {
         }
     }
     let reason = reason.unwrap_or(CloseReason::ClientClosed);
-    if reason == CloseReason::Shutdown && types.passes(MessageKind::System) {
-        let goodbye = sse::system_notice(&room, SHUTDOWN_NOTICE, None);
+    let last_words = match reason {
+        CloseReason::Shutdown => Some(SHUTDOWN_NOTICE),
+        // The client's EventSource reconnects on its own: the page gives it
+        // a fresh token (a new URL or cookie) when it sees this.
+        CloseReason::TokenExpired => Some(TOKEN_EXPIRED_NOTICE),
+        _ => None,
+    };
+    if let Some(words) = last_words.filter(|_| types.passes(MessageKind::System)) {
+        let goodbye = sse::system_notice(&room, words, None);
         let _ = write_pieces(out.plain(), &[&goodbye]);
     }
     sub.set_close_reason(reason);

@@ -157,15 +157,18 @@ pub enum CloseReason {
     DeadlineExceeded = 3,
     /// Writing to the client failed or timed out.
     WriteFailed = 4,
+    /// The client's token expired: it may come back with a fresh one.
+    TokenExpired = 5,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 6] = [
         CloseReason::ClientClosed,
         CloseReason::SlowConsumer,
         CloseReason::Shutdown,
         CloseReason::DeadlineExceeded,
         CloseReason::WriteFailed,
+        CloseReason::TokenExpired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -175,6 +178,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::DeadlineExceeded => "deadline_exceeded",
             CloseReason::WriteFailed => "write_failed",
+            CloseReason::TokenExpired => "token_expired",
         }
     }
 

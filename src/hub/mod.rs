@@ -511,6 +511,7 @@ impl Hub {
             shutdown: closed(CloseReason::Shutdown),
             deadline_exceeded: closed(CloseReason::DeadlineExceeded),
             write_failed: closed(CloseReason::WriteFailed),
+            token_expired: closed(CloseReason::TokenExpired),
         };
         stats
     }

@@ -75,6 +75,7 @@ pub struct ClosedCounts {
     pub shutdown: u64,
     pub deadline_exceeded: u64,
     pub write_failed: u64,
+    pub token_expired: u64,
 }
 
 impl ClosedCounts {
@@ -85,12 +86,17 @@ impl ClosedCounts {
             CloseReason::Shutdown => self.shutdown,
             CloseReason::DeadlineExceeded => self.deadline_exceeded,
             CloseReason::WriteFailed => self.write_failed,
+            CloseReason::TokenExpired => self.token_expired,
         }
     }
 
     /// Every ending but the client's own choice: what the server cut.
     pub fn by_server(&self) -> u64 {
-        self.slow_consumer + self.shutdown + self.deadline_exceeded + self.write_failed
+        self.slow_consumer
+            + self.shutdown
+            + self.deadline_exceeded
+            + self.write_failed
+            + self.token_expired
     }
 }
 

@@ -1,7 +1,9 @@
 //! From a connection's events to the handlers, on the connection's reader
 //! thread: which method a path names, what shape of call it is, the checks
-//! every call gets before its handler (encoding, deadline; requests that
-//! are not gRPC are answered by the connection itself),
+//! every call gets before its handler (encoding, deadline, and for the chat
+//! service who is calling: the `authorization` metadata, checked by the
+//! gate, [`crate::access`]; requests that are not gRPC are answered by the
+//! connection itself),
 //! and, per stream, where its inbound messages go. Unary calls are
 //! answered here (publishing never blocks for long: the hub's stall is
 //! bounded); streaming calls are handed to their handler, which starts
@@ -9,14 +11,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::call::{H2Call, Inbound};
 use super::conn::{Chunk, Event, RequestHead};
 use super::server::ConnShared;
+use crate::access::{KnownToken, Refusal};
+use crate::auth::{bearer_token, Denied, Unauthenticated};
 use crate::grpc::call::{Code, Refused, Responses, Started, Status};
+use crate::grpc::service::Caller;
 use crate::grpc::{health, reflection, service, Shared};
 use crate::proto::services::chat::ChatServiceMethod;
 use crate::proto::services::health::HealthMethod;
@@ -111,6 +116,7 @@ enum Pending {
         method: Method,
         message: Option<Vec<u8>>,
         deadline: Option<Instant>,
+        caller: Option<Caller>,
     },
     /// A call whose client streams: its running call's inbox.
     Streaming(Sender<Inbound>),
@@ -120,6 +126,9 @@ pub struct Dispatch {
     shared: Arc<Shared>,
     conn: Arc<ConnShared>,
     streams: HashMap<u32, Pending>,
+    /// The last token verified on this connection: a channel sends the
+    /// same `authorization` on every call.
+    known: KnownToken,
 }
 
 impl Dispatch {
@@ -128,6 +137,7 @@ impl Dispatch {
             shared,
             conn,
             streams: HashMap::new(),
+            known: KnownToken::default(),
         }
     }
 
@@ -168,8 +178,9 @@ impl Dispatch {
                     method,
                     message,
                     deadline,
+                    caller,
                 }) => match message {
-                    Some(bytes) => self.run(stream, method, bytes, deadline),
+                    Some(bytes) => self.run(stream, method, bytes, deadline, caller),
                     None => self.fail(
                         stream,
                         method,
@@ -220,10 +231,19 @@ impl Dispatch {
                 return self.fail(stream, method, st);
             }
         };
+        // The chat service asks the gate; health and reflection stay open
+        // (probes and tools need them, and they tell nothing of rooms).
+        let caller = match method {
+            Method::Chat(_) => match self.caller(&head) {
+                Ok(caller) => Some(caller),
+                Err(refusal) => return self.fail(stream, method, Status::from(&refusal)),
+            },
+            _ => None,
+        };
         if method.client_streams() {
             let (tx, rx) = crossbeam_channel::unbounded();
             self.streams.insert(stream, Pending::Streaming(tx));
-            self.start(stream, method, None, deadline, Some(rx));
+            self.start(stream, method, None, deadline, Some(rx), caller);
         } else {
             self.streams.insert(
                 stream,
@@ -231,9 +251,38 @@ impl Dispatch {
                     method,
                     message: None,
                     deadline,
+                    caller,
                 },
             );
         }
+    }
+
+    /// Who calls, from the call's `authorization` metadata (verified once
+    /// per connection while the token stays the same).
+    fn caller(&mut self, head: &RequestHead) -> Result<Caller, Refusal> {
+        let access = &self.shared.access;
+        let token = match head
+            .metadata
+            .iter()
+            .find(|(name, _)| name == "authorization")
+        {
+            None => None,
+            Some((_, value)) => Some(
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(bearer_token)
+                    .ok_or_else(|| {
+                        access.refuse(Denied::Unauthenticated(Unauthenticated::Malformed(
+                            "authorization metadata is not a Bearer token",
+                        )))
+                    })?,
+            ),
+        };
+        let identity = access.identify_on(&mut self.known, token, SystemTime::now())?;
+        Ok(Caller {
+            identity,
+            ip: self.conn.ip,
+        })
     }
 
     fn call(
@@ -259,12 +308,19 @@ impl Dispatch {
     }
 
     /// Runs a call that takes one request message.
-    fn run(&self, stream: u32, method: Method, bytes: Vec<u8>, deadline: Option<Instant>) {
+    fn run(
+        &self,
+        stream: u32,
+        method: Method,
+        bytes: Vec<u8>,
+        deadline: Option<Instant>,
+        caller: Option<Caller>,
+    ) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let st = Status::new(Code::DeadlineExceeded, "deadline exceeded");
             return self.fail(stream, method, st);
         }
-        self.start(stream, method, Some(&bytes), deadline, None);
+        self.start(stream, method, Some(&bytes), deadline, None, caller);
     }
 
     /// Hands a call to its handler through the generated dispatch: with its
@@ -276,18 +332,25 @@ impl Dispatch {
         message: Option<&[u8]>,
         deadline: Option<Instant>,
         inbox: Option<Receiver<Inbound>>,
+        caller: Option<Caller>,
     ) {
         let shared = &self.shared;
         let call = || self.call(stream, inbox, deadline);
-        let handled = match method {
-            Method::Chat(m) => services::chat::dispatch(&service::Chat(shared), m, message, call),
-            Method::Health(m) => {
+        let handled = match (method, caller) {
+            (Method::Chat(m), Some(caller)) => {
+                services::chat::dispatch(&service::Chat { shared, caller }, m, message, call)
+            }
+            (Method::Chat(_), None) => {
+                let st = Status::new(Code::Internal, "a chat call without its caller");
+                return self.fail(stream, method, st);
+            }
+            (Method::Health(m), _) => {
                 services::health::dispatch(&health::Health(shared), m, message, call)
             }
-            Method::ReflectionV1(m) => {
+            (Method::ReflectionV1(m), _) => {
                 reflection_v1::dispatch(&reflection::Reflection(shared), m, message, call)
             }
-            Method::ReflectionV1Alpha(m) => {
+            (Method::ReflectionV1Alpha(m), _) => {
                 reflection_v1alpha::dispatch(&reflection::Reflection(shared), m, message, call)
             }
         };

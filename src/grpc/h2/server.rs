@@ -18,7 +18,7 @@
 //! socket.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use parking_lot::{Condvar, Mutex};
 use super::conn::{Conn, Limits, Tick};
 use super::dispatch::Dispatch;
 use super::tls::{Tls, HANDSHAKE_TIMEOUT};
+use crate::access::{Admission, Door as Port};
 use crate::error::Error;
 use crate::grpc::Shared;
 use crate::hub::Watch;
@@ -56,12 +57,17 @@ pub struct ConnShared {
     /// room calls it once however many of its streams read the room).
     pub(super) watcher: Arc<dyn Watch>,
     pub(super) peer: String,
+    /// The client's address: whose limits its publishes count against
+    /// when it sends no token.
+    pub(super) ip: IpAddr,
     socket: TcpStream,
     /// TLS state, when the port speaks TLS.
     tls: Option<Tls>,
     /// A slot of `--max-grpc-connections`, given back when the last holder
     /// (reader, writer, a call's thread) lets go.
     _slot: Permit,
+    /// Its count against `--max-connections-per-address`, held as long.
+    _admission: Admission,
 }
 
 impl ConnShared {
@@ -217,6 +223,21 @@ fn accept_loop(
             }
         };
         next += 1;
+        let Ok(ip) = socket.peer_addr().map(|a| a.ip()) else {
+            continue;
+        };
+        let admission = match door.shared.access.admit(Port::Grpc, ip, Instant::now()) {
+            Ok(admission) => admission,
+            Err(refusal) => {
+                log::debug!("gRPC connection from {ip} refused: {refusal}");
+                turn_away(
+                    socket,
+                    door.tls.is_none(),
+                    b"too many connections from this address",
+                );
+                continue;
+            }
+        };
         let limit = door.shared.config.max_connections;
         let Some(slot) = door.open.take(limit) else {
             refused += 1;
@@ -230,10 +251,10 @@ fn accept_loop(
                      {refused} refused so far"
                 );
             }
-            turn_away(socket, door.tls.is_none());
+            turn_away(socket, door.tls.is_none(), b"too many connections");
             continue;
         };
-        if let Err(e) = serve(socket, next, &door, slot, &conns, &threads) {
+        if let Err(e) = serve(socket, next, &door, (slot, admission), &conns, &threads) {
             log::warn!("gRPC connection not served: {e}");
         }
     }
@@ -241,16 +262,11 @@ fn accept_loop(
 
 /// Closes a connection past the cap; on h2c, with SETTINGS and GOAWAY
 /// first, so an HTTP/2 client knows to go elsewhere.
-fn turn_away(mut socket: TcpStream, h2c: bool) {
+fn turn_away(mut socket: TcpStream, h2c: bool, why: &[u8]) {
     if h2c {
         let mut out = Vec::new();
         super::frame::put_settings(&mut out, &[]);
-        super::frame::put_goaway(
-            &mut out,
-            0,
-            super::frame::ErrorCode::RefusedStream,
-            b"too many connections",
-        );
+        super::frame::put_goaway(&mut out, 0, super::frame::ErrorCode::RefusedStream, why);
         let _ = socket.set_write_timeout(Some(Duration::from_millis(100)));
         let _ = socket.write_all(&out);
     }
@@ -262,7 +278,7 @@ fn serve(
     socket: TcpStream,
     n: u64,
     door: &Door,
-    slot: Permit,
+    (slot, admission): (Permit, Admission),
     conns: &Arc<Mutex<Vec<Arc<ConnShared>>>>,
     threads: &Threads,
 ) -> std::io::Result<()> {
@@ -276,10 +292,8 @@ fn serve(
         None => None,
     };
     socket.set_write_timeout(Some(shared.config.write_timeout))?;
-    let peer = socket
-        .peer_addr()
-        .map(|a| format!("ipv{}:{a}", if a.is_ipv4() { 4 } else { 6 }))
-        .unwrap_or_else(|_| "unknown".into());
+    let addr = socket.peer_addr()?;
+    let peer = format!("ipv{}:{addr}", if addr.is_ipv4() { 4 } else { 6 });
     let conn = Arc::new_cyclic(|me| ConnShared {
         conn: Mutex::new(Conn::new(limits.clone())),
         writer: Condvar::new(),
@@ -287,11 +301,13 @@ fn serve(
         sleeping: AtomicBool::new(false),
         watcher: Arc::new(WriterWatch(me.clone())),
         peer,
+        ip: addr.ip(),
         // The one descriptor of the connection: the reader and the writer
         // use it through `&TcpStream` (a connection costs one fd).
         socket,
         tls,
         _slot: slot,
+        _admission: admission,
     });
     {
         // Its writer takes it out again when the connection ends.
