@@ -52,6 +52,48 @@ pub struct Decoder {
     size: usize,
     max_size: usize,
     max_list: usize,
+    /// The last long Huffman-coded literal and what it decoded to.
+    last_long: Remembered,
+}
+
+/// One long Huffman-coded literal, as it came and decoded. A gRPC client
+/// sends its `authorization` token with every call as a never-indexed
+/// literal (RFC 7541 7.1.3 asks that of credentials), so without this
+/// every call decodes the same few hundred bytes again: measured, 20% of
+/// the server's CPU on unary calls with a 600-byte RS256 token, even with
+/// the table decoder (BENCHMARKS.md). A comparison of the coded bytes is
+/// a memcmp.
+#[derive(Default)]
+struct Remembered {
+    coded: Vec<u8>,
+    decoded: Vec<u8>,
+}
+
+/// Literals at least this long are remembered (shorter ones decode in
+/// less time than the comparison and the copy take).
+const REMEMBER_FROM: usize = 64;
+/// ... and at most this long, so that a connection holds at most twice
+/// this (a bearer token is at most 8 KiB).
+const REMEMBER_UP_TO: usize = 8 * 1024;
+
+impl Remembered {
+    /// Reads a string literal like [`string`], answering a repeat of the
+    /// last long Huffman-coded one from memory.
+    fn string<'a>(&mut self, b: &'a [u8], at: &mut usize) -> Result<Cow<'a, [u8]>, DecodeError> {
+        let (coded, huffman) = literal(b, at)?;
+        if !huffman {
+            return Ok(Cow::Borrowed(coded));
+        }
+        if !(REMEMBER_FROM..=REMEMBER_UP_TO).contains(&coded.len()) {
+            return huffman_decode(coded).map(Cow::Owned);
+        }
+        if coded != self.coded.as_slice() {
+            self.decoded = huffman_decode(coded)?;
+            self.coded.clear();
+            self.coded.extend_from_slice(coded);
+        }
+        Ok(Cow::Owned(self.decoded.clone()))
+    }
 }
 
 impl Decoder {
@@ -63,6 +105,7 @@ impl Decoder {
             size: 0,
             max_size: TABLE_SIZE,
             max_list,
+            last_long: Remembered::default(),
         }
     }
 
@@ -144,7 +187,7 @@ impl Decoder {
                 } else {
                     Cow::Owned(self.field(index)?.0.to_vec())
                 };
-                let value = string(block, &mut at)?;
+                let value = self.last_long.string(block, &mut at)?;
                 emit(&name, &value);
                 if indexing {
                     self.insert(name.into_owned(), value.into_owned());
@@ -183,8 +226,9 @@ fn integer(b: &[u8], at: &mut usize, n: u8) -> Result<usize, DecodeError> {
     }
 }
 
-/// Reads a string literal (RFC 7541 5.2), Huffman-coded or not.
-fn string<'a>(b: &'a [u8], at: &mut usize) -> Result<Cow<'a, [u8]>, DecodeError> {
+/// Reads a string literal (RFC 7541 5.2): its bytes as they came, and
+/// whether they are Huffman-coded.
+fn literal<'a>(b: &'a [u8], at: &mut usize) -> Result<(&'a [u8], bool), DecodeError> {
     let huffman = b.get(*at).ok_or_else(|| bad("truncated string"))? & 0x80 != 0;
     let len = integer(b, at, 7)?;
     let end = at
@@ -193,10 +237,14 @@ fn string<'a>(b: &'a [u8], at: &mut usize) -> Result<Cow<'a, [u8]>, DecodeError>
         .ok_or_else(|| bad("truncated string"))?;
     let raw = &b[*at..end];
     *at = end;
-    if huffman {
-        huffman_decode(raw).map(Cow::Owned)
-    } else {
-        Ok(Cow::Borrowed(raw))
+    Ok((raw, huffman))
+}
+
+/// Reads a string literal (RFC 7541 5.2), Huffman-coded or not.
+fn string<'a>(b: &'a [u8], at: &mut usize) -> Result<Cow<'a, [u8]>, DecodeError> {
+    match literal(b, at)? {
+        (coded, true) => huffman_decode(coded).map(Cow::Owned),
+        (raw, false) => Ok(Cow::Borrowed(raw)),
     }
 }
 
@@ -216,36 +264,92 @@ fn codes_by_length() -> &'static [Vec<(u32, u16)>; 31] {
     })
 }
 
-/// Decodes a Huffman-coded string: bit by bit, a lookup at each length
-/// that has codes. The padding must be the most significant bits of EOS
-/// (all ones) and shorter than 8 bits; EOS itself may not appear.
+/// For each value of the next 8 bits: the symbol whose code starts them and
+/// that code's length, when it is 8 bits or shorter (`(0, 0)` otherwise).
+/// Every character of a base64url token has such a code.
+fn codes_by_first_byte() -> &'static [(u8, u8); 256] {
+    static TABLE: OnceLock<[(u8, u8); 256]> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = [(0u8, 0u8); 256];
+        for (symbol, &(code, len)) in HUFFMAN_CODES.iter().enumerate().take(256) {
+            if len <= 8 {
+                let free = 8 - u32::from(len);
+                let first = (code << free) as usize;
+                for entry in &mut t[first..first + (1 << free)] {
+                    *entry = (symbol as u8, len);
+                }
+            }
+        }
+        t
+    })
+}
+
+/// Decodes a Huffman-coded string. A code of 8 bits or fewer (every
+/// character of a token or a path) is one table lookup; longer codes go
+/// bit by bit. Measured: the bit-by-bit decoder alone (a binary search per
+/// bit) was 48% of the server's CPU on unary calls that carry a 600-byte
+/// RS256 token, which gRPC clients send uncompressed with every call
+/// (HPACK never-indexed); BENCHMARKS.md. The padding must be the most
+/// significant bits of EOS (all ones) and shorter than 8 bits; EOS itself
+/// may not appear.
 fn huffman_decode(raw: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    let table = codes_by_length();
+    let fast = codes_by_first_byte();
+    let slow = codes_by_length();
     let mut out = Vec::with_capacity(raw.len() * 8 / 5);
-    let mut code: u32 = 0;
-    let mut len = 0usize;
-    for &byte in raw {
-        for bit in (0..8).rev() {
-            code = (code << 1) | ((byte >> bit) & 1) as u32;
+    // The next `pending` bits of input are the low bits of `bits`.
+    let (mut bits, mut pending) = (0u64, 0u32);
+    let mut input = raw.iter();
+    loop {
+        while pending <= 56 {
+            let Some(&byte) = input.next() else { break };
+            bits = (bits << 8) | u64::from(byte);
+            pending += 8;
+        }
+        if pending == 0 {
+            return Ok(out);
+        }
+        // The next 8 bits; past the end, padded with ones (no code of 8
+        // bits or fewer is all ones: they would prefix EOS).
+        let next = if pending >= 8 {
+            (bits >> (pending - 8)) as u8
+        } else {
+            ((bits << (8 - pending)) as u8) | (0xff >> pending)
+        };
+        let (symbol, len) = fast[next as usize];
+        if len != 0 && u32::from(len) <= pending {
+            out.push(symbol);
+            pending -= u32::from(len);
+            bits &= (1u64 << pending) - 1;
+            continue;
+        }
+        // A longer code, or the end: bit by bit. More than 56 bits are
+        // pending unless the input is all read, so running out of bits
+        // means what is left is padding.
+        let (mut code, mut len) = (0u32, 0u32);
+        loop {
+            if len == pending {
+                if len > 7 || code != (1 << len) - 1 {
+                    return Err(bad("invalid Huffman padding"));
+                }
+                return Ok(out);
+            }
             len += 1;
             if len > 30 {
                 return Err(bad("invalid Huffman code"));
             }
-            if let Ok(i) = table[len].binary_search_by_key(&code, |&(c, _)| c) {
-                let symbol = table[len][i].1;
+            code = (code << 1) | ((bits >> (pending - len)) & 1) as u32;
+            if let Ok(i) = slow[len as usize].binary_search_by_key(&code, |&(c, _)| c) {
+                let symbol = slow[len as usize][i].1;
                 if symbol == 256 {
                     return Err(bad("EOS in a Huffman string"));
                 }
                 out.push(symbol as u8);
-                code = 0;
-                len = 0;
+                pending -= len;
+                bits &= (1u64 << pending) - 1;
+                break;
             }
         }
     }
-    if len > 7 || code != (1 << len) - 1 {
-        return Err(bad("invalid Huffman padding"));
-    }
-    Ok(out)
 }
 
 /// Appends an HPACK integer with an `n`-bit prefix; `first` holds the bits
@@ -317,6 +421,7 @@ impl Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn decode_all(d: &mut Decoder, block: &[u8]) -> Result<Vec<(String, String)>, DecodeError> {
         let mut out = Vec::new();
@@ -425,6 +530,102 @@ mod tests {
         // Past the table, and a size update after a field, are errors.
         assert!(d.field(63).is_err());
         assert!(decode_all(&mut d, &[0x82, 0x20]).is_err());
+    }
+
+    /// The decoder this module had first: bit by bit, a binary search per
+    /// bit. Slow and plainly right: the oracle of the table decoder.
+    fn bitwise_decode(raw: &[u8]) -> Result<Vec<u8>, DecodeError> {
+        let table = codes_by_length();
+        let mut out = Vec::new();
+        let (mut code, mut len) = (0u32, 0usize);
+        for &byte in raw {
+            for bit in (0..8).rev() {
+                code = (code << 1) | ((byte >> bit) & 1) as u32;
+                len += 1;
+                if len > 30 {
+                    return Err(bad("invalid Huffman code"));
+                }
+                if let Ok(i) = table[len].binary_search_by_key(&code, |&(c, _)| c) {
+                    if table[len][i].1 == 256 {
+                        return Err(bad("EOS in a Huffman string"));
+                    }
+                    out.push(table[len][i].1 as u8);
+                    (code, len) = (0, 0);
+                }
+            }
+        }
+        if len > 7 || code != (1 << len) - 1 {
+            return Err(bad("invalid Huffman padding"));
+        }
+        Ok(out)
+    }
+
+    /// Huffman-codes `text`, padded with ones (RFC 7541 5.2).
+    fn huffman_encode(text: &[u8]) -> Vec<u8> {
+        let (mut out, mut bits, mut pending) = (Vec::new(), 0u64, 0u32);
+        for &b in text {
+            let (code, len) = HUFFMAN_CODES[b as usize];
+            bits = (bits << len) | u64::from(code);
+            pending += u32::from(len);
+            while pending >= 8 {
+                out.push((bits >> (pending - 8)) as u8);
+                pending -= 8;
+            }
+        }
+        if pending > 0 {
+            out.push(((bits << (8 - pending)) as u8) | (0xff >> pending));
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn the_table_decoder_reads_what_the_bitwise_one_reads(
+            text in proptest::collection::vec(any::<u8>(), 0..300),
+            garbage in proptest::collection::vec(any::<u8>(), 0..40),
+            cut in 0usize..300,
+        ) {
+            let coded = huffman_encode(&text);
+            prop_assert_eq!(huffman_decode(&coded), Ok(text.clone()));
+            // Cut short, and plain garbage: the same answer, error or not.
+            let short = &coded[..cut.min(coded.len())];
+            prop_assert_eq!(huffman_decode(short), bitwise_decode(short));
+            prop_assert_eq!(huffman_decode(&garbage), bitwise_decode(&garbage));
+        }
+    }
+
+    #[test]
+    fn a_repeated_long_literal_is_decoded_once_and_read_the_same() {
+        let token = format!("Bearer {}", "eyJhbGciOiJSUzI1NiJ9.".repeat(20));
+        let coded = huffman_encode(token.as_bytes());
+        let mut block = vec![0x10]; // literal, never indexed, new name
+        put_string(&mut block, b"authorization");
+        block.push(0x80);
+        put_int_into(&mut block, coded.len());
+        block.extend_from_slice(&coded);
+        let mut d = Decoder::new(1 << 20);
+        for _ in 0..3 {
+            let fields = decode_all(&mut d, &block).unwrap();
+            assert_eq!(fields, [("authorization".to_string(), token.clone())]);
+        }
+        assert_eq!(d.last_long.coded, coded);
+        // A bad long one is refused, and what is remembered stays right.
+        let mut bad_block = vec![0x10];
+        put_string(&mut bad_block, b"authorization");
+        bad_block.push(0x80);
+        put_int_into(&mut bad_block, 70);
+        bad_block.extend_from_slice(&[0xff; 70]); // 560 ones: no code
+        assert!(decode_all(&mut d, &bad_block).is_err());
+        assert_eq!(d.last_long.coded, coded);
+        assert_eq!(decode_all(&mut d, &block).unwrap()[0].1, token);
+    }
+
+    /// The length prefix of a Huffman-coded string (its H bit already in
+    /// the block's last byte).
+    fn put_int_into(block: &mut Vec<u8>, len: usize) {
+        let h = block.pop().unwrap();
+        put_int(block, h, 7, len);
     }
 
     #[test]
