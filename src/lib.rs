@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod auth;
+mod bridge;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -78,9 +79,12 @@ impl App {
             config.grpc.addr.ip(),
             grpc.port()
         );
+        // gRPC-Web on the HTTP port (`bridge`).
+        let grpc_web: Arc<dyn http::Extension> = Arc::new(bridge::GrpcWebDoor(grpc.web()));
         let http = http::HttpServer::start(
             &config.http,
             door(tls::ALPN_HTTP1)?,
+            Some(grpc_web),
             hub.clone(),
             telemetry.clone(),
             threads.clone(),

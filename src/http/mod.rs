@@ -38,6 +38,7 @@
 //! `server`, `stream` and `wire` are the I/O around it.
 
 mod conn;
+mod extension;
 pub(crate) mod prometheus;
 pub(crate) mod request;
 pub(crate) mod response;
@@ -46,6 +47,9 @@ mod server;
 pub(crate) mod sse;
 mod stream;
 mod wire;
+
+pub use extension::{Exchange, Extension};
+pub use request::Request;
 // The one module allowed `unsafe` (poll(2), listen(2)); see its header.
 
 /// Cases per property test of the submodules; `STREAMHUB_STRESS=long`
@@ -95,6 +99,8 @@ struct Shared {
     sse_streams: Arc<Slots>,
     /// `http-accept` and the workers while they run.
     service_threads: Arc<Slots>,
+    /// Another front door's paths on this port (gRPC-Web), if any.
+    extension: Option<Arc<dyn Extension>>,
 }
 
 impl Shared {
@@ -119,10 +125,12 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `config.addr` (port 0 picks a free port) and starts the
     /// accept thread and the workers; with `tls` (from `crate::tls`), every
-    /// connection speaks TLS only.
+    /// connection speaks TLS only; `extension` serves the paths it claims.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: &HttpConfig,
         tls: Option<Arc<rustls::ServerConfig>>,
+        extension: Option<Arc<dyn Extension>>,
         hub: Arc<Hub>,
         telemetry: Arc<Telemetry>,
         threads: Threads,
@@ -148,6 +156,7 @@ impl HttpServer {
             open_connections: Slots::new(),
             sse_streams: Slots::new(),
             service_threads: Slots::new(),
+            extension,
         });
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
         let (back_tx, back_rx) = crossbeam_channel::unbounded();

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::conn::{Conn, Step, READ_CHUNK};
+use super::extension;
 use super::prometheus;
 use super::request::Request;
 use super::response::Response;
@@ -52,6 +53,7 @@ pub(super) struct Job {
 }
 
 /// How a worker hands a kept-alive connection back to `http-accept`.
+#[derive(Clone)]
 pub(super) struct GiveBack {
     tx: Sender<Conn>,
     wake: Arc<UnixStream>,
@@ -365,6 +367,9 @@ fn serve(shared: &Arc<Shared>, job: Job, back: &GiveBack) {
     if conn.stream.set_nonblocking(false).is_err() {
         return;
     }
+    if let Some(ext) = shared.extension.as_deref().filter(|e| e.claims(&req.path)) {
+        return extension::serve(shared, ext, conn, req, back);
+    }
     let cors = routes::cors_headers(&req, &shared.config.cors_origins);
     let outcome = catch_unwind(AssertUnwindSafe(|| handle(shared, &req)));
     let mut close = req.wants_close() || conn.incoming.eof || shared.is_stopping();
@@ -385,9 +390,22 @@ fn serve(shared: &Arc<Shared>, job: Job, back: &GiveBack) {
         }
     };
     response.headers.extend(cors);
-    close |= response.streaming;
+    answer(shared, conn, response, req.is_head(), close, back);
+}
+
+/// Writes a whole response on a worker, then closes the connection or
+/// hands it back to `http-accept` for the next request.
+pub(super) fn answer(
+    shared: &Shared,
+    mut conn: Conn,
+    response: Response,
+    head_only: bool,
+    close: bool,
+    back: &GiveBack,
+) {
+    let close = close || response.streaming;
     shared.telemetry.http_response(response.status);
-    let written = conn.write_all(&response.to_bytes(req.is_head(), close));
+    let written = conn.write_all(&response.to_bytes(head_only, close));
     if written.is_err() || close {
         conn.finish();
         return;

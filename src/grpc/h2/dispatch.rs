@@ -87,7 +87,7 @@ impl Method {
 }
 
 /// What grpc-go says of a path it does not serve.
-fn unknown_method(path: &str) -> Status {
+pub(crate) fn unknown_method(path: &str) -> Status {
     let (service, method) = path
         .trim_start_matches('/')
         .split_once('/')
