@@ -4,6 +4,7 @@
 mod conformance;
 mod flood;
 mod grpc;
+mod grpc_web;
 mod process;
 mod python;
 mod service;

@@ -14,6 +14,7 @@
 pub mod binary;
 pub mod browser;
 pub mod grpc;
+pub mod grpc_web;
 pub mod http;
 pub mod proc;
 pub mod sse;
