@@ -237,6 +237,12 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         )
     },
     opt(
+        "ui",
+        "STREAMHUB_UI",
+        "on",
+        "the built-in live page at / on the HTTP port: on or off",
+    ),
+    opt(
         "shutdown-grace-secs",
         "STREAMHUB_SHUTDOWN_GRACE_SECS",
         "10",
@@ -493,6 +499,8 @@ pub struct HttpConfig {
     pub stream_priority: crate::threads::Priority,
     /// SO_SNDBUF of each event stream (0: the system's).
     pub sse_send_buffer: usize,
+    /// The built-in page at `/` (`--ui`).
+    pub ui: bool,
 }
 
 impl Config {
@@ -550,6 +558,16 @@ impl Config {
                 stream_stack_bytes,
                 stream_priority: raw.priority("stream-priority")?,
                 sse_send_buffer: raw.number("sse-send-buffer-bytes", 0, 64 << 20)? as usize,
+                ui: match raw.string("ui").as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => {
+                        let shown: String = other.chars().take(20).collect();
+                        return Err(Error::Config(format!(
+                            "--ui: '{shown}' is neither on nor off"
+                        )));
+                    }
+                },
             },
             hub: HubConfig {
                 subscriber_queue: raw.number("subscriber-queue", 1, 1 << 20)? as usize,

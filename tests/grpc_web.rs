@@ -166,7 +166,7 @@ fn grpc_web_stream_metrics_sends_measurements_labelled_with_the_instance() {
     let mut stream = WebResponse::send(&server, &raw);
     assert_eq!(stream.head.status, 200);
     let mut names = Vec::new();
-    while names.len() < 7 {
+    while names.len() < 8 {
         let m: chat::Metric = stream.message().unwrap();
         assert_eq!(m.labels.get("instance").map(String::as_str), Some("web-1"));
         names.push(m.name);

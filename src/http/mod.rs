@@ -46,6 +46,7 @@ pub(crate) mod routes;
 mod server;
 pub(crate) mod sse;
 mod stream;
+mod ui;
 mod wire;
 
 pub use extension::{Exchange, Extension};

@@ -28,6 +28,7 @@ use super::request::Request;
 use super::response::Response;
 use super::routes::{self, Action};
 use super::stream;
+use super::ui;
 use super::wire::{Got, Tls};
 use super::Shared;
 use crate::sys::PollSet;
@@ -419,6 +420,9 @@ pub(super) fn answer(
 
 /// Runs what a request asks for, short of opening a stream.
 fn handle(shared: &Shared, req: &Request) -> Outcome {
+    if let Some(page) = shared.config.ui.then(|| ui::asset(req)).flatten() {
+        return Outcome::Respond(page);
+    }
     let response = match routes::route(req) {
         Action::Respond(response) => response,
         Action::Publish(draft) => routes::publish_response(shared.hub.publish(draft)),
