@@ -13,3 +13,4 @@ mod stress;
 mod support;
 mod tls;
 mod tls_http;
+mod web_page;

@@ -206,12 +206,20 @@
     c.height = c.clientHeight * ratio;
     const g = c.getContext("2d"), v = plot.values;
     if (v.length < 2) return;
-    const max = Math.max(...v) || 1, step = c.width / 59;
+    // Headroom above the highest point; the newest point at the right.
+    const max = Math.max(...v) * 1.25 || 1, step = c.width / 59, x0 = c.width - (v.length - 1) * step;
+    const y = (value) => c.height - 1 - (value / max) * (c.height - 2);
     g.beginPath();
-    v.forEach((y, i) => g.lineTo(i * step, c.height - 2 - (y / max) * (c.height - 4)));
-    g.strokeStyle = getComputedStyle(document.body).getPropertyValue("--accent");
+    v.forEach((value, i) => g.lineTo(x0 + i * step, y(value)));
+    const accent = getComputedStyle(document.body).getPropertyValue("--accent");
+    g.strokeStyle = accent;
     g.lineWidth = 1.5 * ratio;
     g.stroke();
+    g.lineTo(c.width, c.height);
+    g.lineTo(x0, c.height);
+    g.globalAlpha = 0.15;
+    g.fillStyle = accent;
+    g.fill();
   }
   function record(key, value) {
     const plot = plots[key], fmt = SERIES.find((s) => s[0] === key)[2];
