@@ -63,4 +63,8 @@ impl Sink for Exchange {
     fn client_gone(&mut self) -> bool {
         Exchange::client_gone(self)
     }
+
+    fn room_burst(&mut self, newest: u64) {
+        Exchange::room_burst(self, newest)
+    }
 }

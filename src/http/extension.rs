@@ -50,6 +50,11 @@ pub struct Exchange {
     cors: Vec<(&'static str, String)>,
     /// The client asked for the connection to close after this request.
     close: bool,
+    /// A room stream's priority (`--stream-priority`), set at its first
+    /// burst: `None` until then (a metrics stream never has one).
+    busy: Option<crate::threads::BusyRoom>,
+    /// The pieces of the chunk being written (see [`recycle`]).
+    spare: Vec<&'static [u8]>,
 }
 
 impl Exchange {
@@ -117,20 +122,25 @@ impl Exchange {
             // A zero-size chunk would end the body.
             return Ok(());
         }
-        let line = chunk_line(size);
-        let mut all: Vec<&[u8]> = Vec::with_capacity(pieces.len() + 2);
-        all.push(line.as_bytes());
+        let mut line = [0u8; CHUNK_LINE_MAX];
+        let line = chunk_line(size, &mut line);
+        // One allocation for the stream's life, not one per chunk.
+        let mut all = recycle(std::mem::take(&mut self.spare));
+        all.push(line);
         all.extend_from_slice(pieces);
         all.push(b"\r\n");
-        self.write(&all, give_up)
+        let written = self.write(&all, give_up);
+        self.spare = recycle(all);
+        written
     }
 
     /// Ends the body (after `last`, a chunk of its own) and closes; with
     /// no `last`, only closes: the body was broken by a failed write.
     pub fn end(mut self, last: Option<&[u8]>, give_up: &dyn Fn() -> bool) {
         if let Some(last) = last {
-            let line = chunk_line(last.len());
-            let pieces: [&[u8]; 4] = [line.as_bytes(), last, b"\r\n", LAST_CHUNK];
+            let mut line = [0u8; CHUNK_LINE_MAX];
+            let line = chunk_line(last.len(), &mut line);
+            let pieces: [&[u8]; 4] = [line, last, b"\r\n", LAST_CHUNK];
             let _ = self.write(&pieces[..], give_up);
         }
         let tls = self.conn.tls.take();
@@ -146,6 +156,20 @@ impl Exchange {
         gone
     }
 
+    /// A room stream took a burst up to `newest`: the thread's CPU
+    /// priority follows the room's rate, as an SSE stream thread's does
+    /// (`--stream-priority`; `threads::Priority` says why).
+    pub fn room_burst(&mut self, newest: u64) {
+        let priority = self.shared.config.stream_priority;
+        let busy = self.busy.get_or_insert_with(|| {
+            priority.apply_to_current_thread();
+            crate::threads::BusyRoom::new(priority)
+        });
+        if busy.observe(newest, std::time::Instant::now()) {
+            crate::threads::Priority::Idle.apply_to_current_thread();
+        }
+    }
+
     fn write(&mut self, pieces: &[&[u8]], give_up: &dyn Fn() -> bool) -> io::Result<()> {
         let tls = self.conn.tls.take();
         let out = Patient::again(&self.conn.stream, tls, self.shared.config.write_timeout);
@@ -158,9 +182,25 @@ impl Exchange {
 /// The end of a chunked body (no trailers: gRPC-Web's are in a frame).
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// A chunk's size line.
-fn chunk_line(size: usize) -> String {
-    format!("{size:x}\r\n")
+/// Longest chunk size line: 16 hex digits and CRLF.
+const CHUNK_LINE_MAX: usize = 18;
+
+/// A chunk's size line, written into `buf`.
+fn chunk_line(size: usize, buf: &mut [u8; CHUNK_LINE_MAX]) -> &[u8] {
+    let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        let nibble = (size >> (4 * (digits - 1 - i))) & 0xf;
+        buf[i] = b"0123456789abcdef"[nibble];
+    }
+    buf[digits..digits + 2].copy_from_slice(b"\r\n");
+    &buf[..digits + 2]
+}
+
+/// An empty vector with the allocation of `v`, whatever the lifetime of
+/// what `v` pointed into (as `stream::recycle` does for slices).
+fn recycle<'b>(mut v: Vec<&'_ [u8]>) -> Vec<&'b [u8]> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("empty")).collect()
 }
 
 /// The CORS headers of a request to an extension's path: the same origin
@@ -221,6 +261,8 @@ pub(super) fn serve(
         back: back.clone(),
         cors,
         close,
+        busy: None,
+        spare: Vec::new(),
     };
     // A panic drops the exchange, which closes the connection.
     if catch_unwind(AssertUnwindSafe(|| ext.serve(req, exchange))).is_err() {
@@ -282,7 +324,9 @@ mod tests {
 
     #[test]
     fn chunk_lines_are_hex() {
-        assert_eq!(chunk_line(255), "ff\r\n");
-        assert_eq!(chunk_line(1), "1\r\n");
+        let mut buf = [0; CHUNK_LINE_MAX];
+        for n in [0usize, 1, 15, 16, 255, 4096, 0x1234_5678, usize::MAX] {
+            assert_eq!(chunk_line(n, &mut buf), format!("{n:x}\r\n").as_bytes());
+        }
     }
 }

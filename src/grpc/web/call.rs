@@ -61,6 +61,10 @@ pub trait Sink: Send + 'static {
     fn end(self: Box<Self>, last: Option<&[u8]>, give_up: &dyn Fn() -> bool);
     /// True once the client closed its end. Never blocks.
     fn client_gone(&mut self) -> bool;
+    /// A room stream's burst was taken, up to sequence `newest`: the
+    /// stream thread's CPU priority follows the room's rate as an SSE
+    /// stream thread's does (`--stream-priority`).
+    fn room_burst(&mut self, newest: u64);
 }
 
 /// One gRPC-Web call on one HTTP connection.
@@ -84,9 +88,20 @@ pub struct WebCall {
     /// the trailer gets one try, not the write timeout.
     evicted: bool,
     next_check: Instant,
-    /// Prefixes of the burst being written (one allocation for the call's
-    /// life, like the SSE thread's slices).
+    /// Prefixes of the burst being written, and the burst's messages and
+    /// pieces: one allocation each for the call's life, not one per burst
+    /// (why it matters at SCHED_IDLE: `http::stream`'s loop says).
     prefixes: Vec<[u8; g::PREFIX_LEN]>,
+    spare_messages: Vec<&'static [u8]>,
+    spare_pieces: Vec<&'static [u8]>,
+}
+
+/// An empty vector with the allocation of `v`, whatever the lifetime of
+/// what `v` pointed into (`collect` of a vector's own iterator reuses its
+/// buffer, and an empty one maps nothing).
+fn recycle<'b>(mut v: Vec<&'_ [u8]>) -> Vec<&'b [u8]> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("empty")).collect()
 }
 
 impl WebCall {
@@ -111,6 +126,8 @@ impl WebCall {
             evicted: false,
             next_check: Instant::now() + LIVENESS_CHECK,
             prefixes: Vec::new(),
+            spare_messages: Vec::new(),
+            spare_pieces: Vec::new(),
         }
     }
 
@@ -144,12 +161,14 @@ impl WebCall {
                 self.prefixes.clear();
                 self.prefixes
                     .extend(messages.iter().map(|m| g::prefix(m.len())));
-                let mut pieces: Vec<&[u8]> = Vec::with_capacity(messages.len() * 2);
+                let mut pieces = recycle(std::mem::take(&mut self.spare_pieces));
                 for (prefix, m) in self.prefixes.iter().zip(messages) {
                     pieces.push(prefix);
                     pieces.push(m);
                 }
-                sink.chunk(&pieces, give_up)
+                let written = sink.chunk(&pieces, give_up);
+                self.spare_pieces = recycle(pieces);
+                written
             }
             Mode::Text => {
                 let mut frames = Vec::new();
@@ -188,7 +207,8 @@ impl WebCall {
     fn send_burst(&mut self) {
         let Some(sub) = self.sub.take() else { return };
         let (mut taken, mut bytes) = (0, 0);
-        let mut messages: Vec<&[u8]> = Vec::new();
+        let mut messages = recycle(std::mem::take(&mut self.spare_messages));
+        let mut newest = 0;
         for m in sub.peek(MAX_BURST) {
             if bytes >= MAX_BURST_BYTES {
                 break;
@@ -196,14 +216,18 @@ impl WebCall {
             let encoded = wire::shared_bytes(m);
             bytes += encoded.len() + g::PREFIX_LEN;
             messages.push(encoded);
+            newest = m.seq;
             taken += 1;
         }
         sub.claim(taken);
+        if let Some(sink) = self.sink.as_mut() {
+            sink.room_burst(newest);
+        }
         // A write blocked on a client that stopped reading gives up as
         // soon as the hub drops it, not at the write timeout.
         let evicted = || sub.close_reason() == Some(CloseReason::SlowConsumer);
         let written = self.write_frames(&messages, &evicted);
-        drop(messages);
+        self.spare_messages = recycle(messages);
         let mut sub = sub;
         if written.is_err() {
             self.gone = true;
