@@ -188,9 +188,9 @@ const CHUNK_LINE_MAX: usize = 18;
 /// A chunk's size line, written into `buf`.
 fn chunk_line(size: usize, buf: &mut [u8; CHUNK_LINE_MAX]) -> &[u8] {
     let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
-    for i in 0..digits {
+    for (i, digit) in buf[..digits].iter_mut().enumerate() {
         let nibble = (size >> (4 * (digits - 1 - i))) & 0xf;
-        buf[i] = b"0123456789abcdef"[nibble];
+        *digit = b"0123456789abcdef"[nibble];
     }
     buf[digits..digits + 2].copy_from_slice(b"\r\n");
     &buf[..digits + 2]
