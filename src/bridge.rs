@@ -28,6 +28,7 @@ impl Extension for GrpcWebDoor {
         let request = WebRequest {
             content_type: req.header("content-type").map(str::to_string),
             timeout: req.header("grpc-timeout").map(str::to_string),
+            authorization: req.header("authorization").map(str::to_string),
             path: req.path,
             body: req.body,
         };

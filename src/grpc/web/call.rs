@@ -422,3 +422,129 @@ impl Drop for WebCall {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::grpc::call::Code;
+    use crate::proto::chat;
+
+    /// What a call did to its connection.
+    #[derive(Debug, Default)]
+    struct Wire {
+        answered: Option<(Vec<(&'static str, String)>, Vec<u8>)>,
+        begun: bool,
+        chunks: Vec<Vec<u8>>,
+        ended_with: Option<Option<Vec<u8>>>,
+    }
+
+    /// A connection that records, and fails writes when told to.
+    struct Recorder(Arc<Mutex<Wire>>, bool);
+
+    impl Sink for Recorder {
+        fn peer(&self) -> String {
+            "test".into()
+        }
+        fn respond(self: Box<Self>, headers: Vec<(&'static str, String)>, body: Vec<u8>) {
+            self.0.lock().unwrap().answered = Some((headers, body));
+        }
+        fn refuse(self: Box<Self>, _status: u16, _message: &str) {}
+        fn begin(&mut self, _headers: Vec<(&'static str, String)>) -> io::Result<()> {
+            self.0.lock().unwrap().begun = true;
+            Ok(())
+        }
+        fn chunk(&mut self, pieces: &[&[u8]], _give_up: &dyn Fn() -> bool) -> io::Result<()> {
+            if self.1 {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            self.0.lock().unwrap().chunks.push(pieces.concat());
+            Ok(())
+        }
+        fn end(self: Box<Self>, last: Option<&[u8]>, _give_up: &dyn Fn() -> bool) {
+            self.0.lock().unwrap().ended_with = Some(last.map(<[u8]>::to_vec));
+        }
+        fn client_gone(&mut self) -> bool {
+            false
+        }
+        fn room_burst(&mut self, _newest: u64) {}
+    }
+
+    fn call(mode: Mode, deadline: Option<Instant>, failing: bool) -> (WebCall, Arc<Mutex<Wire>>) {
+        let wire = Arc::new(Mutex::new(Wire::default()));
+        let sink = Box::new(Recorder(wire.clone(), failing));
+        let call = WebCall::new(sink, mode, crossbeam_channel::never(), deadline);
+        (call, wire)
+    }
+
+    fn metric(name: &str) -> chat::Metric {
+        let mut m = chat::Metric::new();
+        m.name = name.into();
+        m
+    }
+
+    #[test]
+    fn an_end_before_any_message_is_trailers_only() {
+        let (call, wire) = call(Mode::Binary, None, false);
+        let st = Status::new(Code::InvalidArgument, "room: bad");
+        Responses::<chat::Metric>::finish(call, st, Duration::ZERO);
+        let wire = wire.lock().unwrap();
+        let (headers, body) = wire.answered.as_ref().expect("answered at once");
+        assert!(body.is_empty() && !wire.begun);
+        assert!(headers.contains(&("grpc-status", "3".into())));
+        assert!(headers.contains(&("grpc-message", "room: bad".into())));
+    }
+
+    #[test]
+    fn messages_go_as_one_chunk_per_burst_then_the_trailer_ends_the_body() {
+        let (mut call, wire) = call(Mode::Binary, None, false);
+        call.send_all([metric("a"), metric("b")], Duration::ZERO)
+            .unwrap();
+        Responses::<chat::Metric>::finish(call, Status::ok(), Duration::ZERO);
+        let wire = wire.lock().unwrap();
+        assert!(wire.begun);
+        assert_eq!(wire.chunks.len(), 1, "one burst, one chunk");
+        let mut expected = Vec::new();
+        for name in ["a", "b"] {
+            framing::put_message(&mut expected, &metric(name).write_to_bytes().unwrap());
+        }
+        assert_eq!(wire.chunks[0], expected);
+        let last = wire.ended_with.clone().unwrap().unwrap();
+        assert_eq!(last, framing::trailer_frame(&Status::ok()));
+    }
+
+    #[test]
+    fn text_mode_sends_each_chunk_in_base64_of_its_own() {
+        let (mut call, wire) = call(Mode::Text, None, false);
+        call.send_all([metric("a")], Duration::ZERO).unwrap();
+        call.send_all([metric("b")], Duration::ZERO).unwrap();
+        drop(call);
+        let wire = wire.lock().unwrap();
+        let mut frames = Vec::new();
+        framing::put_message(&mut frames, &metric("b").write_to_bytes().unwrap());
+        assert_eq!(framing::decode_text(&wire.chunks[1]), Some(frames));
+    }
+
+    #[test]
+    fn a_failed_write_ends_the_call_without_a_trailer() {
+        let (mut call, wire) = call(Mode::Binary, None, true);
+        assert_eq!(
+            call.send_all([metric("a")], Duration::ZERO),
+            Err(WriteError::Gone)
+        );
+        assert!(Responses::<chat::Metric>::client_gone(&mut call));
+        Responses::<chat::Metric>::finish(call, Status::ok(), Duration::ZERO);
+        assert_eq!(wire.lock().unwrap().ended_with, Some(None));
+    }
+
+    #[test]
+    fn a_call_dropped_past_its_deadline_ends_with_deadline_exceeded() {
+        let (call, wire) = call(Mode::Binary, Some(Instant::now()), false);
+        assert_eq!(call.wait(None), Err(Interrupted::TimedOut));
+        drop(call);
+        let wire = wire.lock().unwrap();
+        let (headers, _) = wire.answered.as_ref().expect("trailers-only");
+        assert!(headers.contains(&("grpc-status", "4".into())));
+    }
+}

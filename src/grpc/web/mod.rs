@@ -52,6 +52,10 @@ pub struct WebRequest {
     pub content_type: Option<String>,
     /// `grpc-timeout`, as sent.
     pub timeout: Option<String>,
+    /// `authorization`, as sent: what the token check (the security issue)
+    /// will read, at the one place marked in [`GrpcWeb::serve`]. Nothing
+    /// reads it yet.
+    pub authorization: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -91,6 +95,10 @@ impl GrpcWeb {
                 ),
             );
         };
+        // Authorization goes here, when it lands: one check of
+        // `req.authorization` (and the room, for the method's permission),
+        // answered trailers-only UNAUTHENTICATED or PERMISSION_DENIED like
+        // native gRPC, before anything runs.
         let Some(method) = ChatServiceMethod::of(&req.path) else {
             let st = unknown_method(&req.path);
             log::debug!("gRPC-Web: {}", st.message);
