@@ -275,3 +275,34 @@ fn built_in_page_shows_python_messages_within_a_second_sends_to_grpc_and_survive
     assert_eq!(until_content(&mut native, "still here").user, "pat");
     drop(browser);
 }
+
+#[test]
+fn the_page_is_served_from_the_binary_and_ui_off_turns_it_off() {
+    let on = support::start();
+    let page = crate::support::http::get(&on, "/");
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(page.text().contains("<script src=\"/ui/app.js\">"));
+    for (path, kind) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+    ] {
+        let asset = crate::support::http::get(&on, path);
+        assert_eq!(asset.status, 200, "{path}");
+        assert!(asset.header("content-type").unwrap().starts_with(kind));
+        assert!(!asset.body.is_empty());
+        assert!(!asset.text().contains("http"), "{path} loads nothing from elsewhere");
+    }
+    // The page is all there is: no CDN, no other origin.
+    assert!(
+        !page.text().contains("http"),
+        "the page loads nothing from elsewhere"
+    );
+    let off = support::start_with(|c| c.http.ui = false);
+    assert_eq!(crate::support::http::get(&off, "/").status, 404);
+    assert_eq!(crate::support::http::get(&off, "/ui/app.js").status, 404);
+    assert_eq!(crate::support::http::get(&off, "/healthz").status, 200);
+}
