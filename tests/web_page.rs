@@ -294,7 +294,10 @@ fn the_page_is_served_from_the_binary_and_ui_off_turns_it_off() {
         assert_eq!(asset.status, 200, "{path}");
         assert!(asset.header("content-type").unwrap().starts_with(kind));
         assert!(!asset.body.is_empty());
-        assert!(!asset.text().contains("http"), "{path} loads nothing from elsewhere");
+        assert!(
+            !asset.text().contains("http"),
+            "{path} loads nothing from elsewhere"
+        );
     }
     // The page is all there is: no CDN, no other origin.
     assert!(

@@ -431,10 +431,13 @@ mod tests {
     use crate::grpc::call::Code;
     use crate::proto::chat;
 
+    /// Headers and body of a whole answer.
+    type Answer = (Vec<(&'static str, String)>, Vec<u8>);
+
     /// What a call did to its connection.
     #[derive(Debug, Default)]
     struct Wire {
-        answered: Option<(Vec<(&'static str, String)>, Vec<u8>)>,
+        answered: Option<Answer>,
         begun: bool,
         chunks: Vec<Vec<u8>>,
         ended_with: Option<Option<Vec<u8>>>,
