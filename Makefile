@@ -16,13 +16,17 @@ BENCH_BIN := target/release/streamhub-bench
 deps:
 	@$(MAKE) -s apt-install PKGS="$$(command -v cc >/dev/null 2>&1 || echo gcc)"
 
-# The tests also use curl, a Python venv (for Python's grpcio), Chromium and
-# openssl (certificates for the TLS tests).
+# The tests also use curl, a Python venv (for Python's grpcio), Chromium,
+# openssl (certificates for the TLS tests), and Node, npm and protoc (the
+# browser test bundles Connect-ES, a real gRPC-Web client, from npm).
 test-deps:
 	@$(MAKE) -s apt-install PKGS="$$(command -v curl >/dev/null 2>&1 || echo curl) \
 		$$(command -v openssl >/dev/null 2>&1 || echo openssl) \
 		$$(python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || echo python3-venv) \
-		$$(command -v chromium >/dev/null 2>&1 || echo chromium)"
+		$$(command -v chromium >/dev/null 2>&1 || echo chromium) \
+		$$(command -v node >/dev/null 2>&1 || echo nodejs) \
+		$$(command -v npm >/dev/null 2>&1 || echo npm) \
+		$$(command -v protoc >/dev/null 2>&1 || echo protobuf-compiler)"
 
 apt-install:
 	@pkgs="$$(echo $(PKGS))"; if [ -n "$$pkgs" ]; then \
@@ -45,7 +49,8 @@ $(VENV)/.ready: tests/py/requirements.txt | test-deps
 
 py-deps: $(VENV)/.ready
 
-# The browser test (headless Chromium's EventSource) must run here, not skip.
+# The browser tests (headless Chromium: EventSource, Connect-ES over
+# gRPC-Web, the built-in page) must run here, not skip.
 # One test at a time: several tests bound latencies, which a second test
 # hammering the same 2 cores would blur.
 test: deps test-deps py-deps peers

@@ -18,7 +18,10 @@
 #   --publishers N           publisher threads (default 1)
 #   --window W               flat out: pause while the slowest subscriber
 #                            is W messages behind (default 512, the tool's)
-#   --servers LIST           comma list of streamhub,nchan,proto (default all)
+#   --servers LIST           comma list of streamhub,nchan,proto (default all),
+#                            and streamhub-web: streamhub with its subscribers
+#                            on gRPC-Web (SubscribeMessages over HTTP/1.1
+#                            chunks) instead of SSE, for the two side by side
 #   --streamhub-args "..."   extra arguments for 'streamhub serve'
 #   --streamhub-publish M    http (POST /messages, JSON; default) or grpc
 #                            (SendMessage, as BENCHMARKS.md did)
@@ -69,7 +72,7 @@ done
 [[ $STREAMHUB_PUBLISH == http || $STREAMHUB_PUBLISH == grpc ]] || die "--streamhub-publish: http or grpc"
 IFS=, read -r -a SERVER_LIST <<<"$SERVERS"
 for s in "${SERVER_LIST[@]}"; do
-  case $s in streamhub|nchan|proto) ;; *) die "--servers: unknown server '$s'" ;; esac
+  case $s in streamhub|streamhub-web|nchan|proto) ;; *) die "--servers: unknown server '$s'" ;; esac
 done
 # shellcheck disable=SC2206  # --streamhub-args is split into words on purpose
 EXTRA_STREAMHUB_ARGS=($STREAMHUB_ARGS)
@@ -82,7 +85,7 @@ prepare() {
   need "$BENCH_BIN" "no load tool at $BENCH_BIN: cargo build --release --workspace"
   for s in "${SERVER_LIST[@]}"; do
     case $s in
-      streamhub) need "$STREAMHUB_BIN" "no server at $STREAMHUB_BIN: cargo build --release" ;;
+      streamhub|streamhub-web) need "$STREAMHUB_BIN" "no server at $STREAMHUB_BIN: cargo build --release" ;;
       nchan)
         # The same packages as /work/shared/peers/nchan/run.sh installs.
         if ! command -v nginx >/dev/null || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
@@ -110,20 +113,24 @@ free_port() {
 
 # ---- one server ----------------------------------------------------------
 # start_server NAME TAG: sets SERVER_PID (the process to stop), LOAD_PID (the
-# process whose CPU the load tool reports), SSE_URL and PUBLISH_ARGS.
+# process whose CPU the load tool reports), SUB_ARGS (how the load tool
+# subscribes) and PUBLISH_ARGS.
 SERVER_PID="" NCHAN_DIR=""
 start_server() {
   local name=$1 tag=$2 port gport=""
   port=$(free_port)
   case $name in
-    streamhub)
+    streamhub|streamhub-web)
       gport=$(free_port)
       while [ "$gport" = "$port" ]; do gport=$(free_port); done
       SERVER_CMD=("$STREAMHUB_BIN" serve --grpc-addr "127.0.0.1:$gport" --http-addr "127.0.0.1:$port"
         --max-grpc-streams 20000 --max-sse-clients 20000 --max-http-connections 30000
         --shutdown-grace-secs 1 "${EXTRA_STREAMHUB_ARGS[@]}")
       READY_URL="http://127.0.0.1:$port/healthz"
-      SSE_URL="http://127.0.0.1:$port/events?room={room}"
+      SUB_ARGS=(--protocol sse --sse-url "http://127.0.0.1:$port/events?room={room}")
+      if [ "$name" = streamhub-web ]; then
+        SUB_ARGS=(--protocol grpc-web --grpc-web-url "http://127.0.0.1:$port")
+      fi
       if [ "$STREAMHUB_PUBLISH" = grpc ]; then
         PUBLISH_ARGS=(--publish-via grpc --server "127.0.0.1:$gport")
       else
@@ -137,12 +144,12 @@ start_server() {
       sed -e "s/__PORT__/$port/" -e "s#/tmp/peers/nchan#$NCHAN_DIR#g" "$NCHAN_CONF" >"$NCHAN_DIR/nginx.conf"
       SERVER_CMD=(nginx -c "$NCHAN_DIR/nginx.conf" -p "$NCHAN_DIR")
       READY_URL="http://127.0.0.1:$port/pub?room=sse-fanout-ready"   # 404 until a channel exists: fine
-      SSE_URL="http://127.0.0.1:$port/sub?room={room}"
+      SUB_ARGS=(--protocol sse --sse-url "http://127.0.0.1:$port/sub?room={room}")
       PUBLISH_ARGS=(--publish-via http --publish-url "http://127.0.0.1:$port/pub?room={room}" --publish-body raw) ;;
     proto)
       SERVER_CMD=("$PROTO_BIN" --port "$port" "${PROTO_FLAGS[@]}")
       READY_URL="http://127.0.0.1:$port/stats"
-      SSE_URL="http://127.0.0.1:$port/sub?room={room}"
+      SUB_ARGS=(--protocol sse --sse-url "http://127.0.0.1:$port/sub?room={room}")
       PUBLISH_ARGS=(--publish-via http --publish-url "http://127.0.0.1:$port/pub?room={room}" --publish-body raw) ;;
   esac
   if [ "$DRY" = 1 ]; then
@@ -208,7 +215,10 @@ TOOL_LIMIT=$((DURATION + 10 + 10 + 60))   # publishing + drain + connect timeout
 {
   echo "# sse-fanout $(date -Is) on $(hostname), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "# runs=$RUNS subscribers=$SUBSCRIBERS rate=$RATE duration=$DURATION size=$SIZE publishers=$PUBLISHERS window=$WINDOW servers=$SERVERS streamhub-publish=$STREAMHUB_PUBLISH streamhub-args='$STREAMHUB_ARGS'"
-  [ -d "$ROOT/.git" ] && echo "# streamhub commit $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src tools 2>/dev/null || echo ' (+ uncommitted changes in src/ or tools/)')"
+  # A worktree's .git is a file; a tarball has none (no line then).
+  if [ -e "$ROOT/.git" ]; then
+    echo "# streamhub commit $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src tools 2>/dev/null || echo ' (+ uncommitted changes in src/ or tools/)')"
+  fi
 } | tee "$OUT/meta.txt" >&2
 
 for r in $(seq 1 "$RUNS"); do
@@ -216,7 +226,7 @@ for r in $(seq 1 "$RUNS"); do
     s=${SERVER_LIST[$(((j + r - 1) % NS))]}
     tag="$s.run$r"
     start_server "$s" "$tag"
-    CMD=("$BENCH_BIN" fanout --protocol sse --sse-url "$SSE_URL" "${PUBLISH_ARGS[@]}"
+    CMD=("$BENCH_BIN" fanout "${SUB_ARGS[@]}" "${PUBLISH_ARGS[@]}"
       --subscribers "$SUBSCRIBERS" --rooms 1 --publishers "$PUBLISHERS" --rate "$RATE"
       --window "$WINDOW" --size "$SIZE" --duration-secs "$DURATION"
       --server-pid "$LOAD_PID" --json --quiet)
@@ -293,9 +303,12 @@ for s in servers:
     print(f"| {s} | {r['n']}/{runs} | {f(r['pub'])} | {f(r['dps'])} | {ratio} | {f(r['p50'], 1)} | {f(r['p99'], 1)} "
           f"| {f(r['mx'], 1)} | {r['lost']} | {r['dup']} | {r['ooo']} | {kept} | {f(r['us'], 1)} | {f(r['sw'], 2)} |")
 print()
-for s in ("streamhub", "proto"):
+for s in ("streamhub", "streamhub-web", "proto"):
     if s in rows and base and rows[s]["dps"] is not None:
         print(f"- {s}/nchan deliveries/s: {rows[s]['dps'] / base:.2f}")
+sse, web = rows.get("streamhub", {}).get("dps"), rows.get("streamhub-web", {}).get("dps")
+if sse and web:
+    print(f"- streamhub gRPC-Web/SSE deliveries/s: {web / sse:.2f}")
 if not base:
     print("- no nchan figure in this sitting: no ratios")
 print("- lost/dup/reordered are sums over all runs, for subscribers that kept up; "

@@ -330,6 +330,12 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         )
     },
     opt(
+        "ui",
+        "STREAMHUB_UI",
+        "on",
+        "the built-in live page at / on the HTTP port: on or off",
+    ),
+    opt(
         "shutdown-grace-secs",
         "STREAMHUB_SHUTDOWN_GRACE_SECS",
         "10",
@@ -602,6 +608,8 @@ pub struct HttpConfig {
     pub sse_send_buffer: usize,
     /// `--auth-cookie`: the cookie a token may come in.
     pub auth_cookie: Option<String>,
+    /// The built-in page at `/` (`--ui`).
+    pub ui: bool,
 }
 
 impl Config {
@@ -660,6 +668,16 @@ impl Config {
                 stream_priority: raw.priority("stream-priority")?,
                 sse_send_buffer: raw.number("sse-send-buffer-bytes", 0, 64 << 20)? as usize,
                 auth_cookie: Some(raw.string("auth-cookie")).filter(|c| !c.is_empty()),
+                ui: match raw.string("ui").as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => {
+                        let shown: String = other.chars().take(20).collect();
+                        return Err(Error::Config(format!(
+                            "--ui: '{shown}' is neither on nor off"
+                        )));
+                    }
+                },
             },
             hub: HubConfig {
                 subscriber_queue: raw.number("subscriber-queue", 1, 1 << 20)? as usize,

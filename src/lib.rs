@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod auth;
+mod bridge;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -82,9 +83,12 @@ impl App {
             config.grpc.addr.ip(),
             grpc.port()
         );
+        // gRPC-Web on the HTTP port (`bridge`).
+        let grpc_web: Arc<dyn http::Extension> = Arc::new(bridge::GrpcWebDoor(grpc.web()));
         let http = http::HttpServer::start(
             &config.http,
             door(tls::ALPN_HTTP1)?,
+            Some(grpc_web),
             hub.clone(),
             access.clone(),
             telemetry.clone(),

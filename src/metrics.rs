@@ -202,6 +202,7 @@ impl MetricsSampler {
             m("subscribers", stats.subscribers as f64),
             m("rooms", stats.rooms as f64),
             m("messages_published", stats.published as f64),
+            m("messages_delivered", stats.delivered as f64),
             m("subscribers_dropped", dropped as f64),
         ]
     }
@@ -270,6 +271,7 @@ mod tests {
                 "subscribers",
                 "rooms",
                 "messages_published",
+                "messages_delivered",
                 "subscribers_dropped"
             ]
         );

@@ -625,3 +625,60 @@ fn tokens_reach_the_same_call_options_on_every_call_of_a_connection() {
         assert!(send(&as_bob, "lobby", "bob", "b").is_ok());
     }
 }
+
+#[test]
+fn grpc_web_calls_take_the_token_from_the_authorization_header() {
+    use crate::support::grpc_web::{frame, raw_request, WebResponse};
+    const PROTO: &str = "application/grpc-web+proto";
+    let server = auth_server(|_| {});
+    let mut req = chat::SendMessageRequest::new();
+    req.room = "lobby".into();
+    req.content = "from a browser".into();
+    let call = |extra: &str| {
+        let raw = raw_request("SendMessage", PROTO, extra, &frame(&req));
+        let mut response = WebResponse::send(&server, &raw);
+        assert_eq!(response.head.status, 200);
+        match response.message::<chat::SendMessageResponse>() {
+            Ok(_) => response.finish(),
+            Err(status) => status,
+        }
+    };
+    let none = call("");
+    assert_eq!(
+        (none.code, none.message.as_str()),
+        (Code::Unauthenticated, "a bearer token is required")
+    );
+    assert_eq!(
+        call("Authorization: Bearer nope\r\n").code,
+        Code::Unauthenticated
+    );
+    let bob = token_for("bob", &["elsewhere"], &[], 3600);
+    assert_eq!(
+        call(&format!("Authorization: Bearer {bob}\r\n")).code,
+        Code::PermissionDenied
+    );
+    // Alice's token: published under her name, seen by a native subscriber.
+    let watcher = client_with_token(&server, &alice());
+    let mut stream = watcher
+        .subscribe_messages(&subscribe_req("lobby", ""))
+        .unwrap();
+    next(&mut stream).unwrap();
+    assert_eq!(
+        call(&format!("Authorization: Bearer {}\r\n", alice())).code,
+        Code::Ok
+    );
+    let got = next(&mut stream).unwrap();
+    assert_eq!(
+        (got.user.as_str(), got.content.as_str()),
+        ("alice", "from a browser")
+    );
+    // A subscriber without a token is refused trailers-only.
+    let raw = raw_request(
+        "SubscribeMessages",
+        PROTO,
+        "",
+        &frame(&subscribe_req("lobby", "")),
+    );
+    let refused = WebResponse::send(&server, &raw);
+    assert_eq!(refused.status().code, Code::Unauthenticated);
+}

@@ -364,7 +364,7 @@ fn stream_metrics_sends_real_measurements() {
     req.instance_id = "node-7".into();
     req.interval_seconds = 1;
     let mut stream = client.stream_metrics(&req).unwrap();
-    let batch: Vec<chat::Metric> = (0..7).map(|_| next(&mut stream).unwrap()).collect();
+    let batch: Vec<chat::Metric> = (0..8).map(|_| next(&mut stream).unwrap()).collect();
     let value = |name: &str| {
         batch
             .iter()
@@ -382,6 +382,8 @@ fn stream_metrics_sends_real_measurements() {
     assert_eq!(value("subscribers"), 1.0);
     assert_eq!(value("rooms"), 1.0);
     assert_eq!(value("messages_published"), 1.0);
+    // The subscriber's one message (a total: the page plots its rate).
+    assert_eq!(value("messages_delivered"), 1.0);
     assert_eq!(value("subscribers_dropped"), 0.0);
 }
 

@@ -750,7 +750,7 @@ fn metrics_events_stream_one_json_event_per_metric() {
         "/metrics/events?instance=i1&interval_seconds=1",
         &[],
     );
-    let names: Vec<String> = (0..7)
+    let names: Vec<String> = (0..8)
         .map(|_| {
             let event = stream.event();
             assert_eq!(event.event, "metric");
@@ -770,6 +770,7 @@ fn metrics_events_stream_one_json_event_per_metric() {
             "subscribers",
             "rooms",
             "messages_published",
+            "messages_delivered",
             "subscribers_dropped"
         ]
     );

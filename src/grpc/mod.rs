@@ -18,6 +18,7 @@ pub mod health;
 pub mod reflection;
 mod service;
 mod streams;
+pub mod web;
 pub mod wire;
 
 use std::sync::Arc;
@@ -176,6 +177,11 @@ impl GrpcServer {
 
     pub fn port(&self) -> u16 {
         self.server.port()
+    }
+
+    /// The gRPC-Web door, for the HTTP port (see [`web`]).
+    pub fn web(&self) -> web::GrpcWeb {
+        web::GrpcWeb::new(self.shared.clone())
     }
 
     /// Health turns NOT_SERVING and every connection gets its first

@@ -14,7 +14,8 @@ use super::call::{Code, Follow, Reply, Requests, Responses, Started, Status};
 use super::convert;
 use super::streams::{run_chat, run_metrics, run_subscriber, run_upload};
 use super::{wire, Shared};
-use crate::auth::Identity;
+use crate::access::{KnownToken, Refusal};
+use crate::auth::{bearer_token, Denied, Identity, Unauthenticated};
 use crate::hub::{Draft, Protocol};
 use crate::metrics::stream_interval;
 use crate::proto::chat;
@@ -37,6 +38,33 @@ pub(super) struct Caller {
 }
 
 impl Caller {
+    /// Who calls, from their `authorization` (metadata, or the header of a
+    /// gRPC-Web request): verified by the gate, once per connection while
+    /// it stays the same (`known`).
+    pub(super) fn identify(
+        shared: &Shared,
+        known: &mut KnownToken,
+        authorization: Option<&[u8]>,
+        ip: IpAddr,
+    ) -> Result<Caller, Refusal> {
+        let access = &shared.access;
+        let token = match authorization {
+            None => None,
+            Some(value) => Some(
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(bearer_token)
+                    .ok_or_else(|| {
+                        access.refuse(Denied::Unauthenticated(Unauthenticated::Malformed(
+                            "authorization is not a Bearer token",
+                        )))
+                    })?,
+            ),
+        };
+        let identity = access.identify_on(known, token, SystemTime::now())?;
+        Ok(Caller { identity, ip })
+    }
+
     /// When the caller's token expires, as an instant a stream can wait
     /// for; `None` without a token.
     pub(super) fn expires(&self) -> Option<Instant> {

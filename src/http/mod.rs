@@ -44,6 +44,7 @@
 //! `server`, `stream` and `wire` are the I/O around it.
 
 mod conn;
+mod extension;
 pub(crate) mod gate;
 pub(crate) mod prometheus;
 pub(crate) mod request;
@@ -52,7 +53,11 @@ pub(crate) mod routes;
 mod server;
 pub(crate) mod sse;
 mod stream;
+mod ui;
 mod wire;
+
+pub use extension::{Exchange, Extension};
+pub use request::Request;
 // The one module allowed `unsafe` (poll(2), listen(2)); see its header.
 
 /// Cases per property test of the submodules; `STREAMHUB_STRESS=long`
@@ -105,6 +110,8 @@ struct Shared {
     sse_streams: Arc<Slots>,
     /// `http-accept` and the workers while they run.
     service_threads: Arc<Slots>,
+    /// Another front door's paths on this port (gRPC-Web), if any.
+    extension: Option<Arc<dyn Extension>>,
 }
 
 impl Shared {
@@ -129,10 +136,12 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `config.addr` (port 0 picks a free port) and starts the
     /// accept thread and the workers; with `tls` (from `crate::tls`), every
-    /// connection speaks TLS only.
+    /// connection speaks TLS only; `extension` serves the paths it claims.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: &HttpConfig,
         tls: Option<Arc<rustls::ServerConfig>>,
+        extension: Option<Arc<dyn Extension>>,
         hub: Arc<Hub>,
         access: Arc<Access>,
         telemetry: Arc<Telemetry>,
@@ -160,6 +169,7 @@ impl HttpServer {
             open_connections: Slots::new(),
             sse_streams: Slots::new(),
             service_threads: Slots::new(),
+            extension,
         });
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
         let (back_tx, back_rx) = crossbeam_channel::unbounded();

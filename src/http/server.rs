@@ -22,12 +22,14 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::conn::{Conn, Step, READ_CHUNK};
+use super::extension;
 use super::gate;
 use super::prometheus;
 use super::request::Request;
 use super::response::Response;
 use super::routes::{self, Action};
 use super::stream;
+use super::ui;
 use super::wire::{Got, Tls};
 use super::Shared;
 use crate::access::{Door, KnownToken};
@@ -54,6 +56,7 @@ pub(super) struct Job {
 }
 
 /// How a worker hands a kept-alive connection back to `http-accept`.
+#[derive(Clone)]
 pub(super) struct GiveBack {
     tx: Sender<Conn>,
     wake: Arc<UnixStream>,
@@ -378,6 +381,9 @@ fn serve(shared: &Arc<Shared>, job: Job, back: &GiveBack) {
     if conn.stream.set_nonblocking(false).is_err() {
         return;
     }
+    if let Some(ext) = shared.extension.as_deref().filter(|e| e.claims(&req.path)) {
+        return extension::serve(shared, ext, conn, req, back);
+    }
     let cors = routes::cors_headers(&req, &shared.config.cors_origins);
     let ip = conn.peer.ip();
     let known = &mut conn.known;
@@ -400,9 +406,22 @@ fn serve(shared: &Arc<Shared>, job: Job, back: &GiveBack) {
         }
     };
     response.headers.extend(cors);
-    close |= response.streaming;
+    answer(shared, conn, response, req.is_head(), close, back);
+}
+
+/// Writes a whole response on a worker, then closes the connection or
+/// hands it back to `http-accept` for the next request.
+pub(super) fn answer(
+    shared: &Shared,
+    mut conn: Conn,
+    response: Response,
+    head_only: bool,
+    close: bool,
+    back: &GiveBack,
+) {
+    let close = close || response.streaming;
     shared.telemetry.http_response(response.status);
-    let written = conn.write_all(&response.to_bytes(req.is_head(), close));
+    let written = conn.write_all(&response.to_bytes(head_only, close));
     if written.is_err() || close {
         conn.finish();
         return;
@@ -417,6 +436,10 @@ fn serve(shared: &Arc<Shared>, job: Job, back: &GiveBack) {
 /// Runs what a request asks for, short of opening a stream: routing (pure),
 /// then the gate (who may, how often), then the hub.
 fn handle(shared: &Shared, req: &Request, ip: IpAddr, known: &mut KnownToken) -> Outcome {
+    // The page and its files are public: the page asks for a token itself.
+    if let Some(page) = shared.config.ui.then(|| ui::asset(req)).flatten() {
+        return Outcome::Respond(page);
+    }
     let action = routes::route(req);
     if matches!(action, Action::Respond(_) | Action::Health) {
         // Health stays open with auth on: systemd and load balancers ask.

@@ -172,7 +172,7 @@ pub(super) fn open(
 /// speaks TLS. The socket's own timeout is short so that a blocked write
 /// can look up between tries (has the hub dropped this subscriber?); a
 /// write fails only after `timeout` without progress.
-struct Patient<'a> {
+pub(super) struct Patient<'a> {
     stream: &'a TcpStream,
     /// Borrowed by one write or liveness check at a time, all on this
     /// thread.
@@ -181,8 +181,23 @@ struct Patient<'a> {
 }
 
 impl<'a> Patient<'a> {
-    fn new(stream: &'a TcpStream, tls: Option<Box<Tls>>, timeout: Duration) -> Patient<'a> {
+    pub(super) fn new(
+        stream: &'a TcpStream,
+        tls: Option<Box<Tls>>,
+        timeout: Duration,
+    ) -> Patient<'a> {
         let _ = stream.set_write_timeout(Some(GIVE_UP_CHECK.min(timeout)));
+        Patient::again(stream, tls, timeout)
+    }
+
+    /// The writer of a socket [`Patient::new`] already set up, for a
+    /// thread that keeps the connection (and its TLS session) between
+    /// writes.
+    pub(super) fn again(
+        stream: &'a TcpStream,
+        tls: Option<Box<Tls>>,
+        timeout: Duration,
+    ) -> Patient<'a> {
         Patient {
             stream,
             tls: tls.map(RefCell::new),
@@ -190,8 +205,13 @@ impl<'a> Patient<'a> {
         }
     }
 
+    /// Gives the TLS session back to the connection that keeps it.
+    pub(super) fn into_tls(self) -> Option<Box<Tls>> {
+        self.tls.map(RefCell::into_inner)
+    }
+
     /// Whether the client closed its end (see [`client_gone`]).
-    fn client_gone(&self) -> bool {
+    pub(super) fn client_gone(&self) -> bool {
         match &self.tls {
             None => client_gone(self.stream),
             Some(tls) => tls.borrow_mut().client_gone(self.stream),
@@ -200,7 +220,7 @@ impl<'a> Patient<'a> {
 
     /// The stream's end: close_notify on TLS (one try: a client that does
     /// not read gets no more of our time), then both directions.
-    fn close(&self) {
+    pub(super) fn close(&self) {
         if let Some(tls) = &self.tls {
             let mut tls = tls.borrow_mut();
             tls.close_notify();
@@ -209,12 +229,12 @@ impl<'a> Patient<'a> {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 
-    fn plain(&self) -> PatientWrite<'_> {
+    pub(super) fn plain(&self) -> PatientWrite<'_> {
         self.giving_up_when(&|| false)
     }
 
     /// Writes that also fail, at their next look, once `give_up` holds.
-    fn giving_up_when<'b>(&'b self, give_up: &'b dyn Fn() -> bool) -> PatientWrite<'b> {
+    pub(super) fn giving_up_when<'b>(&'b self, give_up: &'b dyn Fn() -> bool) -> PatientWrite<'b> {
         PatientWrite {
             stream: self.stream,
             tls: self.tls.as_ref(),
@@ -224,7 +244,7 @@ impl<'a> Patient<'a> {
     }
 }
 
-struct PatientWrite<'b> {
+pub(super) struct PatientWrite<'b> {
     stream: &'b TcpStream,
     tls: Option<&'b RefCell<Box<Tls>>>,
     timeout: Duration,

@@ -45,6 +45,12 @@ pub struct Browser {
 
 impl Browser {
     pub fn open(binary: &Path, url: &str) -> Browser {
+        Browser::open_with(binary, url, &[])
+    }
+
+    /// Opens `url` with `extra` flags (`--remote-debugging-port=0` for
+    /// [`super::cdp`], a window size).
+    pub fn open_with(binary: &Path, url: &str, extra: &[&str]) -> Browser {
         use std::os::unix::process::CommandExt;
         let profile = std::env::temp_dir().join(format!(
             "streamhub-chromium-{}-{}",
@@ -60,6 +66,7 @@ impl Browser {
             ])
             .args(["--disable-background-networking", "--disable-dev-shm-usage"])
             .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
             .arg(url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -68,6 +75,13 @@ impl Browser {
             .spawn()
             .expect("start chromium");
         Browser { child, profile }
+    }
+}
+
+impl Browser {
+    /// The browser's profile directory (where `DevToolsActivePort` is).
+    pub fn profile(&self) -> &Path {
+        &self.profile
     }
 }
 

@@ -13,7 +13,10 @@
 
 pub mod binary;
 pub mod browser;
+pub mod cdp;
+pub mod connect_es;
 pub mod grpc;
+pub mod grpc_web;
 pub mod http;
 pub mod proc;
 pub mod sse;

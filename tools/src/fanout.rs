@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::grpc_web::WebStream;
 use super::http::{self, BodyFormat, HttpPublisher, HttpUrl};
 use super::proc::Usage;
 use super::report::{row, Progress, Report};
@@ -70,6 +71,9 @@ pub struct FanoutPlan {
     pub server: String,
     /// Event stream URL template, for SSE subscribers.
     pub sse_url: String,
+    /// The "SSE" subscribers subscribe over gRPC-Web at this origin
+    /// instead (`--protocol grpc-web`): a thread each, like SSE's.
+    pub grpc_web_url: Option<String>,
     pub publish: PublishVia,
     pub rooms: usize,
     pub room_prefix: String,
@@ -101,15 +105,19 @@ impl FanoutPlan {
         let protocol = raw.string("protocol");
         let (grpc_subscribers, sse_subscribers) = match protocol.as_str() {
             "grpc" => (subscribers, 0),
-            "sse" => (0, subscribers),
+            "sse" | "grpc-web" => (0, subscribers),
             other => {
                 return Err(Error::Config(format!(
-                    "--protocol: expected grpc or sse, got '{other}'"
+                    "--protocol: expected grpc, sse or grpc-web, got '{other}'"
                 )))
             }
         };
+        let grpc_web_url = (protocol == "grpc-web").then(|| raw.string("grpc-web-url"));
+        if let Some(url) = &grpc_web_url {
+            HttpUrl::parse(url).map_err(|e| Error::Config(format!("--grpc-web-url: {e}")))?;
+        }
         let sse_url = raw.string("sse-url");
-        if sse_subscribers > 0 {
+        if sse_subscribers > 0 && grpc_web_url.is_none() {
             HttpUrl::parse(&sse_url).map_err(|e| Error::Config(format!("--sse-url: {e}")))?;
         }
         let publish = match raw.string("publish-via").as_str() {
@@ -148,6 +156,7 @@ impl FanoutPlan {
             sse_subscribers,
             server: raw.string("server"),
             sse_url,
+            grpc_web_url,
             publish,
             rooms: raw.number("rooms", 1, 100_000)? as usize,
             room_prefix: raw.string("room-prefix"),
@@ -200,6 +209,7 @@ impl FanoutPlan {
 
     fn protocol_name(&self) -> &'static str {
         match (self.grpc_subscribers, self.sse_subscribers) {
+            (0, _) if self.grpc_web_url.is_some() => "grpc-web",
             (_, 0) => "grpc",
             (0, _) => "sse",
             _ => "grpc+sse",
@@ -639,6 +649,39 @@ fn sse_subscriber(shared: &Shared, slot: &Slot, url: &HttpUrl, timeout: Duration
     rec.finish("sse", None, ended)
 }
 
+/// Runs on `bench-web-N`: SubscribeMessages over gRPC-Web until the server
+/// ends the call or the run stops.
+fn web_subscriber(
+    shared: &Shared,
+    slot: &Slot,
+    base: &HttpUrl,
+    room: &str,
+    timeout: Duration,
+) -> Outcome {
+    let mut rec = Recorder::new(shared, slot);
+    let mut stream = match WebStream::open(base, room, timeout) {
+        Ok(stream) => stream,
+        Err(e) => return rec.finish("grpc-web", Some(e.to_string()), None),
+    };
+    shared.sse_sockets.lock().push(stream.socket());
+    // The head comes once the subscription is registered (the welcome
+    // follows it in the first chunk).
+    rec.ready();
+    let ended = loop {
+        if shared.stopping() {
+            break None;
+        }
+        match stream.read(|message| rec.content(message)) {
+            Ok(true) => {}
+            Ok(false) if shared.stopping() => break None,
+            Ok(false) => break Some("closed by server".to_string()),
+            Err(_) if shared.stopping() => break None,
+            Err(e) => break Some(format!("{:?}", e.kind())),
+        }
+    };
+    rec.finish("grpc-web", None, ended)
+}
+
 /// What one publisher sent, per room: how many sequence numbers it used
 /// and which of them failed to publish.
 struct SendLog {
@@ -879,8 +922,19 @@ fn subscribe_and_publish(
         started.push(i);
         let thread_shared = shared.clone();
         let room = plan.room(i % plan.rooms);
-        let url = HttpUrl::parse(&http::expand(&plan.sse_url, &room)).map_err(Error::Config)?;
         let timeout = plan.timeout;
+        if let Some(base) = &plan.grpc_web_url {
+            let base = HttpUrl::parse(base).map_err(Error::Config)?;
+            subscribers.push(spawn(format!("bench-web-{i}"), plan.stack, move || {
+                let slot = &thread_shared.slots[i];
+                vec![(
+                    i,
+                    web_subscriber(&thread_shared, slot, &base, &room, timeout),
+                )]
+            })?);
+            continue;
+        }
+        let url = HttpUrl::parse(&http::expand(&plan.sse_url, &room)).map_err(Error::Config)?;
         subscribers.push(spawn(format!("bench-sse-{i}"), plan.stack, move || {
             let slot = &thread_shared.slots[i];
             vec![(i, sse_subscriber(&thread_shared, slot, &url, timeout))]

@@ -27,6 +27,7 @@
 
 pub mod fanout;
 pub mod grpc;
+pub mod grpc_web;
 pub mod hold;
 pub mod http;
 pub mod proc;
@@ -77,7 +78,11 @@ const TIMEOUT: OptSpec = opt(
     "10",
     "deadline of connecting and of each call",
 );
-const PROTOCOL: OptSpec = opt("protocol", "grpc", "grpc or sse");
+const PROTOCOL: OptSpec = opt(
+    "protocol",
+    "grpc",
+    "grpc, sse, or grpc-web (fanout: SubscribeMessages over gRPC-Web at --grpc-web-url)",
+);
 const STACK: OptSpec = opt(
     "stack-kib",
     "64",
@@ -113,6 +118,11 @@ pub const FANOUT_OPTIONS: &[OptSpec] = &[
     PROTOCOL,
     SERVER,
     SSE_URL,
+    opt(
+        "grpc-web-url",
+        "http://127.0.0.1:8080",
+        "origin of the HTTP port that serves gRPC-Web (--protocol grpc-web)",
+    ),
     opt(
         "publish-via",
         "grpc",

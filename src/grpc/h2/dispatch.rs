@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -19,7 +19,6 @@ use super::call::{H2Call, Inbound};
 use super::conn::{Chunk, Event, RequestHead};
 use super::server::ConnShared;
 use crate::access::{KnownToken, Refusal};
-use crate::auth::{bearer_token, Denied, Unauthenticated};
 use crate::grpc::call::{Code, Refused, Responses, Started, Status};
 use crate::grpc::service::Caller;
 use crate::grpc::{health, reflection, service, Shared};
@@ -92,7 +91,7 @@ impl Method {
 }
 
 /// What grpc-go says of a path it does not serve.
-fn unknown_method(path: &str) -> Status {
+pub(crate) fn unknown_method(path: &str) -> Status {
     let (service, method) = path
         .trim_start_matches('/')
         .split_once('/')
@@ -260,29 +259,12 @@ impl Dispatch {
     /// Who calls, from the call's `authorization` metadata (verified once
     /// per connection while the token stays the same).
     fn caller(&mut self, head: &RequestHead) -> Result<Caller, Refusal> {
-        let access = &self.shared.access;
-        let token = match head
+        let authorization = head
             .metadata
             .iter()
             .find(|(name, _)| name == "authorization")
-        {
-            None => None,
-            Some((_, value)) => Some(
-                std::str::from_utf8(value)
-                    .ok()
-                    .and_then(bearer_token)
-                    .ok_or_else(|| {
-                        access.refuse(Denied::Unauthenticated(Unauthenticated::Malformed(
-                            "authorization metadata is not a Bearer token",
-                        )))
-                    })?,
-            ),
-        };
-        let identity = access.identify_on(&mut self.known, token, SystemTime::now())?;
-        Ok(Caller {
-            identity,
-            ip: self.conn.ip,
-        })
+            .map(|(_, value)| value.as_slice());
+        Caller::identify(&self.shared, &mut self.known, authorization, self.conn.ip)
     }
 
     fn call(

@@ -12,6 +12,8 @@ pub mod call;
 pub mod client;
 pub mod conn;
 mod dispatch;
+/// What a path no service serves is answered with (gRPC-Web answers the same).
+pub(crate) use dispatch::unknown_method;
 pub mod frame;
 pub mod grpc;
 pub mod hpack;
