@@ -146,12 +146,14 @@ fn http_publish_needs_a_token_that_grants_the_room_and_carries_its_user() {
     assert_eq!(none.json()["error"], "a bearer token is required");
 
     let expired = token_for("alice", &["lobby"], &[], -3600);
+    let not_yet = not_yet_valid();
     // Each bad Authorization value, and what the 401 says.
     let cases = [
         ("Bearer x.y.z".to_string(), "malformed"),
         ("Basic YWxpY2U6eA==".to_string(), "Bearer"),
         (bearer(&format!("{}x", alice())), "signature"),
         (bearer(&expired), "expired"),
+        (bearer(&not_yet), "not valid yet"),
         (bearer(&unsigned_token()), "alg none"),
     ];
     for (value, says) in &cases {
@@ -226,6 +228,24 @@ fn http_publish_needs_a_token_that_grants_the_room_and_carries_its_user() {
         ),
         1.0
     );
+}
+
+/// Alice's token, valid from an hour from now (`nbf`).
+fn not_yet_valid() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = Claims {
+        sub: "alice".into(),
+        exp: now + 7200,
+        nbf: Some(now + 3600),
+        streamhub: Permissions {
+            publish: vec!["lobby".into()],
+            subscribe: vec![],
+        },
+    };
+    mint_hs256(SECRET.as_bytes(), &claims).unwrap()
 }
 
 /// `{"alg":"none"}` with alice's claims and no signature.
