@@ -18,6 +18,7 @@ pub mod hub;
 pub mod metrics;
 pub mod proto;
 pub mod rate;
+pub mod store;
 #[allow(unsafe_code)]
 pub(crate) mod sys;
 pub mod systemd;
@@ -49,12 +50,20 @@ pub struct App {
     stop_tx: Option<Sender<()>>,
     stopping: Receiver<()>,
     grace: Duration,
+    /// The durable log (`--data-dir`), closed after both ports.
+    store: Option<Arc<store::Store>>,
 }
 
 impl App {
     /// Binds both ports and starts serving.
     pub fn start(config: Config) -> Result<App, Error> {
-        let hub = Arc::new(Hub::new(config.hub.clone()));
+        let (hub, store) = match &config.store {
+            Some(durable) => {
+                let (hub, store) = store::open_hub(config.hub.clone(), durable.clone())?;
+                (hub, Some(store))
+            }
+            None => (Arc::new(Hub::new(config.hub.clone())), None),
+        };
         let telemetry = Arc::new(Telemetry::default());
         let threads = Threads::new();
         let (stop_tx, stopping) = crossbeam_channel::bounded::<()>(0);
@@ -108,6 +117,7 @@ impl App {
             stop_tx: Some(stop_tx),
             stopping,
             grace: config.shutdown_grace,
+            store,
         })
     }
 
@@ -218,6 +228,9 @@ impl App {
         }
         if let Some(http) = self.http.take() {
             http.stop(Duration::from_secs(2));
+        }
+        if let Some(store) = self.store.take() {
+            store.close();
         }
         let left = self
             .threads

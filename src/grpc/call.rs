@@ -132,7 +132,9 @@ impl From<&Error> for Code {
     fn from(e: &Error) -> Code {
         match e {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::TooLarge(_) | Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::TooLarge(_) | Error::ResourceExhausted(_) | Error::StorageFull(_) => {
+                Code::ResourceExhausted
+            }
             Error::Unavailable(_) => Code::Unavailable,
             _ => Code::Internal,
         }
