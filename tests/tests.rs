@@ -2,6 +2,7 @@
 //! One test binary (see STYLE.md); each area is a module.
 
 mod conformance;
+mod durable;
 mod flood;
 mod grpc;
 mod process;

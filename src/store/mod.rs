@@ -186,9 +186,9 @@ impl Store {
     }
 
     /// Reads every segment into `restore`, in order; a torn or corrupt
-    /// record ends its segment (logged; the last segment is cut there, so
-    /// new records follow the intact ones). Segments older than the
-    /// retention age are deleted unread.
+    /// record ends its segment (logged, and the segment is cut there).
+    /// Messages older than the retention age are not restored, and a
+    /// segment holding only such messages is deleted.
     pub fn recover(
         &self,
         mut restore: impl FnMut(Message) -> Result<(), Error>,
@@ -233,7 +233,10 @@ impl Store {
             let scanned = segment::scan(&bytes, |d| {
                 info.note(&d.room, d.seq, d.timestamp());
                 count += 1;
-                if kept.is_ok() {
+                let expired = config
+                    .retention_age
+                    .is_some_and(|age| d.timestamp() + age < now);
+                if kept.is_ok() && !expired {
                     kept = restore(d.into_message());
                 }
             });
@@ -249,9 +252,9 @@ impl Store {
                     dir.display(),
                     scanned.end
                 );
-                if is_last {
-                    segment::cut(&segment, scanned.end).map_err(|e| dir_error(config, e))?;
-                }
+                // Cut, so that the next start reads a clean log (and, in
+                // the last segment, new records follow the intact ones).
+                segment::cut(&segment, scanned.end).map_err(|e| dir_error(config, e))?;
             }
             recovered.messages += count;
             recovered.segments += 1;
@@ -289,7 +292,7 @@ impl Store {
             position: end,
             sealed,
             open,
-            spare: None,
+            spares: VecDeque::new(),
             retention_age: config.retention_age,
             hub: Weak::new(),
         });

@@ -51,8 +51,8 @@ pub(super) struct Queue {
     /// the size of the segment it will be in.
     reserved: u64,
     capacity: u64,
-    /// Whether a spare segment is ready for the writer to move to.
-    spare: Option<u64>,
+    /// Spare segments made and not yet counted on by a reservation.
+    spares: usize,
     /// Why making a spare failed (the disk is full), until one is made.
     full: Option<String>,
     stopping: bool,
@@ -123,7 +123,7 @@ impl Shared {
                 next: 1,
                 reserved: end,
                 capacity: current.capacity,
-                spare: None,
+                spares: 0,
                 full: None,
                 stopping: false,
             }),
@@ -149,14 +149,15 @@ impl Shared {
             return Err(Error::Unavailable(crate::hub::SHUTDOWN_NOTICE.into()));
         }
         if q.reserved + len > q.capacity {
-            let Some(capacity) = q.spare.take() else {
+            if q.spares == 0 {
                 let why = q.full.as_deref().unwrap_or("no spare segment is ready yet");
                 return Err(Error::StorageFull(format!(
                     "the data directory is full, message not accepted ({why}; --data-dir {})",
                     self.dir.display()
                 )));
-            };
-            q.capacity = capacity;
+            }
+            q.spares -= 1;
+            q.capacity = self.segment_bytes;
             q.reserved = segment::HEADER;
         }
         q.reserved += len;
@@ -225,7 +226,8 @@ pub(super) struct Writer {
     pub(super) position: u64,
     pub(super) sealed: VecDeque<Sealed>,
     pub(super) open: Sealed,
-    pub(super) spare: Option<Segment>,
+    /// Spare segments made, in order; the queue may already count on them.
+    pub(super) spares: VecDeque<Segment>,
     pub(super) retention_age: Option<Duration>,
     pub(super) hub: Weak<Hub>,
 }
@@ -238,9 +240,14 @@ impl Writer {
         let mut buf = Vec::new();
         let mut dirty_since: Option<Instant> = None;
         let mut housekept = Instant::now() - HOUSEKEEPING_EVERY;
+        let mut spare_failed: Option<Instant> = None;
         loop {
-            if self.spare.is_none() && housekept.elapsed() >= HOUSEKEEPING_EVERY {
-                self.make_spare();
+            // A spare as soon as a reservation counts on the last one, so
+            // the queue has the next segment before it needs it; after a
+            // failure, once per housekeeping period.
+            let want_spare = shared.queue.lock().spares == 0;
+            if want_spare && spare_failed.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_EVERY) {
+                spare_failed = (!self.make_spare()).then(Instant::now);
             }
             if housekept.elapsed() >= HOUSEKEEPING_EVERY {
                 self.delete_old_segments();
@@ -248,7 +255,7 @@ impl Writer {
             }
             let (items, stopping) = {
                 let mut q = shared.queue.lock();
-                if q.items.is_empty() && !q.stopping {
+                if q.items.is_empty() && !q.stopping && (q.spares > 0 || spare_failed.is_some()) {
                     let wait = match dirty_since {
                         Some(since) => BATCH_SYNC_EVERY.saturating_sub(since.elapsed()),
                         None => HOUSEKEEPING_EVERY,
@@ -328,8 +335,8 @@ impl Writer {
     /// on in the spare, which the queue's reservation already counted on.
     fn rotate(&mut self) -> std::io::Result<()> {
         let next = self
-            .spare
-            .take()
+            .spares
+            .pop_front()
             .ok_or_else(|| std::io::Error::other("no spare segment where one was reserved"))?;
         if self.shared.fsync != Fsync::Never {
             self.current.file.sync_data()?;
@@ -346,18 +353,20 @@ impl Writer {
         Ok(())
     }
 
-    /// Makes the next segment ahead of time; on failure (a full disk),
-    /// says why to the queue, which then refuses what does not fit.
-    fn make_spare(&mut self) {
-        let number = self.current.number + 1;
+    /// Makes a segment ahead of time; on failure (a full disk), says why
+    /// to the queue, which then refuses what does not fit. Returns whether
+    /// it made one.
+    fn make_spare(&mut self) -> bool {
+        let number = self.spares.back().unwrap_or(&self.current).number + 1;
         match Segment::create(&self.shared.dir, number, self.shared.segment_bytes) {
             Ok(segment) => {
+                self.spares.push_back(segment);
                 let mut q = self.shared.queue.lock();
-                q.spare = Some(segment.capacity);
+                q.spares += 1;
                 if q.full.take().is_some() {
                     log::info!("--data-dir {} has room again", self.shared.dir.display());
                 }
-                self.spare = Some(segment);
+                true
             }
             Err(e) => {
                 let mut q = self.shared.queue.lock();
@@ -369,6 +378,7 @@ impl Writer {
                     );
                 }
                 q.full = Some(e.to_string());
+                false
             }
         }
     }
