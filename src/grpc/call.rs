@@ -203,6 +203,8 @@ pub trait Call: Send + 'static {
     fn ignore_stopping(&mut self);
     /// The client's address, as the transport names it.
     fn peer(&self) -> &str;
+    /// The value of request metadata `name` (lower case), if sent.
+    fn metadata(&self, name: &str) -> Option<&[u8]>;
     /// True once the deadline the client set has passed.
     fn deadline_passed(&self) -> bool;
 }

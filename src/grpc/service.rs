@@ -12,7 +12,7 @@ use super::call::{Code, Follow, Reply, Requests, Responses, Started, Status};
 use super::convert;
 use super::streams::{run_chat, run_metrics, run_subscriber, run_upload};
 use super::{wire, Shared};
-use crate::hub::{Draft, Protocol};
+use crate::hub::Draft;
 use crate::metrics::stream_interval;
 use crate::proto::chat;
 use crate::proto::services::chat::ChatService;
@@ -85,12 +85,19 @@ fn subscribe_messages<C: Responses<wire::Outbound> + Follow>(
     call: C,
 ) -> Started<C> {
     let hub = shared.hub.clone();
+    // Resuming (README, "Durable rooms"): a position in request metadata.
+    let resume = super::resume::requested(&call);
     shared.start_stream(
         shared.open_stream(),
         "SubscribeMessages",
         "sub",
         call,
-        move || Ok((hub.subscribe(&req.room, None, Protocol::Grpc)?.0, req.user)),
+        move || {
+            Ok((
+                super::resume::subscribe(&hub, &req.room, resume?)?.0,
+                req.user,
+            ))
+        },
         |shared, call, (sub, user)| run_subscriber(shared, sub, user, call),
     )
 }

@@ -421,6 +421,17 @@ impl Hub {
         after_seq: Option<u64>,
         protocol: Protocol,
     ) -> Result<(Subscription, Replay), Error> {
+        self.subscribe_at(room, protocol, |_| after_seq)
+    }
+
+    /// [`Hub::subscribe`] after the sequence `after` picks from the room's
+    /// log, under the room's lock (`Some(tail + 1)`: an unknown position).
+    fn subscribe_at(
+        self: &Arc<Self>,
+        room: &str,
+        protocol: Protocol,
+        after: impl Fn(&room_log::Log) -> Option<u64>,
+    ) -> Result<(Subscription, Replay), Error> {
         let name = normalize_room(room)?;
         if self.closing.load(Ordering::Acquire) {
             return Err(Error::Unavailable(SHUTDOWN_NOTICE.into()));
@@ -435,7 +446,7 @@ impl Hub {
             let tail = guard.log.tail();
             let oldest = guard.log.first_retained();
             let mut replay = Replay::default();
-            let from = match after_seq {
+            let from = match after(&guard.log) {
                 None => tail + 1,
                 Some(after) if after > tail => {
                     replay.unknown_position = true;

@@ -373,6 +373,18 @@ impl Log {
         Some(bytes)
     }
 
+    /// The retained message with sequence `seq`, shown or hidden.
+    pub(super) fn get(&self, seq: u64) -> Option<&Arc<Message>> {
+        if seq < self.first_retained {
+            return None;
+        }
+        let i = self
+            .chunks
+            .partition_point(|c| c.first <= seq)
+            .checked_sub(1)?;
+        self.chunks[i].get(seq)
+    }
+
     /// Forgets every retained message.
     pub(super) fn forget_all(&mut self) {
         while self.forget_oldest().is_some() {}

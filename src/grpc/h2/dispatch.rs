@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::call::Metadata;
 use super::call::{H2Call, Inbound};
 use super::conn::{Chunk, Event, RequestHead};
 use super::server::ConnShared;
@@ -111,6 +112,7 @@ enum Pending {
         method: Method,
         message: Option<Vec<u8>>,
         deadline: Option<Instant>,
+        metadata: Metadata,
     },
     /// A call whose client streams: its running call's inbox.
     Streaming(Sender<Inbound>),
@@ -168,8 +170,9 @@ impl Dispatch {
                     method,
                     message,
                     deadline,
+                    metadata,
                 }) => match message {
-                    Some(bytes) => self.run(stream, method, bytes, deadline),
+                    Some(bytes) => self.run(stream, method, bytes, deadline, metadata),
                     None => self.fail(
                         stream,
                         method,
@@ -223,7 +226,7 @@ impl Dispatch {
         if method.client_streams() {
             let (tx, rx) = crossbeam_channel::unbounded();
             self.streams.insert(stream, Pending::Streaming(tx));
-            self.start(stream, method, None, deadline, Some(rx));
+            self.start(stream, method, None, deadline, Some(rx), head.metadata);
         } else {
             self.streams.insert(
                 stream,
@@ -231,6 +234,7 @@ impl Dispatch {
                     method,
                     message: None,
                     deadline,
+                    metadata: head.metadata,
                 },
             );
         }
@@ -241,8 +245,10 @@ impl Dispatch {
         stream: u32,
         inbox: Option<crossbeam_channel::Receiver<Inbound>>,
         deadline: Option<Instant>,
+        metadata: Metadata,
     ) -> H2Call {
         H2Call::new(
+            metadata,
             self.conn.clone(),
             stream,
             crossbeam_channel::bounded(1),
@@ -259,12 +265,19 @@ impl Dispatch {
     }
 
     /// Runs a call that takes one request message.
-    fn run(&self, stream: u32, method: Method, bytes: Vec<u8>, deadline: Option<Instant>) {
+    fn run(
+        &self,
+        stream: u32,
+        method: Method,
+        bytes: Vec<u8>,
+        deadline: Option<Instant>,
+        metadata: Metadata,
+    ) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let st = Status::new(Code::DeadlineExceeded, "deadline exceeded");
             return self.fail(stream, method, st);
         }
-        self.start(stream, method, Some(&bytes), deadline, None);
+        self.start(stream, method, Some(&bytes), deadline, None, metadata);
     }
 
     /// Hands a call to its handler through the generated dispatch: with its
@@ -276,9 +289,10 @@ impl Dispatch {
         message: Option<&[u8]>,
         deadline: Option<Instant>,
         inbox: Option<Receiver<Inbound>>,
+        metadata: Metadata,
     ) {
         let shared = &self.shared;
-        let call = || self.call(stream, inbox, deadline);
+        let call = || self.call(stream, inbox, deadline, metadata);
         let handled = match method {
             Method::Chat(m) => services::chat::dispatch(&service::Chat(shared), m, message, call),
             Method::Health(m) => {
