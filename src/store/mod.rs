@@ -263,7 +263,9 @@ impl Store {
                 .is_some_and(|age| count > 0 && info.newest + age < now);
             if is_last {
                 last = Some((segment, scanned.end, info));
-            } else if expired {
+            } else if expired || count == 0 {
+                // An empty one is the spare of an earlier run: without
+                // this, every restart would leave one behind.
                 let _ = fs::remove_file(segment::path(dir, number));
             } else {
                 sealed.push_back(info);
@@ -315,9 +317,16 @@ impl Store {
         };
         writer.hub = hub;
         crate::sys::ignore_file_size_signal();
+        let shared = writer.shared.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer.run())?;
+            .spawn(move || {
+                // A panic must not leave publishers waiting for ever.
+                let run = std::panic::AssertUnwindSafe(|| writer.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    shared.fail("the writer thread panicked".into());
+                }
+            })?;
         *self.thread.lock() = Some(thread);
         Ok(())
     }

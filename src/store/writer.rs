@@ -40,6 +40,10 @@ pub const BATCH_SYNC_EVERY: Duration = Duration::from_millis(100);
 /// publisher waits for the writer (so a slow disk slows publishers instead
 /// of filling memory).
 const NEVER_QUEUE_BYTES: usize = 32 << 20;
+/// With `--fsync never`, how often the writer writes what gathered, and
+/// how much gathers before it is woken sooner.
+const NEVER_WRITE_EVERY: Duration = Duration::from_millis(10);
+const NEVER_WAKE_BYTES: usize = 1 << 20;
 /// How often the writer looks for segments to delete and retries making a
 /// spare after a full disk.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
@@ -163,10 +167,22 @@ impl Shared {
         q.reserved += len;
         let ticket = q.next;
         q.next += 1;
+        let first = q.items.is_empty();
         q.items.push((ticket, message.clone()));
         drop(q);
-        self.queued_bytes.fetch_add(len as usize, Ordering::Relaxed);
-        self.work.notify_one();
+        let len = len as usize;
+        let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        // Wake the writer only for the first message of a group (it takes
+        // them all), and with `never` only once enough has gathered: it
+        // writes on a timer otherwise. A wake per publish cost `never` two
+        // thirds of its rate (BENCHMARKS.md, issue 14).
+        let wake = match self.fsync {
+            Fsync::Never => queued > NEVER_WAKE_BYTES && queued - len <= NEVER_WAKE_BYTES,
+            _ => first,
+        };
+        if wake {
+            self.work.notify_one();
+        }
         Ok(ticket)
     }
 
@@ -207,7 +223,7 @@ impl Shared {
         self.work.notify_one();
     }
 
-    fn fail(&self, why: String) {
+    pub(super) fn fail(&self, why: String) {
         log::error!(
             "writing to --data-dir {} failed, no more messages are accepted: {why}",
             self.dir.display()
@@ -255,7 +271,12 @@ impl Writer {
             }
             let (items, stopping) = {
                 let mut q = shared.queue.lock();
-                if q.items.is_empty() && !q.stopping && (q.spares > 0 || spare_failed.is_some()) {
+                let idle = !q.stopping && (q.spares > 0 || spare_failed.is_some());
+                if idle && shared.fsync == Fsync::Never {
+                    if shared.queued_bytes.load(Ordering::Relaxed) <= NEVER_WAKE_BYTES {
+                        shared.work.wait_for(&mut q, NEVER_WRITE_EVERY);
+                    }
+                } else if idle && q.items.is_empty() {
                     let wait = match dirty_since {
                         Some(since) => BATCH_SYNC_EVERY.saturating_sub(since.elapsed()),
                         None => HOUSEKEEPING_EVERY,
