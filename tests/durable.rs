@@ -537,3 +537,23 @@ fn a_grpc_subscriber_resumes_after_a_message_id_across_a_restart() {
         status.message
     );
 }
+
+/// `never` writes behind, but a clean stop (SIGTERM) writes and syncs
+/// everything accepted before the process exits.
+#[test]
+fn fsync_never_keeps_everything_across_a_clean_stop() {
+    let dir = DataDir::new();
+    let flags = ["--fsync", "never"];
+    let mut node = start(&dir, &flags);
+    for i in 1..=200 {
+        post_ok(node.http, "never", &format!("m{i}"));
+    }
+    signal(&node.serve.child, "TERM");
+    assert!(wait_exit(&mut node.serve.child, Duration::from_secs(10))
+        .unwrap()
+        .success());
+    let node = start(&dir, &flags);
+    let events = replay(node.http, "never", 0, 200);
+    assert_eq!(events.len(), 200);
+    assert_eq!(events[199].json()["content"], "m200");
+}
