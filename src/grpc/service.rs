@@ -58,6 +58,8 @@ where
 }
 
 /// SendMessage: publishes, and answers with the message's id and time.
+/// With `--data-dir` and `--fsync always|batch` the publish waits here for
+/// the journal (BENCHMARKS.md, issue 14: the head-of-line cost of that).
 fn send_message(
     shared: &Shared,
     req: chat::SendMessageRequest,
