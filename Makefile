@@ -16,11 +16,13 @@ BENCH_BIN := target/release/streamhub-bench
 deps:
 	@$(MAKE) -s apt-install PKGS="$$(command -v cc >/dev/null 2>&1 || echo gcc)"
 
-# The tests also use curl, a Python venv (for Python's grpcio), Chromium and
-# openssl (certificates for the TLS tests).
+# The tests also use curl, a Python venv (for Python's grpcio), Chromium,
+# openssl (certificates for the TLS tests) and redis-server (the cluster
+# tests start their own on a unix socket).
 test-deps:
 	@$(MAKE) -s apt-install PKGS="$$(command -v curl >/dev/null 2>&1 || echo curl) \
 		$$(command -v openssl >/dev/null 2>&1 || echo openssl) \
+		$$(command -v redis-server >/dev/null 2>&1 || echo redis-server) \
 		$$(python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || echo python3-venv) \
 		$$(command -v chromium >/dev/null 2>&1 || echo chromium)"
 

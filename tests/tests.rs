@@ -1,6 +1,7 @@
 //! Integration tests: the real server on 127.0.0.1 port 0 and real clients.
 //! One test binary (see STYLE.md); each area is a module.
 
+mod cluster;
 mod conformance;
 mod durable;
 mod flood;
