@@ -17,11 +17,13 @@ deps:
 	@$(MAKE) -s apt-install PKGS="$$(command -v cc >/dev/null 2>&1 || echo gcc)"
 
 # The tests also use curl, a Python venv (for Python's grpcio), Chromium,
-# openssl (certificates for the TLS tests), and Node, npm and protoc (the
-# browser test bundles Connect-ES, a real gRPC-Web client, from npm).
+# openssl (certificates for the TLS tests), Node, npm and protoc (the
+# browser test bundles Connect-ES, a real gRPC-Web client, from npm) and
+# redis-server (the cluster tests start their own on a unix socket).
 test-deps:
 	@$(MAKE) -s apt-install PKGS="$$(command -v curl >/dev/null 2>&1 || echo curl) \
 		$$(command -v openssl >/dev/null 2>&1 || echo openssl) \
+		$$(command -v redis-server >/dev/null 2>&1 || echo redis-server) \
 		$$(python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || echo python3-venv) \
 		$$(command -v chromium >/dev/null 2>&1 || echo chromium) \
 		$$(command -v node >/dev/null 2>&1 || echo nodejs) \

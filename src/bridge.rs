@@ -30,6 +30,11 @@ impl Extension for GrpcWebDoor {
             timeout: req.header("grpc-timeout").map(str::to_string),
             authorization: req.header("authorization").map(str::to_string),
             ip: exchange.ip(),
+            metadata: req
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone().into_bytes()))
+                .collect(),
             path: req.path,
             body: req.body,
         };

@@ -19,6 +19,7 @@ use crate::auth::{AuthConfig, KeySource};
 use crate::error::Error;
 use crate::hub::HubConfig;
 use crate::rate::Quota;
+use crate::store::{Fsync, StoreConfig};
 
 /// One option of a subcommand.
 pub struct OptSpec {
@@ -336,6 +337,30 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         "the built-in live page at / on the HTTP port: on or off",
     ),
     opt(
+        "data-dir",
+        "STREAMHUB_DATA_DIR",
+        "",
+        "directory for durable rooms: every message is stored before it is acknowledged and read back at start (systemd: /var/lib/streamhub); none: memory only",
+    ),
+    opt(
+        "fsync",
+        "STREAMHUB_FSYNC",
+        "batch",
+        "with --data-dir, when the log is synced: always (before each answer), batch (written before each answer, synced every 100 ms) or never",
+    ),
+    opt(
+        "retention-age",
+        "STREAMHUB_RETENTION_AGE",
+        "7d",
+        "with --data-dir, stored messages older than this go (as whole segments), like history past --history: e.g. 90m, 12h, 7d; 0: no age limit",
+    ),
+    opt(
+        "segment-bytes",
+        "STREAMHUB_SEGMENT_BYTES",
+        "16777216",
+        "with --data-dir, size of each log segment (preallocated; at least --max-message-bytes plus 4096)",
+    ),
+    opt(
         "shutdown-grace-secs",
         "STREAMHUB_SHUTDOWN_GRACE_SECS",
         "10",
@@ -555,6 +580,8 @@ pub struct Config {
     pub access: AccessConfig,
     /// Time open streams get to drain on shutdown.
     pub shutdown_grace: Duration,
+    /// Durable rooms (`--data-dir`); `None`: memory only.
+    pub store: Option<StoreConfig>,
 }
 
 /// Settings of the gRPC front door.
@@ -691,6 +718,7 @@ impl Config {
             tls,
             access: access_config(raw)?,
             shutdown_grace: raw.secs("shutdown-grace-secs", 0, 3600)?,
+            store: store_config(raw, max_message_bytes)?,
         })
     }
 
@@ -765,6 +793,57 @@ fn access_config(raw: &RawArgs) -> Result<AccessConfig, Error> {
         },
         metrics_need_token: raw.switch("auth-metrics"),
     })
+}
+
+/// `--data-dir` and its companions; `None` without a directory.
+fn store_config(raw: &RawArgs, max_message_bytes: usize) -> Result<Option<StoreConfig>, Error> {
+    let fsync = raw.string("fsync");
+    let fsync = Fsync::parse(&fsync).ok_or_else(|| {
+        Error::Config(format!(
+            "--fsync: '{fsync}' is not one of always, batch, never"
+        ))
+    })?;
+    let retention_age = duration("retention-age", &raw.string("retention-age"))?;
+    let min_segment = max_message_bytes as u64 + 4096;
+    let segment_bytes = raw.number("segment-bytes", 64 * 1024, 1 << 32)?;
+    if segment_bytes < min_segment {
+        return Err(Error::Config(format!(
+            "--segment-bytes: {segment_bytes} cannot hold a message of --max-message-bytes; give at least {min_segment}"
+        )));
+    }
+    let dir = raw.string("data-dir");
+    Ok((!dir.is_empty()).then(|| StoreConfig {
+        dir: dir.into(),
+        fsync,
+        retention_age: (!retention_age.is_zero()).then_some(retention_age),
+        segment_bytes,
+    }))
+}
+
+/// A duration such as `90s`, `30m`, `12h`, `7d` or `0`.
+fn duration(flag: &str, text: &str) -> Result<Duration, Error> {
+    let bad = || {
+        Error::Config(format!(
+            "--{flag}: '{text}' is not a duration such as 90s, 30m, 12h or 7d (or 0)"
+        ))
+    };
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(unit)
+        .map(Duration::from_secs)
+        .ok_or_else(bad)
 }
 
 /// The effective settings as `--print-config` shows them, in the
@@ -855,6 +934,41 @@ mod tests {
         );
         for spec in SERVE_OPTIONS.iter().filter(|s| !s.env.is_empty()) {
             assert!(file.contains(&format!("#{}={}\n", spec.env, spec.default)));
+        }
+    }
+
+    #[test]
+    fn data_dir_settings_are_checked_and_none_means_memory_only() {
+        let config = |list: &[&str]| {
+            Config::from_raw(&RawArgs::parse(SERVE_OPTIONS, &args(list), |_| None).unwrap())
+        };
+        assert!(config(&[]).unwrap().store.is_none());
+        let store = config(&[
+            "--data-dir",
+            "/d",
+            "--fsync",
+            "always",
+            "--retention-age",
+            "12h",
+        ])
+        .unwrap()
+        .store
+        .unwrap();
+        assert_eq!(store.fsync, Fsync::Always);
+        assert_eq!(store.retention_age, Some(Duration::from_secs(12 * 3600)));
+        let store = config(&["--data-dir", "/d", "--retention-age", "0"])
+            .unwrap()
+            .store
+            .unwrap();
+        assert_eq!((store.fsync, store.retention_age), (Fsync::Batch, None));
+        for (bad, flag) in [
+            (&["--fsync", "sometimes"][..], "--fsync"),
+            (&["--retention-age", "7 days"], "--retention-age"),
+            (&["--retention-age", "7w"], "--retention-age"),
+            (&["--segment-bytes", "100000"], "--segment-bytes"),
+        ] {
+            let err = config(bad).unwrap_err().to_string();
+            assert!(err.starts_with(flag), "{bad:?}: {err}");
         }
     }
 

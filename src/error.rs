@@ -18,6 +18,9 @@ pub enum Error {
     ResourceExhausted(String),
     /// The server is stopping (gRPC UNAVAILABLE, HTTP 503).
     Unavailable(String),
+    /// The data directory has no room for the message; nothing was
+    /// accepted (gRPC RESOURCE_EXHAUSTED, HTTP 507).
+    StorageFull(String),
     /// A command-line flag or environment variable is wrong; the text names it.
     Config(String),
     /// Binding a port or another I/O failure at start-up.
@@ -31,6 +34,7 @@ impl fmt::Display for Error {
             | Error::TooLarge(m)
             | Error::ResourceExhausted(m)
             | Error::Unavailable(m)
+            | Error::StorageFull(m)
             | Error::Config(m)
             | Error::Io(m) => f.write_str(m),
         }

@@ -12,6 +12,7 @@
 pub mod access;
 pub mod auth;
 mod bridge;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -20,6 +21,7 @@ pub mod hub;
 pub mod metrics;
 pub mod proto;
 pub mod rate;
+pub mod store;
 #[allow(unsafe_code)]
 pub(crate) mod sys;
 pub mod systemd;
@@ -51,12 +53,20 @@ pub struct App {
     stop_tx: Option<Sender<()>>,
     stopping: Receiver<()>,
     grace: Duration,
+    /// The durable log (`--data-dir`), closed after both ports.
+    store: Option<Arc<store::Store>>,
 }
 
 impl App {
     /// Binds both ports and starts serving.
     pub fn start(config: Config) -> Result<App, Error> {
-        let hub = Arc::new(Hub::new(config.hub.clone()));
+        let (hub, store) = match &config.store {
+            Some(durable) => {
+                let (hub, store) = store::open_hub(config.hub.clone(), durable.clone())?;
+                (hub, Some(store))
+            }
+            None => (Arc::new(Hub::new(config.hub.clone())), None),
+        };
         // Reads the key file: a wrong one stops the start, naming the flag.
         let access = Arc::new(access::Access::from_config(&config.access)?);
         let telemetry = Arc::new(Telemetry::default());
@@ -121,6 +131,7 @@ impl App {
             stop_tx: Some(stop_tx),
             stopping,
             grace: config.shutdown_grace,
+            store,
         })
     }
 
@@ -231,6 +242,9 @@ impl App {
         }
         if let Some(http) = self.http.take() {
             http.stop(Duration::from_secs(2));
+        }
+        if let Some(store) = self.store.take() {
+            store.close();
         }
         let left = self
             .threads

@@ -16,6 +16,12 @@
 //!   `threads::Priority` for the measurement).
 //! - SO_SNDBUF: a small send buffer keeps an event stream's queue, and so
 //!   its latency, bounded.
+//! - posix_fallocate(3): a journal segment gets its disk space when it is
+//!   made, so a full disk shows up there, before any message is accepted
+//!   into it, and fdatasync need not update the file's size.
+//! - SIGXFSZ ignored: past a file size limit (RLIMIT_FSIZE) the kernel
+//!   then fails the call with EFBIG instead of killing the process, and the
+//!   journal reports a full disk.
 //!
 //! Types, constants and functions come from the `libc` crate, not from
 //! hand-written declarations. The crate
@@ -300,5 +306,30 @@ mod backlog_tests {
             started.elapsed()
         );
         assert_eq!(held.len(), 300);
+    }
+}
+
+/// Gives `file` disk space for its first `len` bytes (zeroes where nothing
+/// was written). Fails with the errno of a full disk (ENOSPC) or a file
+/// size limit (EFBIG).
+pub fn preallocate(file: &std::fs::File, len: u64) -> io::Result<()> {
+    let len =
+        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain integers; the descriptor is owned by `file`, open for
+    // the call.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Makes a write past RLIMIT_FSIZE fail with EFBIG instead of killing the
+/// process (SIGXFSZ's default action).
+pub fn ignore_file_size_signal() {
+    // SAFETY: SIG_IGN installs no handler code; changing SIGXFSZ's
+    // disposition touches no memory of ours.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::auth::{secret_file, token_for};
-use crate::support::binary::{cli, serve, BIN};
+use crate::support::binary::{cli, serve, serve_refused, BIN};
 use crate::support::browser::{chromium, next_report, Browser, PageServer};
 use crate::support::grpc::send;
 use crate::support::{self, python, root};
@@ -155,27 +155,16 @@ fn the_token_command_and_the_clients_token_flag() {
     ]);
     assert_eq!(weak.status.code(), Some(2));
     // The server refuses to start with it too, naming the flag.
-    let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--auth", "required", "--auth-secret-file"])
-        .arg(&short_secret)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--auth-secret-file"));
-    let out = Command::new(BIN)
-        .args(["serve", "--auth", "required"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("--auth-secret-file or --auth-public-key-file"));
+    let weak_secret = short_secret.to_str().unwrap();
+    let (code, err) = serve_refused(&["--auth", "required", "--auth-secret-file", weak_secret]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--auth-secret-file"), "{err}");
+    let (code, err) = serve_refused(&["--auth", "required"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--auth-secret-file or --auth-public-key-file"),
+        "{err}"
+    );
 }
 
 #[test]

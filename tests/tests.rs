@@ -3,7 +3,9 @@
 
 mod auth;
 mod auth_clients;
+mod cluster;
 mod conformance;
+mod durable;
 mod flood;
 mod grpc;
 mod grpc_web;

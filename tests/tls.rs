@@ -116,16 +116,8 @@ fn a_plain_client_on_the_tls_port_is_closed_and_others_are_served() {
 fn a_missing_or_unpaired_certificate_is_a_clear_startup_error() {
     // `serve` with `tls`: its exit code and what it said.
     let serve_with = |tls: &[&str]| {
-        let out = Command::new(crate::support::binary::BIN)
-            .args(["serve", "--grpc-addr", "127.0.0.1:0"])
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(tls)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let (code, err) = crate::support::binary::serve_refused(tls);
+        (Some(code), err)
     };
     let (code, err) = serve_with(&[
         "--tls-cert",

@@ -134,7 +134,9 @@ impl From<&Error> for Code {
     fn from(e: &Error) -> Code {
         match e {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::TooLarge(_) | Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::TooLarge(_) | Error::ResourceExhausted(_) | Error::StorageFull(_) => {
+                Code::ResourceExhausted
+            }
             Error::Unavailable(_) => Code::Unavailable,
             _ => Code::Internal,
         }
@@ -217,6 +219,8 @@ pub trait Call: Send + 'static {
     fn ignore_stopping(&mut self);
     /// The client's address, as the transport names it.
     fn peer(&self) -> &str;
+    /// The value of request metadata `name` (lower case), if sent.
+    fn metadata(&self, name: &str) -> Option<&[u8]>;
     /// True once the deadline the client set has passed.
     fn deadline_passed(&self) -> bool;
 }

@@ -16,6 +16,7 @@ mod convert;
 pub mod h2;
 pub mod health;
 pub mod reflection;
+mod resume;
 mod service;
 mod streams;
 pub mod web;

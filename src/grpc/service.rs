@@ -16,7 +16,7 @@ use super::streams::{run_chat, run_metrics, run_subscriber, run_upload};
 use super::{wire, Shared};
 use crate::access::{KnownToken, Refusal};
 use crate::auth::{bearer_token, Denied, Identity, Unauthenticated};
-use crate::hub::{Draft, Protocol};
+use crate::hub::Draft;
 use crate::metrics::stream_interval;
 use crate::proto::chat;
 use crate::proto::services::chat::ChatService;
@@ -126,6 +126,8 @@ where
 }
 
 /// SendMessage: publishes, and answers with the message's id and time.
+/// With `--data-dir` and `--fsync always|batch` the publish waits here for
+/// the journal (BENCHMARKS.md, issue 14: the head-of-line cost of that).
 fn send_message(
     shared: &Shared,
     caller: &Caller,
@@ -166,6 +168,8 @@ fn subscribe_messages<C: Responses<wire::Outbound> + Follow>(
         Err(refusal) => return Err(shared.refuse(METHOD, call, Status::from(&refusal))),
     };
     let hub = shared.hub.clone();
+    // Resuming (README, "Durable rooms"): a position in request metadata.
+    let resume = super::resume::requested(&call);
     shared.start_stream(
         shared.open_stream(),
         METHOD,
@@ -173,7 +177,7 @@ fn subscribe_messages<C: Responses<wire::Outbound> + Follow>(
         call,
         move || {
             Ok((
-                hub.subscribe(&allowed.room, None, Protocol::Grpc)?.0,
+                super::resume::subscribe(&hub, &allowed.room, resume?)?.0,
                 allowed,
             ))
         },

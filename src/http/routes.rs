@@ -198,6 +198,7 @@ pub fn status_of(e: &Error) -> u16 {
     match e {
         Error::InvalidArgument(_) => 400,
         Error::TooLarge(_) => 413,
+        Error::StorageFull(_) => 507,
         Error::ResourceExhausted(_) | Error::Unavailable(_) => 503,
         _ => 500,
     }

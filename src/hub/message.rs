@@ -79,6 +79,28 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message as it was accepted earlier (read back from the journal).
+    pub fn stored(
+        id: String,
+        seq: u64,
+        room: &str,
+        user: String,
+        content: String,
+        kind: MessageKind,
+        timestamp: SystemTime,
+    ) -> Message {
+        Message {
+            id,
+            seq,
+            room: Arc::from(room),
+            user,
+            content,
+            kind,
+            timestamp,
+            encoded: Default::default(),
+        }
+    }
+
     /// The message's bytes for `protocol`, made by `encode` the first time
     /// any subscriber asks and shared by all the others.
     pub fn encoded(&self, protocol: Protocol, encode: impl FnOnce(&Message) -> Vec<u8>) -> &[u8] {

@@ -28,8 +28,12 @@
 //! together. A thread takes the room's `Arc` under the map lock, lets go,
 //! then locks the room; a room found `freed` (emptied or evicted, about to
 //! leave the map) is looked up again. So no thread ever waits for a room
-//! while holding up every other room's lookup.
+//! while holding up every other room's lookup. With a journal
+//! (`--data-dir`), a publisher hands its message to the journal with the
+//! room lock held; the journal's own lock is taken after a room lock, never
+//! before one, and the journal never calls into the hub while holding it.
 
+mod journal;
 mod message;
 mod room_log;
 mod rooms;
@@ -44,6 +48,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 
 use crate::error::Error;
+pub use journal::{Journal, Ticket};
 pub use message::{
     check_user, normalize_room, CloseReason, Draft, Message, MessageKind, Protocol, DEFAULT_ROOM,
     MAX_BURST, MAX_ROOM_NAME, MAX_USER_NAME, SHUTDOWN_NOTICE,
@@ -107,6 +112,8 @@ pub struct Hub {
     /// Where publishes send the rooms whose parked readers need waking
     /// (see [`Hub::wake_later`]); `None` if the thread could not start.
     waker: Option<crossbeam_channel::Sender<Arc<room_log::Shared>>>,
+    /// Where accepted messages are stored (`--data-dir`); none: memory only.
+    journal: Option<Arc<dyn Journal>>,
 }
 
 /// Makes a message's bytes for one protocol (see [`Hub::set_encoder`]).
@@ -136,6 +143,7 @@ impl Hub {
             .map(|_| tx);
         Hub {
             waker,
+            journal: None,
             config,
             rooms: Mutex::new(HashMap::new()),
             next_message: AtomicU64::new(1),
@@ -227,9 +235,25 @@ impl Hub {
                 let micros = since.elapsed().as_micros() as u64;
                 self.stall_micros.fetch_add(micros, Ordering::Relaxed);
             }
-            let message = self.append(&room, &mut state, user, content, kind);
+            let message = self.stamp(&room, &state, user, content, kind);
+            // Under the room lock, so that the journal gets a room's
+            // messages in sequence order (see `journal`).
+            let ticket = match &self.journal {
+                Some(journal) => Some((journal, journal.append(&message)?)),
+                None => None,
+            };
+            let hold = ticket.is_some_and(|(j, _)| j.holds_delivery());
+            self.keep(&mut state, message.clone(), !hold);
+            state.published += 1;
+            self.published.fetch_add(1, Ordering::Relaxed);
             let shared = state.log.shared().clone();
             drop(state);
+            if let Some((journal, ticket)) = ticket {
+                journal.wait(ticket)?;
+                if hold {
+                    shared.reveal(message.seq);
+                }
+            }
             if shared.announce() {
                 self.wake_later(shared);
             }
@@ -302,18 +326,18 @@ impl Hub {
         self.closed[counted as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Runs with the room's lock held.
-    fn append(
+    /// Gives a message its id and sequence. Runs with the room's lock held.
+    fn stamp(
         &self,
         room: &Room,
-        state: &mut RoomState,
+        state: &RoomState,
         user: String,
         content: String,
         kind: MessageKind,
     ) -> Arc<Message> {
         let message = Arc::new(Message {
             id: format!("msg_{}", self.next_message.fetch_add(1, Ordering::Relaxed)),
-            seq: state.log.tail() + 1,
+            seq: state.log.last() + 1,
             room: room.name.clone(),
             user,
             content,
@@ -328,9 +352,20 @@ impl Hub {
                 }
             }
         }
+        message
+    }
+
+    /// Appends a stamped message to its room's log (`visible`: shown to
+    /// subscribers now) and applies the room's retention. Runs with the
+    /// room's lock held.
+    fn keep(&self, state: &mut RoomState, message: Arc<Message>, visible: bool) {
         self.history_total
             .fetch_add(message.content.len(), Ordering::Relaxed);
-        state.log.append(message.clone());
+        if visible {
+            state.log.append(message);
+        } else {
+            state.log.append_hidden(message);
+        }
         // The log keeps what readers still need on its own; retention is
         // about what a new subscriber can replay.
         let mut forgotten = 0;
@@ -340,9 +375,6 @@ impl Hub {
             forgotten += state.log.forget_oldest().unwrap_or(0);
         }
         self.history_total.fetch_sub(forgotten, Ordering::Relaxed);
-        state.published += 1;
-        self.published.fetch_add(1, Ordering::Relaxed);
-        message
     }
 
     /// Publishes a JOIN or LEAVE for a stream opened with a user name (no-op
@@ -389,6 +421,17 @@ impl Hub {
         after_seq: Option<u64>,
         protocol: Protocol,
     ) -> Result<(Subscription, Replay), Error> {
+        self.subscribe_at(room, protocol, |_| after_seq)
+    }
+
+    /// [`Hub::subscribe`] after the sequence `after` picks from the room's
+    /// log, under the room's lock (`Some(tail + 1)`: an unknown position).
+    fn subscribe_at(
+        self: &Arc<Self>,
+        room: &str,
+        protocol: Protocol,
+        after: impl Fn(&room_log::Log) -> Option<u64>,
+    ) -> Result<(Subscription, Replay), Error> {
         let name = normalize_room(room)?;
         if self.closing.load(Ordering::Acquire) {
             return Err(Error::Unavailable(SHUTDOWN_NOTICE.into()));
@@ -403,7 +446,7 @@ impl Hub {
             let tail = guard.log.tail();
             let oldest = guard.log.first_retained();
             let mut replay = Replay::default();
-            let from = match after_seq {
+            let from = match after(&guard.log) {
                 None => tail + 1,
                 Some(after) if after > tail => {
                     replay.unknown_position = true;

@@ -123,6 +123,15 @@ impl Shared {
         self.tail.load(Ordering::Acquire)
     }
 
+    /// Shows readers every message up to `seq`, appended hidden earlier
+    /// (by this thread or, for smaller sequences, by a publisher whose
+    /// room lock this thread took since). Needs no room lock: the slots are
+    /// set, and the tail only moves forward.
+    pub(super) fn reveal(&self, seq: u64) {
+        // Release: as in `Log::append`.
+        self.tail.fetch_max(seq, Ordering::Release);
+    }
+
     /// Wakes every parked reader and watcher now (after a close).
     pub(super) fn wake(&self) {
         self.word.fetch_add(1, Ordering::SeqCst);
@@ -252,24 +261,34 @@ pub(super) struct Log {
     /// Sequence of the oldest retained message (`tail + 1` when none is).
     first_retained: u64,
     retained_bytes: usize,
+    /// Sequence of the last message appended, shown to readers or not
+    /// (see [`Log::append_hidden`]); the tail when none is hidden.
+    last: u64,
 }
 
 impl Log {
     pub(super) fn new() -> Log {
+        Log::after(0)
+    }
+
+    /// An empty log whose first message will be `last + 1`: a room
+    /// restored from the journal goes on where it was.
+    pub(super) fn after(last: u64) -> Log {
         Log {
             shared: Arc::new(Shared {
-                tail: AtomicU64::new(0),
+                tail: AtomicU64::new(last),
                 word: AtomicU32::new(0),
                 parked: AtomicU32::new(0),
                 wake_pending: AtomicBool::new(false),
                 watchers: Mutex::new(Vec::new()),
                 watching: AtomicU32::new(0),
             }),
-            chunks: VecDeque::from([Chunk::new(1)]),
+            chunks: VecDeque::from([Chunk::new(last + 1)]),
             back_len: 0,
             back_bytes: 0,
-            first_retained: 1,
+            first_retained: last + 1,
             retained_bytes: 0,
+            last,
         }
     }
 
@@ -294,12 +313,30 @@ impl Log {
         self.retained_bytes
     }
 
-    /// Appends `message` (its `seq` must be `tail + 1`) and publishes it to
+    /// Sequence of the last message appended, hidden or not.
+    pub(super) fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// Appends `message` (its `seq` must be `last + 1`) and publishes it to
     /// readers. The caller wakes them with [`Shared::wake`] after it lets go
     /// of the room lock.
     pub(super) fn append(&mut self, message: Arc<Message>) {
         let seq = message.seq;
-        debug_assert_eq!(seq, self.tail() + 1);
+        self.append_hidden(message);
+        // Release: a reader that sees this tail sees the slot (and a new
+        // chunk's link) set in `append_hidden`.
+        self.shared.tail.store(seq, Ordering::Release);
+    }
+
+    /// Appends `message` (its `seq` must be `last + 1`) without showing it
+    /// to readers: [`Shared::reveal`] does, once the journal holds it. Every
+    /// hidden message is revealed in sequence order, because the journal
+    /// stores a room's messages in the order they were appended here.
+    pub(super) fn append_hidden(&mut self, message: Arc<Message>) {
+        let seq = message.seq;
+        debug_assert_eq!(seq, self.last + 1);
+        self.last = seq;
         let bytes = message.content.len();
         if self.back_len == CHUNK_SLOTS || self.back_bytes >= CHUNK_BYTES {
             let chunk = Chunk::new(seq);
@@ -314,9 +351,6 @@ impl Log {
         self.back_len += 1;
         self.back_bytes += bytes;
         self.retained_bytes += bytes;
-        // Release: a reader that sees this tail sees the slot (and a new
-        // chunk's link) set above.
-        self.shared.tail.store(seq, Ordering::Release);
     }
 
     /// Forgets the oldest retained message, if any; returns its size.
@@ -337,6 +371,18 @@ impl Log {
             self.chunks.pop_front();
         }
         Some(bytes)
+    }
+
+    /// The retained message with sequence `seq`, shown or hidden.
+    pub(super) fn get(&self, seq: u64) -> Option<&Arc<Message>> {
+        if seq < self.first_retained {
+            return None;
+        }
+        let i = self
+            .chunks
+            .partition_point(|c| c.first <= seq)
+            .checked_sub(1)?;
+        self.chunks[i].get(seq)
     }
 
     /// Forgets every retained message.

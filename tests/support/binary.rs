@@ -14,6 +14,8 @@ pub struct Serve {
     pub grpc_addr: String,
     /// Log lines after the "listening" one.
     pub logs: mpsc::Receiver<String>,
+    /// Log lines before it (what start-up said).
+    pub early: Vec<String>,
 }
 
 impl Drop for Serve {
@@ -44,7 +46,19 @@ pub fn serve(extra: &[&str]) -> Serve {
 /// `streamhub serve` on port 0 with `extra` flags and `env` variables; returns
 /// once it logged its gRPC address.
 pub fn serve_with_env(extra: &[&str], env: &[(&str, &str)]) -> Serve {
-    let mut cmd = Command::new(BIN);
+    spawn(Command::new(BIN), extra, env)
+}
+
+/// `streamhub serve` on port 0 started by `wrapper` (a command and its
+/// arguments, such as `prlimit --fsize=N`, that runs the binary it is
+/// given last).
+pub fn serve_through(wrapper: &[&str], extra: &[&str]) -> Serve {
+    let mut cmd = Command::new(wrapper[0]);
+    cmd.args(&wrapper[1..]).arg(BIN);
+    spawn(cmd, extra, &[])
+}
+
+fn spawn(mut cmd: Command, extra: &[&str], env: &[(&str, &str)]) -> Serve {
     cmd.args([
         "serve",
         "--grpc-addr",
@@ -63,6 +77,7 @@ pub fn serve_with_env(extra: &[&str], env: &[(&str, &str)]) -> Serve {
     let stderr: ChildStderr = child.stderr.take().unwrap();
     let rx = lines_of(stderr);
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut early = Vec::new();
     let grpc_addr = loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -70,11 +85,13 @@ pub fn serve_with_env(extra: &[&str], env: &[(&str, &str)]) -> Serve {
         if let Some(addr) = line.split("gRPC listening on ").nth(1) {
             break addr.trim().to_string();
         }
+        early.push(line);
     };
     Serve {
         child,
         grpc_addr,
         logs: rx,
+        early,
     }
 }
 
@@ -99,6 +116,22 @@ impl Serve {
         let addr = line.split("HTTP listening on ").nth(1).unwrap();
         addr.trim().to_string()
     }
+}
+
+/// `streamhub serve` on port 0 with `extra`, for a start that must fail:
+/// its exit code (-1 for a signal) and what it said on stderr.
+pub fn serve_refused<S: AsRef<std::ffi::OsStr>>(extra: &[S]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(["serve", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Waits up to `timeout` for `child` to exit.

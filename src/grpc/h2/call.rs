@@ -59,7 +59,11 @@ impl Encode for Outbound {
 }
 
 /// One call on one stream.
+/// A request's metadata (headers other than gRPC's own), names lower case.
+pub(super) type Metadata = Vec<(String, Vec<u8>)>;
+
 pub struct H2Call {
+    metadata: Metadata,
     conn: Arc<ConnShared>,
     stream: u32,
     woken: Receiver<()>,
@@ -74,6 +78,7 @@ impl H2Call {
     /// `inbox` is where the reader puts inbound messages (streaming
     /// requests only).
     pub(super) fn new(
+        metadata: Metadata,
         conn: Arc<ConnShared>,
         stream: u32,
         (waker, woken): (Sender<()>, Receiver<()>),
@@ -83,6 +88,7 @@ impl H2Call {
     ) -> H2Call {
         conn.conn.lock().set_waker(stream, waker);
         H2Call {
+            metadata,
             conn,
             stream,
             woken,
@@ -158,6 +164,13 @@ impl Call for H2Call {
 
     fn peer(&self) -> &str {
         &self.conn.peer
+    }
+
+    fn metadata(&self, name: &str) -> Option<&[u8]> {
+        self.metadata
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     fn deadline_passed(&self) -> bool {

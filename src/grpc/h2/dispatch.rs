@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::call::Metadata;
 use super::call::{H2Call, Inbound};
 use super::conn::{Chunk, Event, RequestHead};
 use super::server::ConnShared;
@@ -116,6 +117,7 @@ enum Pending {
         message: Option<Vec<u8>>,
         deadline: Option<Instant>,
         caller: Option<Caller>,
+        metadata: Metadata,
     },
     /// A call whose client streams: its running call's inbox.
     Streaming(Sender<Inbound>),
@@ -178,8 +180,9 @@ impl Dispatch {
                     message,
                     deadline,
                     caller,
+                    metadata,
                 }) => match message {
-                    Some(bytes) => self.run(stream, method, bytes, deadline, caller),
+                    Some(bytes) => self.run(stream, method, bytes, deadline, (caller, metadata)),
                     None => self.fail(
                         stream,
                         method,
@@ -242,7 +245,14 @@ impl Dispatch {
         if method.client_streams() {
             let (tx, rx) = crossbeam_channel::unbounded();
             self.streams.insert(stream, Pending::Streaming(tx));
-            self.start(stream, method, None, deadline, Some(rx), caller);
+            self.start(
+                stream,
+                method,
+                None,
+                deadline,
+                Some(rx),
+                (caller, head.metadata),
+            );
         } else {
             self.streams.insert(
                 stream,
@@ -251,6 +261,7 @@ impl Dispatch {
                     message: None,
                     deadline,
                     caller,
+                    metadata: head.metadata,
                 },
             );
         }
@@ -272,8 +283,10 @@ impl Dispatch {
         stream: u32,
         inbox: Option<crossbeam_channel::Receiver<Inbound>>,
         deadline: Option<Instant>,
+        metadata: Metadata,
     ) -> H2Call {
         H2Call::new(
+            metadata,
             self.conn.clone(),
             stream,
             crossbeam_channel::bounded(1),
@@ -296,13 +309,20 @@ impl Dispatch {
         method: Method,
         bytes: Vec<u8>,
         deadline: Option<Instant>,
-        caller: Option<Caller>,
+        (caller, metadata): (Option<Caller>, Metadata),
     ) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let st = Status::new(Code::DeadlineExceeded, "deadline exceeded");
             return self.fail(stream, method, st);
         }
-        self.start(stream, method, Some(&bytes), deadline, None, caller);
+        self.start(
+            stream,
+            method,
+            Some(&bytes),
+            deadline,
+            None,
+            (caller, metadata),
+        );
     }
 
     /// Hands a call to its handler through the generated dispatch: with its
@@ -314,10 +334,10 @@ impl Dispatch {
         message: Option<&[u8]>,
         deadline: Option<Instant>,
         inbox: Option<Receiver<Inbound>>,
-        caller: Option<Caller>,
+        (caller, metadata): (Option<Caller>, Metadata),
     ) {
         let shared = &self.shared;
-        let call = || self.call(stream, inbox, deadline);
+        let call = || self.call(stream, inbox, deadline, metadata);
         let handled = match (method, caller) {
             (Method::Chat(m), Some(caller)) => {
                 services::chat::dispatch(&service::Chat { shared, caller }, m, message, call)

@@ -94,6 +94,9 @@ pub struct WebCall {
     prefixes: Vec<[u8; g::PREFIX_LEN]>,
     spare_messages: Vec<&'static [u8]>,
     spare_pieces: Vec<&'static [u8]>,
+    /// The request's headers, as a native call's metadata (a resuming
+    /// subscriber's `last-message-id`, for one).
+    metadata: Vec<(String, Vec<u8>)>,
 }
 
 /// An empty vector with the allocation of `v`, whatever the lifetime of
@@ -128,7 +131,14 @@ impl WebCall {
             prefixes: Vec::new(),
             spare_messages: Vec::new(),
             spare_pieces: Vec::new(),
+            metadata: Vec::new(),
         }
+    }
+
+    /// The request's headers (names lower case), for [`Call::metadata`].
+    pub fn with_metadata(mut self, metadata: Vec<(String, Vec<u8>)>) -> WebCall {
+        self.metadata = metadata;
+        self
     }
 
     /// `until`, or the deadline if that comes first.
@@ -249,6 +259,13 @@ impl WebCall {
 }
 
 impl Call for WebCall {
+    fn metadata(&self, name: &str) -> Option<&[u8]> {
+        self.metadata
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
     /// Following a subscription: sleeps on it and sends what arrives.
     /// Otherwise: sleeps until `until`, the deadline, shutdown or the next
     /// look at the client (then `Ok`, so that the caller asks

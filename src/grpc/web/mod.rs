@@ -61,6 +61,8 @@ pub struct WebRequest {
     /// The client's address: whose limits its publishes count against
     /// when it sends no token.
     pub ip: IpAddr,
+    /// Every header, names lower case: the call's metadata.
+    pub metadata: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
 }
 
@@ -129,9 +131,10 @@ impl GrpcWeb {
         let shared = &self.shared;
         let mut sink = Some(sink);
         let stopping = shared.stopping.clone();
+        let metadata = req.metadata;
         let make_call = || {
             let sink = sink.take().expect("one call per request");
-            WebCall::new(sink, mode, stopping, deadline)
+            WebCall::new(sink, mode, stopping, deadline).with_metadata(metadata)
         };
         let chat = service::Chat { shared, caller };
         let handled = dispatch(&chat, method, Some(&message), make_call);

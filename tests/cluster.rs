@@ -1,0 +1,166 @@
+//! Rooms shared through a real `redis-server` (Debian's package, installed
+//! by `make test`; STREAMHUB_REDIS_SERVER names another binary), started
+//! on a unix socket of its own: the publish script's ordering and ids seen
+//! from two nodes' connections, the Stream read back, the channel.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use streamhub::cluster::{channel, decode_published, RedisRooms};
+use streamhub::hub::MessageKind;
+
+use crate::support::{unique, wait_until};
+
+/// A `redis-server` without persistence on a unix socket, killed when
+/// dropped.
+struct Redis {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let dir = std::env::temp_dir().join(format!(
+            "streamhub-redis-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let binary =
+            std::env::var("STREAMHUB_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&binary)
+            .args([
+                "--port",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--unixsocketperm",
+                "700",
+            ])
+            .arg("--unixsocket")
+            .arg(dir.join("redis.sock"))
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{binary} starts ({e}): run `make test`, which installs redis-server")
+            });
+        let redis = Redis { child, dir };
+        let socket = redis.dir.join("redis.sock");
+        assert!(
+            wait_until(Duration::from_secs(10), || socket.exists()),
+            "redis-server made its socket"
+        );
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.dir.join("redis.sock").display())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn two_nodes_publishing_to_one_room_get_one_order_of_sequences_and_ids() {
+    let redis = Redis::start();
+    let a = RedisRooms::open(&redis.url(), 1000).unwrap();
+    let b = RedisRooms::open(&redis.url(), 1000).unwrap();
+    let (mut ca, mut cb) = (a.connect().unwrap(), b.connect().unwrap());
+    // A subscriber's connection on the room's channel, as a node's.
+    let mut sub_conn = a.connect().unwrap();
+    let mut pubsub = sub_conn.as_pubsub();
+    pubsub.subscribe(channel("lobby")).unwrap();
+    pubsub
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+
+    let mut published = Vec::new();
+    for i in 0..20 {
+        let (node, conn) = if i % 2 == 0 {
+            (&a, &mut ca)
+        } else {
+            (&b, &mut cb)
+        };
+        let (m, _) = node
+            .publish(conn, "lobby", "ann", &format!("m{i}"), MessageKind::Chat)
+            .unwrap();
+        published.push(m);
+    }
+    let seqs: Vec<u64> = published.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    let ids: Vec<u64> = published
+        .iter()
+        .map(|m| m.id.trim_start_matches("msg_").parse().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=20).collect::<Vec<_>>(),
+        "one id counter for both nodes"
+    );
+    // Another room's sequence starts at 1, its id goes on from the shared counter.
+    let (other, _) = a
+        .publish(&mut ca, "other", "bob", "x", MessageKind::Chat)
+        .unwrap();
+    assert_eq!((other.seq, other.id.as_str()), (1, "msg_21"));
+
+    // Every node's channel sees the same messages in the same order.
+    for want in &published {
+        let msg = pubsub.get_message().unwrap();
+        let (got, epoch) = decode_published("lobby", msg.get_payload_bytes()).unwrap();
+        assert_eq!(
+            (got.seq, &got.id, &got.content),
+            (want.seq, &want.id, &want.content)
+        );
+        assert!(!epoch.is_empty());
+    }
+    // Resume: what the Stream holds after sequence 15, read from the other node.
+    let after: Vec<(u64, String)> = b
+        .after(&mut cb, "lobby", 15)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.seq, m.id))
+        .collect();
+    let want: Vec<(u64, String)> = published[15..]
+        .iter()
+        .map(|m| (m.seq, m.id.clone()))
+        .collect();
+    assert_eq!(after, want);
+}
+
+#[test]
+fn a_redis_that_is_gone_is_unavailable_not_a_panic() {
+    let redis = Redis::start();
+    let rooms = RedisRooms::open(&redis.url(), 10).unwrap();
+    let mut conn = rooms.connect().unwrap();
+    rooms
+        .publish(&mut conn, "r", "u", "before", MessageKind::Chat)
+        .unwrap();
+    drop(redis);
+    let err = rooms
+        .publish(&mut conn, "r", "u", "after", MessageKind::Chat)
+        .unwrap_err();
+    assert!(
+        matches!(err, streamhub::error::Error::Unavailable(_)),
+        "{err}"
+    );
+    assert!(matches!(
+        rooms.connect(),
+        Err(streamhub::error::Error::Unavailable(_))
+    ));
+    assert!(matches!(
+        RedisRooms::open("http://nope", 10),
+        Err(streamhub::error::Error::Config(_))
+    ));
+}
