@@ -309,3 +309,46 @@ fn the_page_is_served_from_the_binary_and_ui_off_turns_it_off() {
     assert_eq!(crate::support::http::get(&off, "/ui/app.js").status, 404);
     assert_eq!(crate::support::http::get(&off, "/healthz").status, 200);
 }
+
+#[test]
+fn with_a_token_the_page_sends_and_announces_as_the_tokens_user() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let server = support::start_with(|c| {
+        c.access.auth.mode = streamhub::auth::AuthMode::Required;
+        c.access.auth.key = Some(streamhub::auth::KeySource::SecretFile(
+            crate::auth::secret_file(),
+        ));
+    });
+    let token = crate::auth::token_for("alice", &["lobby"], &["lobby"], 3600);
+    let url = format!(
+        "http://127.0.0.1:{}/?room=lobby&user=guest",
+        server.app.http_port()
+    );
+    let browser = Browser::open_with(&chromium, &url, &["--remote-debugging-port=0"]);
+    let mut page = Cdp::attach(browser.profile());
+    // Without a token the stream is refused; with one, the page joins as
+    // the token's user, whatever name was typed.
+    page.eval_until(
+        "document.getElementById('state').dataset.state !== 'connecting'",
+        Duration::from_secs(60),
+    );
+    page.eval(&format!(
+        "document.getElementById('token').value = {token:?}; \
+         document.getElementById('join').requestSubmit(); true"
+    ));
+    page.eval_until(LIVE, Duration::from_secs(30));
+    page.eval_until(&shows("alice joined the room"), Duration::from_secs(10));
+    assert_eq!(
+        page.eval("document.getElementById('user').value"),
+        serde_json::json!("alice")
+    );
+    let watcher = crate::auth::client_with_token(&server, &token);
+    let mut native = watcher
+        .subscribe_messages(&crate::support::grpc::subscribe_req("lobby", ""))
+        .unwrap();
+    type_and_send(&mut page, "signed in");
+    assert_eq!(until_content(&mut native, "signed in").user, "alice");
+    drop(browser);
+}

@@ -22,6 +22,16 @@
   const authHeaders = () => (token() ? { Authorization: "Bearer " + token() } : {});
   // EventSource cannot send headers: the token goes in the query.
   const withToken = (q) => { if (token()) q.set("access_token", token()); return q; };
+  // With a token the server takes the user from it (its `sub`) and refuses
+  // another name (403): the page shows and sends that one.
+  function tokenUser() {
+    try {
+      const part = token().split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(part + "===".slice((part.length + 3) % 4))).sub || "";
+    } catch (e) {
+      return "";
+    }
+  }
 
   function setState(name, text) {
     $("state").dataset.state = name;
@@ -113,7 +123,8 @@
   function join(event) {
     if (event) event.preventDefault();
     const room = $("room").value.trim() || "general";
-    const user = $("user").value.trim();
+    const user = tokenUser() || $("user").value.trim();
+    $("user").value = user;
     store.set("room", room);
     store.set("user", user);
     store.set("token", token());
