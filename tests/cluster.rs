@@ -1,7 +1,8 @@
 //! Rooms shared through a real `redis-server` (Debian's package, installed
 //! by `make test`; STREAMHUB_REDIS_SERVER names another binary), started
 //! on a unix socket of its own: the publish script's ordering and ids seen
-//! from two nodes' connections, the Stream read back, the channel.
+//! from two nodes' connections, the Stream read back, the channel; then
+//! real `streamhub --cluster` processes sharing it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -10,6 +11,9 @@ use std::time::Duration;
 use streamhub::cluster::{channel, decode_published, RedisRooms};
 use streamhub::hub::MessageKind;
 
+use crate::support::binary::{serve, Serve};
+use crate::support::http::post;
+use crate::support::sse::EventStream;
 use crate::support::{unique, wait_until};
 
 /// A `redis-server` without persistence on a unix socket, killed when
@@ -163,4 +167,63 @@ fn a_redis_that_is_gone_is_unavailable_not_a_panic() {
         RedisRooms::open("http://nope", 10),
         Err(streamhub::error::Error::Config(_))
     ));
+}
+
+/// A `streamhub serve --cluster` node and its HTTP port.
+fn node(redis: &Redis) -> (Serve, u16) {
+    let server = serve(&["--cluster", &redis.url()]);
+    let port = server
+        .http_addr()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("an HTTP port");
+    (server, port)
+}
+
+/// The next `n` events of `stream` as (seq, id, content).
+fn events(stream: &mut EventStream, n: usize) -> Vec<(u64, String, String)> {
+    (0..n)
+        .map(|_| {
+            let data = stream.event().json();
+            (
+                data["seq"].as_u64().unwrap(),
+                data["id"].as_str().unwrap().to_string(),
+                data["content"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn messages_published_on_two_nodes_reach_every_node_with_the_same_ids_and_order() {
+    let redis = Redis::start();
+    let (_a, a) = node(&redis);
+    let (_b, b) = node(&redis);
+    let mut on_b = EventStream::connected(&b, "/events?room=lobby", &[]);
+    let mut on_a = EventStream::connected(&a, "/events?room=lobby", &[]);
+    let mut published = Vec::new();
+    for i in 0..20 {
+        let port = if i % 2 == 0 { a } else { b };
+        let answer = post(&port, "lobby", "ann", &format!("m{i}"));
+        published.push((
+            answer["seq"].as_u64().unwrap(),
+            answer["message_id"].as_str().unwrap().to_string(),
+            format!("m{i}"),
+        ));
+    }
+    let seqs: Vec<u64> = published.iter().map(|p| p.0).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "one sequence for both");
+    assert_eq!(events(&mut on_b, 20), published, "node B");
+    assert_eq!(events(&mut on_a, 20), published, "node A");
+
+    // Resume after 15 on a node that started after the messages: it
+    // reads the room back from Redis.
+    let (_c, c) = node(&redis);
+    let mut on_c = EventStream::connected(&c, "/events?room=lobby", &[("Last-Event-ID", "15")]);
+    assert_eq!(events(&mut on_c, 5), published[15..].to_vec(), "node C");
+    // And goes on live with what the others publish.
+    let answer = post(&a, "lobby", "bob", "after");
+    assert_eq!(answer["seq"], 21);
+    assert_eq!(events(&mut on_c, 1)[0].0, 21);
 }
