@@ -39,6 +39,9 @@ redis.call('PUBLISH', KEYS[1], seq .. ':' .. id .. ':' .. epoch .. ':' .. ARGV[1
 return {seq, id, epoch}
 "#;
 
+/// The most a connect, a read or a write to Redis takes.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A Stream entry as read: its id and its fields, name and value in turn.
 type Entry = (String, Vec<Vec<u8>>);
 
@@ -124,8 +127,17 @@ impl RedisRooms {
     }
 
     /// A new connection (each thread that talks to Redis has its own).
+    /// Connecting, and each read and write, ends within [`IO_TIMEOUT`]: a
+    /// Redis that hangs fails publishes instead of holding them.
     pub fn connect(&self) -> Result<redis::Connection, Error> {
-        self.client.get_connection().map_err(unavailable)
+        let conn = self
+            .client
+            .get_connection_with_timeout(IO_TIMEOUT)
+            .map_err(unavailable)?;
+        conn.set_read_timeout(Some(IO_TIMEOUT))
+            .and_then(|_| conn.set_write_timeout(Some(IO_TIMEOUT)))
+            .map_err(unavailable)?;
+        Ok(conn)
     }
 
     /// Publishes in one round trip; the message as every node sees it, and

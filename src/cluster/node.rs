@@ -12,6 +12,7 @@
 //! cost is that every node receives every room's messages (fine for the
 //! few nodes this is for; per-room subscriptions are the way past that).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -37,6 +38,9 @@ pub struct Node {
     /// Idle publishing connections; a publisher takes one or opens one.
     pool: Mutex<Vec<redis::Connection>>,
     stop: AtomicBool,
+    /// Whether the feeder follows the channels now: health, and whether
+    /// publishes are tried.
+    up: AtomicBool,
     feeder: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -53,6 +57,7 @@ impl Node {
             rooms,
             pool: Mutex::new(vec![conn]),
             stop: AtomicBool::new(false),
+            up: AtomicBool::new(false),
             feeder: Mutex::new(None),
         }))
     }
@@ -65,6 +70,12 @@ impl Node {
             .name("cluster-feeder".into())
             .spawn(move || node.feed(hub))?;
         *self.feeder.lock() = Some(thread);
+        // Publishes wait for the feeder (see `Relay::publish`): give it
+        // its first subscription before the ports open.
+        let until = Instant::now() + super::IO_TIMEOUT;
+        while !self.available() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         Ok(())
     }
 
@@ -96,9 +107,14 @@ impl Node {
     /// when Redis goes away.
     fn feed(&self, hub: Weak<Hub>) {
         let mut backoff = BACKOFF_FIRST;
+        // Each room's epoch as last seen: a new one means Redis lost the
+        // room (a restart without persistence) and it began again.
+        let mut epochs = HashMap::new();
         while !self.stop.load(Ordering::Acquire) {
             let started = Instant::now();
-            match self.follow(&hub) {
+            let followed = self.follow(&hub, &mut epochs);
+            self.up.store(false, Ordering::Release);
+            match followed {
                 Ok(()) => return,
                 Err(e) => log::warn!("cluster: {e}; reconnecting in {backoff:?}"),
             }
@@ -115,7 +131,9 @@ impl Node {
     }
 
     /// Follows every room's channel until stopped (`Ok`) or Redis fails.
-    fn follow(&self, hub: &Weak<Hub>) -> Result<(), Error> {
+    /// Once subscribed, reads back what each room this node has missed
+    /// while it was not (the channel keeps nothing for it).
+    fn follow(&self, hub: &Weak<Hub>, epochs: &mut HashMap<String, String>) -> Result<(), Error> {
         let unavailable = |e: redis::RedisError| super::unavailable(e);
         let mut reads = self.rooms.connect()?;
         let mut channel = self.rooms.connect()?;
@@ -124,6 +142,21 @@ impl Node {
             .set_read_timeout(Some(READ_TIMEOUT))
             .map_err(unavailable)?;
         pubsub.psubscribe(ALL_ROOMS).map_err(unavailable)?;
+        if let Some(hub) = hub.upgrade() {
+            for (room, last) in hub.room_tails() {
+                let missed = self.rooms.after(&mut reads, &room, last)?;
+                let mut anew = missed.first().is_some_and(|m| m.seq != last + 1);
+                for message in missed {
+                    let _ = hub.apply(message, anew);
+                    anew = false;
+                }
+            }
+        }
+        // Connections pooled before an outage would fail their first
+        // publish (a broken pipe); a publish is not retried, because one
+        // whose answer was lost may have gone through.
+        self.pool.lock().clear();
+        self.up.store(true, Ordering::Release);
         log::info!("cluster: following every room's channel");
         loop {
             if self.stop.load(Ordering::Acquire) {
@@ -140,34 +173,32 @@ impl Node {
             let Some(room) = msg.get_channel_name().strip_prefix(CHANNEL_PREFIX) else {
                 continue;
             };
-            match decode_published(room, msg.get_payload_bytes()) {
-                Some((message, _epoch)) => self.deliver(&hub, &mut reads, message)?,
-                None => log::warn!("cluster: room {room}: a message that does not decode"),
+            let Some((message, epoch)) = decode_published(room, msg.get_payload_bytes()) else {
+                log::warn!("cluster: room {room}: a message that does not decode");
+                continue;
+            };
+            let known = epochs.insert(room.to_string(), epoch.clone());
+            let began_again = known.is_some_and(|known| known != epoch);
+            if began_again {
+                log::warn!("cluster: room {room} began again in Redis (epoch {epoch}); its subscribers here resume");
             }
+            self.deliver(&hub, &mut reads, message, began_again)?;
         }
     }
 
-    /// Applies `message` to the hub; after a gap, the missing messages
-    /// from the room's Stream first. Only Redis errors are returned.
+    /// Applies `message` to the hub (`anew`: whether or not it follows);
+    /// after a gap, the missing messages from the room's Stream first.
+    /// Only Redis errors are returned.
     fn deliver(
         &self,
         hub: &Hub,
         conn: &mut redis::Connection,
         message: Message,
+        anew: bool,
     ) -> Result<(), Error> {
-        let room = message.room.clone();
-        let seq = message.seq;
-        // Kept to apply after the Stream's messages, should it not hold it.
-        let copy = Message::stored(
-            message.id.clone(),
-            seq,
-            &room,
-            message.user.clone(),
-            message.content.clone(),
-            message.kind,
-            message.timestamp,
-        );
-        let last = match hub.apply(copy, false) {
+        let (copy, message) = copy(&message);
+        let (room, seq) = (message.room.to_string(), message.seq);
+        let last = match hub.apply(copy, anew) {
             Ok(Applied::Gap { last }) => last,
             Ok(_) => return Ok(()),
             Err(e) => {
@@ -191,6 +222,23 @@ impl Node {
     }
 }
 
+/// Two of `message` (a hub message is not `Clone`: it caches encodings):
+/// one to apply, one kept should the Stream not hold it.
+fn copy(message: &Message) -> (Message, Message) {
+    let one = || {
+        Message::stored(
+            message.id.clone(),
+            message.seq,
+            &message.room,
+            message.user.clone(),
+            message.content.clone(),
+            message.kind,
+            message.timestamp,
+        )
+    };
+    (one(), one())
+}
+
 impl Relay for Node {
     fn publish(
         &self,
@@ -199,6 +247,11 @@ impl Relay for Node {
         content: &str,
         kind: MessageKind,
     ) -> Result<Arc<Message>, Error> {
+        if !self.available() {
+            return Err(Error::Unavailable(
+                "the cluster's Redis is unavailable; the node is reconnecting".into(),
+            ));
+        }
         let (message, _epoch) =
             self.with_conn(|conn| self.rooms.publish(conn, room, user, content, kind))?;
         Ok(Arc::new(message))
@@ -206,6 +259,10 @@ impl Relay for Node {
 
     fn history(&self, room: &str, keep: usize) -> Result<(Vec<Message>, u64), Error> {
         self.with_conn(|conn| self.rooms.history(conn, room, keep))
+    }
+
+    fn available(&self) -> bool {
+        self.up.load(Ordering::Acquire)
     }
 }
 

@@ -33,6 +33,10 @@ pub trait Relay: Send + Sync {
     /// last sequence: what a node that does not have the room yet starts
     /// it from. Runs on a subscriber's thread with no hub lock held.
     fn history(&self, room: &str, keep: usize) -> Result<(Vec<Message>, u64), Error>;
+
+    /// Whether publishes can go through now (health says NOT_SERVING
+    /// while they cannot).
+    fn available(&self) -> bool;
 }
 
 /// What [`Hub::apply`] did with a message.
@@ -53,6 +57,22 @@ impl Hub {
         let mut hub = Hub::new(config);
         hub.relay = Some(relay);
         hub
+    }
+
+    /// Whether this hub can take publishes: always, unless its relay is
+    /// down.
+    pub fn serving(&self) -> bool {
+        self.relay.as_ref().is_none_or(|r| r.available())
+    }
+
+    /// Every room this hub has and its last sequence: where a relay that
+    /// lost messages for a while reads each room back from.
+    pub fn room_tails(&self) -> Vec<(String, u64)> {
+        let rooms: Vec<_> = self.rooms.lock().values().cloned().collect();
+        rooms
+            .iter()
+            .map(|r| (r.name.to_string(), r.state.lock().log.last()))
+            .collect()
     }
 
     /// Before a subscriber registers on a room this node does not have:
@@ -95,10 +115,10 @@ impl Hub {
     /// Puts a message stamped by the relay into its room. Messages must
     /// come in the relay's order, from one thread (the node's feeder).
     /// A room that has no messages here yet starts at this one. With
-    /// `anew`, a gap that cannot be filled (the shared history lost those
-    /// messages) starts the room anew from this message; its subscribers
-    /// are ended as too slow, so that their clients resume and are told
-    /// what they missed.
+    /// `anew`, a message that does not follow (a gap the shared history
+    /// cannot fill, or a history that began again) starts the room anew
+    /// from it; its subscribers are ended as too slow, so that their
+    /// clients resume and are told what they missed.
     ///
     /// Waits like a publish (at most `publish_stall`) for a subscriber a
     /// window behind.
@@ -113,7 +133,7 @@ impl Hub {
         let room_name = message.room.clone();
         let applied = self.with_space(&room_name, |room, state| {
             let last = state.log.last();
-            if message.seq <= last {
+            if message.seq <= last && !anew {
                 return Ok((Applied::Duplicate, None));
             }
             if message.seq != last + 1 {
@@ -128,7 +148,8 @@ impl Hub {
                 }
                 let bytes = state.log.retained_bytes();
                 self.history_total.fetch_sub(bytes, Ordering::Relaxed);
-                let old = std::mem::replace(&mut state.log, room_log::Log::after(message.seq - 1));
+                let after = message.seq.saturating_sub(1);
+                let old = std::mem::replace(&mut state.log, room_log::Log::after(after));
                 old.shared().wake();
             }
             let message = Arc::new(Message {
