@@ -309,3 +309,34 @@ fn while_redis_is_down_publishes_fail_and_health_says_so_then_nothing_accepted_i
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{all:?}");
     assert_eq!(events(&mut on_b, 10), all);
 }
+
+/// A node killed (SIGKILL) and started again has lost its memory, not the
+/// room: a gRPC subscriber resumes there after a message id that another
+/// node gave, and goes on live.
+#[test]
+fn a_grpc_subscriber_resumes_by_id_on_a_node_killed_and_started_again() {
+    use crate::support::grpc::{channel, connect, next, opt, send, subscribe_req};
+    use streamhub::grpc::h2::client::ChatClient;
+    let redis = Redis::start();
+    let (_a, _) = node(&redis);
+    let a = connect(&_a.grpc_addr);
+    let ids: Vec<String> = (1..=10)
+        .map(|i| send(&a, "g", "ann", &format!("m{i}")).unwrap().message_id)
+        .collect();
+    // Another room between: ids are shared by all rooms.
+    send(&a, "other", "ann", "elsewhere").unwrap();
+    let (mut b, _) = node(&redis);
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let (b, _) = node(&redis);
+    let client = ChatClient::new(channel(&b.grpc_addr))
+        .with_options(opt().metadata("last-message-id", &ids[5]));
+    let mut stream = client.subscribe_messages(&subscribe_req("g", "")).unwrap();
+    let welcome = next(&mut stream).unwrap();
+    assert!(welcome.content.contains("Welcome"), "{}", welcome.content);
+    for want in &ids[6..] {
+        assert_eq!(&next(&mut stream).unwrap().id, want);
+    }
+    let live = send(&a, "g", "ann", "live").unwrap().message_id;
+    assert_eq!(next(&mut stream).unwrap().id, live);
+}

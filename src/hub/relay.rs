@@ -86,6 +86,13 @@ impl Hub {
             return Ok(());
         }
         let (history, last) = relay.history(name, self.config.history)?;
+        let newest_id = history
+            .iter()
+            .filter_map(|m| m.id.strip_prefix("msg_")?.parse::<u64>().ok())
+            .max();
+        if let Some(n) = newest_id {
+            self.next_message.fetch_max(n + 1, Ordering::Relaxed);
+        }
         loop {
             let room = self.room(name)?;
             let mut state = room.state.lock();
