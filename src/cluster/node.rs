@@ -198,6 +198,11 @@ impl Node {
     ) -> Result<(), Error> {
         let (copy, message) = copy(&message);
         let (room, seq) = (message.room.to_string(), message.seq);
+        // A room new here starts from its Stream, not from this message,
+        // so that a subscriber can resume from before it.
+        if let Err(e) = hub.prime(&room) {
+            log::debug!("cluster: room {room} not read back: {e}");
+        }
         let last = match hub.apply(copy, anew) {
             Ok(Applied::Gap { last }) => last,
             Ok(_) => return Ok(()),

@@ -75,10 +75,12 @@ impl Hub {
             .collect()
     }
 
-    /// Before a subscriber registers on a room this node does not have:
-    /// starts the room from the relay's history, so that it goes on from
-    /// the shared sequence and resuming works on any node.
-    pub(super) fn prime(&self, name: &str) -> Result<(), Error> {
+    /// Before a subscriber registers on a room this node does not have,
+    /// and before the feeder applies a room's first message here: starts
+    /// the room from the relay's history, so that it goes on from the
+    /// shared sequence and resuming works on any node. Does nothing for a
+    /// room the hub has.
+    pub fn prime(&self, name: &str) -> Result<(), Error> {
         let Some(relay) = &self.relay else {
             return Ok(());
         };
