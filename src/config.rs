@@ -343,6 +343,12 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         "directory for durable rooms: every message is stored before it is acknowledged and read back at start (systemd: /var/lib/streamhub); none: memory only",
     ),
     opt(
+        "cluster",
+        "STREAMHUB_CLUSTER",
+        "",
+        "share rooms with other nodes through one Redis: redis://HOST:PORT or redis+unix:///path/to/socket (sequences and ids come from Redis); none: this node alone",
+    ),
+    opt(
         "fsync",
         "STREAMHUB_FSYNC",
         "batch",
@@ -582,6 +588,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Durable rooms (`--data-dir`); `None`: memory only.
     pub store: Option<StoreConfig>,
+    /// The Redis URL of rooms shared with other nodes (`--cluster`).
+    pub cluster: Option<String>,
 }
 
 /// Settings of the gRPC front door.
@@ -719,6 +727,7 @@ impl Config {
             access: access_config(raw)?,
             shutdown_grace: raw.secs("shutdown-grace-secs", 0, 3600)?,
             store: store_config(raw, max_message_bytes)?,
+            cluster: cluster_url(raw)?,
         })
     }
 
@@ -793,6 +802,29 @@ fn access_config(raw: &RawArgs) -> Result<AccessConfig, Error> {
         },
         metrics_need_token: raw.switch("auth-metrics"),
     })
+}
+
+/// `--cluster`: the URL's scheme is checked here, the rest when the
+/// client opens it. With `--data-dir` it is refused: Redis's Stream is then
+/// the rooms' history, and two sources of sequences would disagree.
+fn cluster_url(raw: &RawArgs) -> Result<Option<String>, Error> {
+    let url = raw.string("cluster");
+    let url = url.trim();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    if !url.starts_with("redis://") && !url.starts_with("redis+unix://") {
+        let shown: String = url.chars().take(40).collect();
+        return Err(Error::Config(format!(
+            "--cluster: '{shown}' is not redis://HOST:PORT or redis+unix:///path/to/socket"
+        )));
+    }
+    if !raw.string("data-dir").is_empty() {
+        return Err(Error::Config(
+            "--cluster and --data-dir: give one, not both (with --cluster, Redis keeps the rooms' history)".into(),
+        ));
+    }
+    Ok(Some(url.to_string()))
 }
 
 /// `--data-dir` and its companions; `None` without a directory.
@@ -934,6 +966,26 @@ mod tests {
         );
         for spec in SERVE_OPTIONS.iter().filter(|s| !s.env.is_empty()) {
             assert!(file.contains(&format!("#{}={}\n", spec.env, spec.default)));
+        }
+    }
+
+    #[test]
+    fn cluster_takes_a_redis_url_and_not_with_a_data_dir() {
+        let config = |list: &[&str]| {
+            Config::from_raw(&RawArgs::parse(SERVE_OPTIONS, &args(list), |_| None).unwrap())
+        };
+        assert_eq!(config(&[]).unwrap().cluster, None);
+        let url = "redis+unix:///run/redis.sock";
+        assert_eq!(
+            config(&["--cluster", url]).unwrap().cluster.as_deref(),
+            Some(url)
+        );
+        for bad in [
+            &["--cluster", "http://x"][..],
+            &["--cluster", "redis://h:1", "--data-dir", "/d"],
+        ] {
+            let err = config(bad).unwrap_err().to_string();
+            assert!(err.contains("--cluster"), "{err}");
         }
     }
 

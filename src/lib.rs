@@ -55,6 +55,9 @@ pub struct App {
     grace: Duration,
     /// The durable log (`--data-dir`), closed after both ports.
     store: Option<Arc<store::Store>>,
+    /// This node's part of shared rooms (`--cluster`), closed after both
+    /// ports.
+    cluster: Option<Arc<cluster::Node>>,
 }
 
 impl App {
@@ -66,6 +69,17 @@ impl App {
                 (hub, Some(store))
             }
             None => (Arc::new(Hub::new(config.hub.clone())), None),
+        };
+        // Shared rooms (`--cluster`; config refuses it with --data-dir).
+        let (hub, cluster) = match &config.cluster {
+            Some(url) => {
+                let node = cluster::Node::open(url, config.hub.history)?;
+                let hub = Arc::new(Hub::with_relay(config.hub.clone(), node.clone()));
+                node.start(Arc::downgrade(&hub))?;
+                log::info!("cluster: rooms shared through {url}");
+                (hub, Some(node))
+            }
+            None => (hub, None),
         };
         // Reads the key file: a wrong one stops the start, naming the flag.
         let access = Arc::new(access::Access::from_config(&config.access)?);
@@ -132,6 +146,7 @@ impl App {
             stopping,
             grace: config.shutdown_grace,
             store,
+            cluster,
         })
     }
 
@@ -245,6 +260,9 @@ impl App {
         }
         if let Some(store) = self.store.take() {
             store.close();
+        }
+        if let Some(node) = self.cluster.take() {
+            node.close();
         }
         let left = self
             .threads

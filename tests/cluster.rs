@@ -1,7 +1,8 @@
 //! Rooms shared through a real `redis-server` (Debian's package, installed
 //! by `make test`; STREAMHUB_REDIS_SERVER names another binary), started
 //! on a unix socket of its own: the publish script's ordering and ids seen
-//! from two nodes' connections, the Stream read back, the channel.
+//! from two nodes' connections, the Stream read back, the channel; then
+//! real `streamhub --cluster` processes sharing it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -10,53 +11,85 @@ use std::time::Duration;
 use streamhub::cluster::{channel, decode_published, RedisRooms};
 use streamhub::hub::MessageKind;
 
+use crate::support::binary::{serve, Serve};
+use crate::support::http::{get, post, post_raw};
+use crate::support::sse::EventStream;
 use crate::support::{unique, wait_until};
 
-/// A `redis-server` without persistence on a unix socket, killed when
-/// dropped.
+/// A `redis-server` on a unix socket, killed when dropped.
 struct Redis {
     child: Child,
     dir: PathBuf,
+    /// How it was started, for [`Redis::start_again`].
+    persistence: &'static [&'static str],
 }
+
+/// No persistence: a restart loses every room.
+const IN_MEMORY: &[&str] = &["--save", "", "--appendonly", "no"];
+/// Every write synced to an append-only file, read back at a restart.
+const DURABLE: &[&str] = &[
+    "--save",
+    "",
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+];
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(IN_MEMORY)
+    }
+
+    fn start_with(persistence: &'static [&'static str]) -> Redis {
         let dir = std::env::temp_dir().join(format!(
             "streamhub-redis-{}-{}",
             std::process::id(),
             unique()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        let child = Redis::spawn(&dir, persistence);
+        Redis {
+            child,
+            dir,
+            persistence,
+        }
+    }
+
+    fn spawn(dir: &std::path::Path, persistence: &[&str]) -> Child {
         let binary =
             std::env::var("STREAMHUB_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let socket = dir.join("redis.sock");
+        let _ = std::fs::remove_file(&socket);
         let child = Command::new(&binary)
-            .args([
-                "--port",
-                "0",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--unixsocketperm",
-                "700",
-            ])
+            .args(["--port", "0", "--unixsocketperm", "700"])
+            .args(persistence)
             .arg("--unixsocket")
-            .arg(dir.join("redis.sock"))
+            .arg(&socket)
             .arg("--dir")
-            .arg(&dir)
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("{binary} starts ({e}): run `make test`, which installs redis-server")
             });
-        let redis = Redis { child, dir };
-        let socket = redis.dir.join("redis.sock");
         assert!(
             wait_until(Duration::from_secs(10), || socket.exists()),
             "redis-server made its socket"
         );
-        redis
+        child
+    }
+
+    /// Kills it (SIGKILL: no goodbye to its clients).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same socket and directory.
+    fn start_again(&mut self) {
+        self.child = Redis::spawn(&self.dir, self.persistence);
     }
 
     fn url(&self) -> String {
@@ -163,4 +196,154 @@ fn a_redis_that_is_gone_is_unavailable_not_a_panic() {
         RedisRooms::open("http://nope", 10),
         Err(streamhub::error::Error::Config(_))
     ));
+}
+
+/// A `streamhub serve --cluster` node and its HTTP port.
+fn node(redis: &Redis) -> (Serve, u16) {
+    let server = serve(&["--cluster", &redis.url()]);
+    let port = server
+        .http_addr()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("an HTTP port");
+    (server, port)
+}
+
+/// The next `n` events of `stream` as (seq, id, content).
+fn events(stream: &mut EventStream, n: usize) -> Vec<(u64, String, String)> {
+    (0..n)
+        .map(|_| {
+            let data = stream.event().json();
+            (
+                data["seq"].as_u64().unwrap(),
+                data["id"].as_str().unwrap().to_string(),
+                data["content"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn messages_published_on_two_nodes_reach_every_node_with_the_same_ids_and_order() {
+    let redis = Redis::start();
+    let (_a, a) = node(&redis);
+    let (_b, b) = node(&redis);
+    let mut on_b = EventStream::connected(&b, "/events?room=lobby", &[]);
+    let mut on_a = EventStream::connected(&a, "/events?room=lobby", &[]);
+    let mut published = Vec::new();
+    for i in 0..20 {
+        let port = if i % 2 == 0 { a } else { b };
+        let answer = post(&port, "lobby", "ann", &format!("m{i}"));
+        published.push((
+            answer["seq"].as_u64().unwrap(),
+            answer["message_id"].as_str().unwrap().to_string(),
+            format!("m{i}"),
+        ));
+    }
+    let seqs: Vec<u64> = published.iter().map(|p| p.0).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "one sequence for both");
+    assert_eq!(events(&mut on_b, 20), published, "node B");
+    assert_eq!(events(&mut on_a, 20), published, "node A");
+
+    // A node that started after those messages and then saw one more:
+    // it read the room back from Redis, so resuming after 15 works there.
+    let (_c, c) = node(&redis);
+    let answer = post(&a, "lobby", "bob", "after");
+    published.push((
+        21,
+        answer["message_id"].as_str().unwrap().into(),
+        "after".into(),
+    ));
+    assert_eq!(events(&mut on_b, 1), published[20..].to_vec());
+    let mut on_c = EventStream::connected(&c, "/events?room=lobby", &[("Last-Event-ID", "15")]);
+    assert_eq!(events(&mut on_c, 6), published[15..].to_vec(), "node C");
+    // And goes on live with what the others publish.
+    let answer = post(&b, "lobby", "bob", "live");
+    assert_eq!(answer["seq"], 22);
+    assert_eq!(events(&mut on_c, 1)[0].0, 22);
+}
+
+#[test]
+fn while_redis_is_down_publishes_fail_and_health_says_so_then_nothing_accepted_is_lost() {
+    let mut redis = Redis::start_with(DURABLE);
+    let (_a, a) = node(&redis);
+    let (_b, b) = node(&redis);
+    let mut on_b = EventStream::connected(&b, "/events?room=r", &[]);
+    let mut published = Vec::new();
+    let mut publish = |port: u16, content: String| {
+        let answer = post(&port, "r", "ann", &content);
+        published.push((
+            answer["seq"].as_u64().unwrap(),
+            answer["message_id"].as_str().unwrap().to_string(),
+            content,
+        ));
+    };
+    for i in 0..5 {
+        publish(a, format!("m{i}"));
+    }
+    let status = |port: u16| get(&port, "/healthz").status;
+    assert_eq!((status(a), status(b)), (200, 200));
+
+    redis.kill();
+    let body = br#"{"room":"r","user":"ann","content":"lost?"}"#;
+    assert!(
+        wait_until(Duration::from_secs(10), || post_raw(&a, body).status == 503),
+        "a publish while Redis is down is refused, not lost"
+    );
+    assert!(wait_until(Duration::from_secs(10), || status(b) == 503));
+
+    redis.start_again();
+    // Published straight to Redis while the nodes reconnect: B has it from
+    // the channel or, if it was not following yet, from the Stream.
+    let rooms = RedisRooms::open(&redis.url(), 1000).unwrap();
+    let mut conn = rooms.connect().unwrap();
+    let (m, _) = rooms
+        .publish(&mut conn, "r", "ann", "m5", MessageKind::Chat)
+        .unwrap();
+    let mut published_directly = vec![(m.seq, m.id.clone(), "m5".to_string())];
+    assert!(
+        wait_until(Duration::from_secs(15), || status(a) == 200
+            && status(b) == 200),
+        "both nodes reconnect"
+    );
+    for i in 6..10 {
+        publish(a, format!("m{i}"));
+    }
+    published_directly.extend(published.drain(5..));
+    let all: Vec<_> = published.into_iter().chain(published_directly).collect();
+    let seqs: Vec<u64> = all.iter().map(|p| p.0).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{all:?}");
+    assert_eq!(events(&mut on_b, 10), all);
+}
+
+/// A node killed (SIGKILL) and started again has lost its memory, not the
+/// room: a gRPC subscriber resumes there after a message id that another
+/// node gave, and goes on live.
+#[test]
+fn a_grpc_subscriber_resumes_by_id_on_a_node_killed_and_started_again() {
+    use crate::support::grpc::{channel, connect, next, opt, send, subscribe_req};
+    use streamhub::grpc::h2::client::ChatClient;
+    let redis = Redis::start();
+    let (_a, _) = node(&redis);
+    let a = connect(&_a.grpc_addr);
+    let ids: Vec<String> = (1..=10)
+        .map(|i| send(&a, "g", "ann", &format!("m{i}")).unwrap().message_id)
+        .collect();
+    // Another room between: ids are shared by all rooms.
+    send(&a, "other", "ann", "elsewhere").unwrap();
+    let (mut b, _) = node(&redis);
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let (b, _) = node(&redis);
+    let client = ChatClient::new(channel(&b.grpc_addr))
+        .with_options(opt().metadata("last-message-id", &ids[5]));
+    let mut stream = client.subscribe_messages(&subscribe_req("g", "")).unwrap();
+    let welcome = next(&mut stream).unwrap();
+    assert!(welcome.content.contains("Welcome"), "{}", welcome.content);
+    for want in &ids[6..] {
+        assert_eq!(&next(&mut stream).unwrap().id, want);
+    }
+    let live = send(&a, "g", "ann", "live").unwrap().message_id;
+    assert_eq!(next(&mut stream).unwrap().id, live);
 }

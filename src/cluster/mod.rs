@@ -5,9 +5,9 @@
 //! one round trip and atomically, so every node sees a room's messages
 //! with the same ids and sequences, in the same order.
 //!
-//! This step is the Redis side alone (the script, reading a room's Stream
-//! back, decoding what the channel carries), tested against a real
-//! `redis-server`; it is not yet wired to the hub or to a flag.
+//! This file is the Redis side (the script, reading a room's Stream back,
+//! decoding what the channel carries); `node` wires it to the hub: the
+//! hub's [`crate::hub::Relay`] and the one feeder thread per node.
 //!
 //! Keys: `streamhub:room:{room}` (a hash: `s` the last sequence, `e` the
 //! room's epoch, set once), `streamhub:stream:{room}` (the Stream; entry id
@@ -15,7 +15,11 @@
 //! channel `streamhub:room:{room}`. The shared counter puts every room's
 //! keys on one Redis, not a Redis Cluster (which would need one slot).
 
+mod node;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use node::Node;
 
 use crate::error::Error;
 use crate::hub::{Message, MessageKind};
@@ -34,6 +38,12 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'i', id, 'd', A
 redis.call('PUBLISH', KEYS[1], seq .. ':' .. id .. ':' .. epoch .. ':' .. ARGV[1])
 return {seq, id, epoch}
 "#;
+
+/// The most a connect, a read or a write to Redis takes.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A Stream entry as read: its id and its fields, name and value in turn.
+type Entry = (String, Vec<Vec<u8>>);
 
 /// Rooms in one Redis.
 pub struct RedisRooms {
@@ -117,8 +127,17 @@ impl RedisRooms {
     }
 
     /// A new connection (each thread that talks to Redis has its own).
+    /// Connecting, and each read and write, ends within [`IO_TIMEOUT`]: a
+    /// Redis that hangs fails publishes instead of holding them.
     pub fn connect(&self) -> Result<redis::Connection, Error> {
-        self.client.get_connection().map_err(unavailable)
+        let conn = self
+            .client
+            .get_connection_with_timeout(IO_TIMEOUT)
+            .map_err(unavailable)?;
+        conn.set_read_timeout(Some(IO_TIMEOUT))
+            .and_then(|_| conn.set_write_timeout(Some(IO_TIMEOUT)))
+            .map_err(unavailable)?;
+        Ok(conn)
     }
 
     /// Publishes in one round trip; the message as every node sees it, and
@@ -161,33 +180,65 @@ impl RedisRooms {
         room: &str,
         seq: u64,
     ) -> Result<Vec<Message>, Error> {
-        let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+        let entries: Vec<Entry> = redis::cmd("XRANGE")
             .arg(stream(room))
             .arg(format!("({seq}-0"))
             .arg("+")
             .query(conn)
             .map_err(unavailable)?;
-        let mut out = Vec::with_capacity(entries.len());
-        for (entry, fields) in entries {
-            let seq = entry.split('-').next().and_then(|s| s.parse().ok());
-            let field = |name: &[u8]| {
-                fields
-                    .chunks(2)
-                    .find(|kv| kv.len() == 2 && kv[0] == name)
-                    .map(|kv| kv[1].as_slice())
-            };
-            let id = field(b"i").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
-            let message = match (seq, id, field(b"d")) {
-                (Some(seq), Some(id), Some(d)) => decode(room, seq, id, d),
-                _ => None,
-            };
-            match message {
-                Some(m) => out.push(m),
-                None => log::warn!("room {room}: Stream entry {entry} does not decode; skipped"),
-            }
-        }
-        Ok(out)
+        Ok(messages(room, entries))
     }
+
+    /// The last `keep` messages the room's Stream holds, oldest first, and
+    /// the room's last sequence (0: never published), read together.
+    pub fn history(
+        &self,
+        conn: &mut redis::Connection,
+        room: &str,
+        keep: usize,
+    ) -> Result<(Vec<Message>, u64), Error> {
+        let (mut entries, last): (Vec<Entry>, Option<u64>) = redis::pipe()
+            .atomic()
+            .cmd("XREVRANGE")
+            .arg(stream(room))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(keep.max(1))
+            .cmd("HGET")
+            .arg(channel(room))
+            .arg("s")
+            .query(conn)
+            .map_err(unavailable)?;
+        entries.truncate(keep);
+        entries.reverse();
+        Ok((messages(room, entries), last.unwrap_or(0)))
+    }
+}
+
+/// Stream entries (`seq-0`, fields `i` and `d`) as messages; an entry that
+/// does not decode is skipped, and logged.
+fn messages(room: &str, entries: Vec<Entry>) -> Vec<Message> {
+    let mut out = Vec::with_capacity(entries.len());
+    for (entry, fields) in entries {
+        let seq = entry.split('-').next().and_then(|s| s.parse().ok());
+        let field = |name: &[u8]| {
+            fields
+                .chunks(2)
+                .find(|kv| kv.len() == 2 && kv[0] == name)
+                .map(|kv| kv[1].as_slice())
+        };
+        let id = field(b"i").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+        let message = match (seq, id, field(b"d")) {
+            (Some(seq), Some(id), Some(d)) => decode(room, seq, id, d),
+            _ => None,
+        };
+        match message {
+            Some(m) => out.push(m),
+            None => log::warn!("room {room}: Stream entry {entry} does not decode; skipped"),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `grpc.health.v1.Health`: Check and Watch for the whole server (`""`) and
 //! for `chat.ChatService`. Both report SERVING while the server runs and
-//! NOT_SERVING from the moment shutdown begins. In the call interface's
+//! NOT_SERVING from the moment shutdown begins; Check also while the
+//! cluster's Redis is down (`--cluster`). In the call interface's
 //! terms, like the chat handlers.
 
 use std::sync::Arc;
@@ -85,7 +86,11 @@ impl<C: Responses<HealthCheckResponse>> crate::proto::services::health::Health<C
 
 /// Health.Check: the status of one service, or NOT_FOUND.
 fn check(shared: &Shared, req: HealthCheckRequest) -> Result<HealthCheckResponse, Status> {
-    let state = shared.health.status_of(&req.service);
+    let mut state = shared.health.status_of(&req.service);
+    // Shared rooms whose Redis is down (`--cluster`): no publishes.
+    if state == ServingStatus::SERVING && !shared.hub.serving() {
+        state = ServingStatus::NOT_SERVING;
+    }
     if state == ServingStatus::SERVICE_UNKNOWN {
         shared.done("Health.Check", Code::NotFound);
         Err(Status::new(

@@ -486,6 +486,10 @@ fn respond(shared: &Shared, action: Action) -> Response {
         Action::Health if shared.is_stopping() => {
             Response::json(503, &serde_json::json!({ "status": "stopping" }))
         }
+        // Shared rooms whose Redis is down (`--cluster`): no publishes.
+        Action::Health if !shared.hub.serving() => {
+            Response::json(503, &serde_json::json!({ "status": "unavailable" }))
+        }
         Action::Health => Response::json(200, &serde_json::json!({ "status": "ok" })),
         Action::Events(_) | Action::MetricsEvents(_) => {
             Response::error(500, "a stream is not a response")

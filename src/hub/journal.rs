@@ -87,8 +87,9 @@ impl Hub {
         after_id: u64,
         protocol: super::Protocol,
     ) -> Result<(super::Subscription, super::Replay), Error> {
-        let issued = self.next_message.load(Ordering::Relaxed);
         self.subscribe_at(room, protocol, |log| {
+            // Read here, after a shared room was primed (`relay`).
+            let issued = self.next_message.load(Ordering::Relaxed);
             if after_id >= issued {
                 return Some(log.tail() + 1);
             }

@@ -35,6 +35,7 @@
 
 mod journal;
 mod message;
+mod relay;
 mod room_log;
 mod rooms;
 mod stats;
@@ -53,6 +54,7 @@ pub use message::{
     check_user, normalize_room, CloseReason, Draft, Message, MessageKind, Protocol, DEFAULT_ROOM,
     MAX_BURST, MAX_ROOM_NAME, MAX_USER_NAME, SHUTDOWN_NOTICE,
 };
+pub use relay::{Applied, Relay};
 pub use room_log::Watch;
 pub use stats::{ClosedCounts, HubConfig, HubStats, RoomStats};
 pub use subscription::{Presence, Replay, Subscription, Wait};
@@ -114,6 +116,9 @@ pub struct Hub {
     waker: Option<crossbeam_channel::Sender<Arc<room_log::Shared>>>,
     /// Where accepted messages are stored (`--data-dir`); none: memory only.
     journal: Option<Arc<dyn Journal>>,
+    /// Where publishes go when rooms are shared with other nodes
+    /// (`--cluster`); none: this hub stamps them itself.
+    relay: Option<Arc<dyn Relay>>,
 }
 
 /// Makes a message's bytes for one protocol (see [`Hub::set_encoder`]).
@@ -144,6 +149,7 @@ impl Hub {
         Hub {
             waker,
             journal: None,
+            relay: None,
             config,
             rooms: Mutex::new(HashMap::new()),
             next_message: AtomicU64::new(1),
@@ -212,6 +218,44 @@ impl Hub {
         } = draft;
         // The name validation returns; no copy of it on this path.
         let name = self.check(&room, &user, &content)?;
+        if let Some(relay) = &self.relay {
+            // Shared rooms: the relay's order is the room's order; the
+            // message comes back into this hub through `Hub::apply`.
+            return relay.publish(name, &user, &content, kind);
+        }
+        let (message, ticket, shared) = self.with_space(name, |room, state| {
+            let message = self.stamp(room, state, user, content, kind);
+            // Under the room lock, so that the journal gets a room's
+            // messages in sequence order (see `journal`).
+            let ticket = match &self.journal {
+                Some(journal) => Some((journal, journal.append(&message)?)),
+                None => None,
+            };
+            let hold = ticket.is_some_and(|(j, _)| j.holds_delivery());
+            self.keep(state, message.clone(), !hold);
+            state.published += 1;
+            self.published.fetch_add(1, Ordering::Relaxed);
+            Ok((message, ticket, state.log.shared().clone()))
+        })?;
+        if let Some((journal, ticket)) = ticket {
+            journal.wait(ticket)?;
+            if journal.holds_delivery() {
+                shared.reveal(message.seq);
+            }
+        }
+        self.appended(shared);
+        Ok(message)
+    }
+
+    /// Runs `append` on the room `name`, under its lock, once one more
+    /// message fits every subscriber's window: waits at most
+    /// `publish_stall` for a laggard, then removes it. Called with no lock
+    /// held.
+    fn with_space<T>(
+        &self,
+        name: &str,
+        append: impl FnOnce(&Room, &mut RoomState) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let mut stalled: Option<Instant> = None;
         loop {
             let room = self.room(name)?;
@@ -235,32 +279,18 @@ impl Hub {
                 let micros = since.elapsed().as_micros() as u64;
                 self.stall_micros.fetch_add(micros, Ordering::Relaxed);
             }
-            let message = self.stamp(&room, &state, user, content, kind);
-            // Under the room lock, so that the journal gets a room's
-            // messages in sequence order (see `journal`).
-            let ticket = match &self.journal {
-                Some(journal) => Some((journal, journal.append(&message)?)),
-                None => None,
-            };
-            let hold = ticket.is_some_and(|(j, _)| j.holds_delivery());
-            self.keep(&mut state, message.clone(), !hold);
-            state.published += 1;
-            self.published.fetch_add(1, Ordering::Relaxed);
-            let shared = state.log.shared().clone();
-            drop(state);
-            if let Some((journal, ticket)) = ticket {
-                journal.wait(ticket)?;
-                if hold {
-                    shared.reveal(message.seq);
-                }
-            }
-            if shared.announce() {
-                self.wake_later(shared);
-            }
-            if self.history_total.load(Ordering::Relaxed) > self.config.history_total_bytes {
-                self.shed_history();
-            }
-            return Ok(message);
+            return append(&room, &mut state);
+        }
+    }
+
+    /// After a message is appended (no lock held): wakes the room's
+    /// readers and keeps all history under its budget.
+    fn appended(&self, shared: Arc<room_log::Shared>) {
+        if shared.announce() {
+            self.wake_later(shared);
+        }
+        if self.history_total.load(Ordering::Relaxed) > self.config.history_total_bytes {
+            self.shed_history();
         }
     }
 
@@ -345,6 +375,13 @@ impl Hub {
             timestamp: SystemTime::now(),
             encoded: Default::default(),
         });
+        self.encode_for(state, &message);
+        message
+    }
+
+    /// Encodes `message` once for each protocol the room has subscribers
+    /// of. Runs with the room's lock held.
+    fn encode_for(&self, state: &RoomState, message: &Message) {
         for p in Protocol::ALL {
             if let Some(encode) = self.encoders[p as usize].get() {
                 if state.by_protocol[p as usize] > 0 {
@@ -352,7 +389,6 @@ impl Hub {
                 }
             }
         }
-        message
     }
 
     /// Appends a stamped message to its room's log (`visible`: shown to
@@ -436,6 +472,7 @@ impl Hub {
         if self.closing.load(Ordering::Acquire) {
             return Err(Error::Unavailable(SHUTDOWN_NOTICE.into()));
         }
+        self.prime(name)?;
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         loop {
             let room = self.room(name)?;
