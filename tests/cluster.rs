@@ -74,9 +74,13 @@ impl Redis {
             .unwrap_or_else(|e| {
                 panic!("{binary} starts ({e}): run `make test`, which installs redis-server")
             });
+        // Connected, not just made: the socket exists a moment before
+        // redis-server listens on it.
         assert!(
-            wait_until(Duration::from_secs(10), || socket.exists()),
-            "redis-server made its socket"
+            wait_until(Duration::from_secs(10), || {
+                std::os::unix::net::UnixStream::connect(&socket).is_ok()
+            }),
+            "redis-server listens on its socket"
         );
         child
     }

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 
 use super::{decode_published, RedisRooms};
 use crate::error::Error;
-use crate::hub::{Applied, Hub, Message, MessageKind, Relay};
+use crate::hub::{normalize_room, Applied, Hub, Message, MessageKind, Relay};
 
 /// The pattern of every room's channel (see [`super::channel`]).
 const ALL_ROOMS: &str = "streamhub:room:*";
@@ -170,9 +170,15 @@ impl Node {
             let Some(hub) = hub.upgrade() else {
                 return Ok(());
             };
+            // Anyone who can write to Redis can publish on a channel: only
+            // names a client could have used make rooms here.
             let Some(room) = msg.get_channel_name().strip_prefix(CHANNEL_PREFIX) else {
                 continue;
             };
+            if normalize_room(room).ok() != Some(room) {
+                log::warn!("cluster: a channel for no valid room name; ignored");
+                continue;
+            }
             let Some((message, epoch)) = decode_published(room, msg.get_payload_bytes()) else {
                 log::warn!("cluster: room {room}: a message that does not decode");
                 continue;

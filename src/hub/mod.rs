@@ -32,6 +32,8 @@
 //! (`--data-dir`), a publisher hands its message to the journal with the
 //! room lock held; the journal's own lock is taken after a room lock, never
 //! before one, and the journal never calls into the hub while holding it.
+//! With a relay (`--cluster`), no hub lock is held while the relay talks
+//! to Redis (`relay`): publishes and priming call it first, then lock.
 
 mod journal;
 mod message;
