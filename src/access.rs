@@ -125,6 +125,16 @@ pub enum Door {
     Http,
 }
 
+/// The instant a token's expiry falls on, by this process's monotonic
+/// clock: streams wait on instants, tokens name wall-clock time. Both
+/// doors' streams end then.
+pub fn expiry_instant(expires: SystemTime) -> Instant {
+    Instant::now()
+        + expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+}
+
 /// A connection the gate let in; it is counted until this drops.
 #[derive(Debug)]
 pub struct Admission {
@@ -240,12 +250,6 @@ impl Access {
         Ok(identity)
     }
 
-    /// Counts a refusal a door found itself (a token it could not even
-    /// read) and hands it back.
-    pub fn refuse(&self, denied: Denied) -> Refusal {
-        self.denied(denied)
-    }
-
     /// May `identity` publish `draft` now? On success the draft's room is
     /// the hub's name for it and its user the token's (a client may leave
     /// the name out or repeat it, not replace it); then the publish rate,
@@ -267,10 +271,14 @@ impl Access {
         let grant = self
             .auth
             .authorize(identity, room, Action::Publish, now)
-            .and_then(|grant| Ok((grant.user_for(&draft.user)?, grant)))
-            .map_err(|denied| self.denied(denied));
-        let (user, grant) = grant?;
-        draft.user = user;
+            .map_err(|denied| self.refuse(denied))?;
+        if grant.user.is_some() {
+            // Without a token the client's name stands as it is: no copy
+            // of it on every publish.
+            draft.user = grant
+                .user_for(&draft.user)
+                .map_err(|denied| self.refuse(denied))?;
+        }
         let key = match grant.user {
             Some(user) => Client::User(user),
             None => Client::Address(ip),
@@ -294,7 +302,7 @@ impl Access {
             // A presence is a user's: without a token there is none to
             // announce, and announcing another's would be impersonation.
             let missing = Denied::Unauthenticated(crate::auth::Unauthenticated::Missing);
-            return Err(self.denied(missing));
+            return Err(self.refuse(missing));
         }
         let Ok(normal) = normalize_room(room) else {
             return Ok(Subscriber {
@@ -318,14 +326,14 @@ impl Access {
                     expires: grant.expires,
                 })
             });
-        checked.map_err(|denied| self.denied(denied))
+        checked.map_err(|denied| self.refuse(denied))
     }
 
     /// May `identity` read the server's measurements? Always, unless
     /// `--auth-metrics` asks for a valid token (of any user).
     pub fn measurements(&self, identity: &Identity) -> Result<(), Refusal> {
         match identity {
-            Identity::Anonymous if self.metrics_need_token => Err(self.denied(
+            Identity::Anonymous if self.metrics_need_token => Err(self.refuse(
                 Denied::Unauthenticated(crate::auth::Unauthenticated::Missing),
             )),
             _ => Ok(()),
@@ -349,7 +357,9 @@ impl Access {
         }
     }
 
-    fn denied(&self, denied: Denied) -> Refusal {
+    /// Counts a refusal (also one a door found itself: a token it could
+    /// not even read) and hands it back.
+    pub fn refuse(&self, denied: Denied) -> Refusal {
         let label = denied.label();
         if let Some(i) = Denied::LABELS.iter().position(|l| *l == label) {
             self.denied[i].fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use streamhub::auth::{mint, Claims, Pattern, Permissions, SigningKey};
+use streamhub::auth::{mint, trim_line_end, Claims, Pattern, Permissions, SigningKey};
 use streamhub::config::{opt, usage, OptSpec, RawArgs};
 use streamhub::error::Error;
 
@@ -78,11 +78,7 @@ fn signing_key(raw: &RawArgs) -> Result<SigningKey, Error> {
     match (raw.string("secret-file"), raw.string("private-key-file")) {
         (s, p) if !s.is_empty() && p.is_empty() => {
             let bytes = read("secret-file", &s)?;
-            let end = bytes
-                .iter()
-                .rposition(|b| !matches!(b, b'\n' | b'\r'))
-                .map_or(0, |i| i + 1);
-            SigningKey::hs256(&bytes[..end])
+            SigningKey::hs256(trim_line_end(&bytes))
                 .map_err(|e| Error::Config(format!("--secret-file {s}: {e}")))
         }
         (s, p) if s.is_empty() && !p.is_empty() => {

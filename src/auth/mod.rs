@@ -494,8 +494,9 @@ pub fn bearer_token(header: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// A secret file's bytes without the line end an editor or `echo` adds.
-fn trim_line_end(bytes: &[u8]) -> &[u8] {
+/// A secret file's bytes without the line end an editor or `echo` adds
+/// (the server's `--auth-secret-file` and `streamhub token --secret-file`).
+pub fn trim_line_end(bytes: &[u8]) -> &[u8] {
     let end = bytes
         .iter()
         .rposition(|b| !matches!(b, b'\n' | b'\r'))

@@ -14,7 +14,7 @@ use super::call::{Code, Follow, Reply, Requests, Responses, Started, Status};
 use super::convert;
 use super::streams::{run_chat, run_metrics, run_subscriber, run_upload};
 use super::{wire, Shared};
-use crate::access::{KnownToken, Refusal};
+use crate::access::{expiry_instant, KnownToken, Refusal};
 use crate::auth::{bearer_token, Denied, Identity, Unauthenticated};
 use crate::hub::Draft;
 use crate::metrics::stream_interval;
@@ -241,13 +241,4 @@ fn stream_metrics<C: Responses<chat::Metric>>(
         },
         |shared, call, (interval, instance)| run_metrics(shared, instance, interval, call),
     )
-}
-
-/// The instant a token's expiry falls on, by this process's monotonic
-/// clock (a stream waits on instants; the token names wall-clock time).
-pub(super) fn expiry_instant(expires: SystemTime) -> Instant {
-    let left = expires
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    Instant::now() + left
 }

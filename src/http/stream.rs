@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::conn::Conn;
 use super::response::Response;
@@ -440,9 +440,9 @@ fn run_events(shared: &Shared, mut conn: Conn, start: EventsStart) {
     let mut next_beat = Instant::now() + keepalive;
     let mut next_check = Instant::now() + LIVENESS_CHECK;
     // The token's expiry, by the monotonic clock; far away without one.
-    let expires = params.expires.map_or(next_check + FOREVER, |t| {
-        Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default()
-    });
+    let expires = params
+        .expires
+        .map_or(next_check + FOREVER, crate::access::expiry_instant);
     // Why no allocation per burst: with a thousand stream threads at
     // SCHED_IDLE, malloc's arena locks are shared by many of them, and one
     // preempted while holding a lock stalls every thread that needs that
