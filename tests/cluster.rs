@@ -268,12 +268,62 @@ fn messages_published_on_two_nodes_reach_every_node_with_the_same_ids_and_order(
     assert_eq!(events(&mut on_c, 1)[0].0, 22);
 }
 
+/// The next `n` room messages of `stream` as (seq, id, content), and the
+/// SYSTEM notices that came with them (their content), in order.
+fn events_and_notices(
+    stream: &mut EventStream,
+    n: usize,
+) -> (Vec<(u64, String, String)>, Vec<String>) {
+    let (mut messages, mut notices) = (Vec::new(), Vec::new());
+    while messages.len() < n {
+        let event = stream.event();
+        let data = event.json();
+        let content = data["content"].as_str().unwrap().to_string();
+        if event.event == "system" {
+            assert_eq!(event.id, None, "a notice is no position: {data}");
+            notices.push(content);
+        } else {
+            let id = data["id"].as_str().unwrap().to_string();
+            messages.push((data["seq"].as_u64().unwrap(), id, content));
+        }
+    }
+    (messages, notices)
+}
+
+/// Redis killed and started again under two nodes: publishes are refused
+/// meanwhile (never lost), `/healthz`, Health.Check and Health.Watch say
+/// NOT_SERVING then SERVING, subscribers on both doors stay connected,
+/// are told that Redis went away and that it is back, and get every
+/// message in order.
 #[test]
 fn while_redis_is_down_publishes_fail_and_health_says_so_then_nothing_accepted_is_lost() {
+    use crate::support::grpc::{connect, encode, next, next_as, subscribe, CallOptions};
+    use streamhub::proto::chat::MessageType;
+    use streamhub::proto::health::health_check_response::ServingStatus;
+    use streamhub::proto::health::{HealthCheckRequest, HealthCheckResponse};
+    // The outage and the reconnect's backoff fit in this, with room.
+    let long = CallOptions::default().timeout(Duration::from_secs(90));
     let mut redis = Redis::start_with(DURABLE);
     let (_a, a) = node(&redis);
-    let (_b, b) = node(&redis);
+    let (node_b, b) = node(&redis);
     let mut on_b = EventStream::connected(&b, "/events?room=r", &[]);
+    let grpc_b = connect(&node_b.grpc_addr).with_options(long.clone());
+    let mut grpc_on_b = subscribe(&grpc_b, "r", "");
+    let health = crate::support::grpc::channel(&node_b.grpc_addr);
+    let mut watch = health
+        .server_streaming(
+            "/grpc.health.v1.Health/Watch",
+            &encode(&HealthCheckRequest::new()).unwrap(),
+            &long,
+        )
+        .unwrap();
+    let mut watched = || {
+        next_as::<HealthCheckResponse>(&mut watch)
+            .unwrap()
+            .status
+            .enum_value_or_default()
+    };
+    assert_eq!(watched(), ServingStatus::SERVING);
     let mut published = Vec::new();
     let mut publish = |port: u16, content: String| {
         let answer = post(&port, "r", "ann", &content);
@@ -296,21 +346,36 @@ fn while_redis_is_down_publishes_fail_and_health_says_so_then_nothing_accepted_i
         "a publish while Redis is down is refused, not lost"
     );
     assert!(wait_until(Duration::from_secs(10), || status(b) == 503));
+    assert_eq!(watched(), ServingStatus::NOT_SERVING, "Watch hears it");
+    // The gRPC subscriber: the five messages, then the notice.
+    for i in 0..5 {
+        assert_eq!(next(&mut grpc_on_b).unwrap().content, format!("m{i}"));
+    }
+    let gone = next(&mut grpc_on_b).unwrap();
+    assert_eq!(gone.type_.enum_value_or_default(), MessageType::SYSTEM);
+    assert_eq!(gone.id, "system_cluster_unavailable", "{gone:?}");
 
     redis.start_again();
     // Published straight to Redis while the nodes reconnect: B has it from
     // the channel or, if it was not following yet, from the Stream.
     let rooms = RedisRooms::open(&redis.url(), 1000).unwrap();
     let mut conn = rooms.connect().unwrap();
-    let (m, _) = rooms
-        .publish(&mut conn, "r", "ann", "m5", MessageKind::Chat)
-        .unwrap();
+    // Redis answers LOADING until it has read its append-only file back.
+    let mut direct = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        direct = rooms
+            .publish(&mut conn, "r", "ann", "m5", MessageKind::Chat)
+            .ok();
+        direct.is_some()
+    }));
+    let (m, _) = direct.unwrap();
     let mut published_directly = vec![(m.seq, m.id.clone(), "m5".to_string())];
     assert!(
         wait_until(Duration::from_secs(15), || status(a) == 200
             && status(b) == 200),
         "both nodes reconnect"
     );
+    assert_eq!(watched(), ServingStatus::SERVING, "Watch hears it back");
     for i in 6..10 {
         publish(a, format!("m{i}"));
     }
@@ -318,7 +383,71 @@ fn while_redis_is_down_publishes_fail_and_health_says_so_then_nothing_accepted_i
     let all: Vec<_> = published.into_iter().chain(published_directly).collect();
     let seqs: Vec<u64> = all.iter().map(|p| p.0).collect();
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{all:?}");
-    assert_eq!(events(&mut on_b, 10), all);
+    let (messages, notices) = events_and_notices(&mut on_b, 10);
+    assert_eq!(messages, all);
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(notices[0].contains("unavailable"), "{notices:?}");
+    assert!(notices[1].contains("is back"), "{notices:?}");
+    // The gRPC subscriber too: the rest, and the notice that Redis is back.
+    let mut rest = Vec::new();
+    let mut back = None;
+    while rest.len() < 5 {
+        let m = next(&mut grpc_on_b).unwrap();
+        match m.type_.enum_value_or_default() {
+            MessageType::SYSTEM => back = Some(m.id),
+            _ => rest.push(m.id),
+        }
+    }
+    let ids: Vec<String> = all[5..].iter().map(|m| m.1.clone()).collect();
+    assert_eq!(rest, ids);
+    assert_eq!(back.as_deref(), Some("system_cluster_recovered"));
+}
+
+/// A node follows only the rooms it has subscribers for: it subscribes to
+/// a room's channel for its first subscriber and unsubscribes after the
+/// last one left (seen from Redis: PUBSUB NUMSUB), and a room it stopped
+/// following is caught up when it follows it again.
+#[test]
+fn a_node_follows_only_the_rooms_it_has_subscribers_for() {
+    let redis = Redis::start();
+    let (_a, a) = node(&redis);
+    let (_b, b) = node(&redis);
+    let rooms = RedisRooms::open(&redis.url(), 1000).unwrap();
+    let mut conn = rooms.connect().unwrap();
+    let mut followers = |room: &str| -> i64 {
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel(room))
+            .query::<Vec<(String, i64)>>(&mut conn)
+            .unwrap()
+            .remove(0);
+        n
+    };
+    // Published with nobody subscribed anywhere: no node follows it.
+    post(&a, "quiet", "ann", "q1");
+    assert_eq!(followers("quiet"), 0);
+
+    let mut on_b = EventStream::connected(&b, "/events?room=quiet", &[]);
+    assert_eq!(followers("quiet"), 1, "followed once B has a subscriber");
+    let second = EventStream::connected(&b, "/events?room=quiet", &[]);
+    assert_eq!(followers("quiet"), 1, "once per node, not per subscriber");
+    let seq = post(&a, "quiet", "ann", "q2")["seq"].as_u64().unwrap();
+    assert_eq!(events(&mut on_b, 1)[0].0, seq);
+    drop(on_b);
+    drop(second);
+    assert!(
+        wait_until(Duration::from_secs(10), || followers("quiet") == 0),
+        "let go once its last subscriber left"
+    );
+    // Published while B did not follow: B catches up when it does again.
+    let missed = post(&a, "quiet", "ann", "q3")["seq"].as_u64().unwrap();
+    let mut again = EventStream::connected(
+        &b,
+        "/events?room=quiet",
+        &[("Last-Event-ID", &seq.to_string())],
+    );
+    assert_eq!(events(&mut again, 1)[0].0, missed);
+    assert_eq!(followers("quiet"), 1);
 }
 
 /// A node killed (SIGKILL) and started again has lost its memory, not the

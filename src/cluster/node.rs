@@ -1,36 +1,91 @@
 //! One node of a cluster: the hub's [`Relay`] (publishes go through the
 //! Lua script, on a small pool of connections, one per publishing thread
-//! at a time) and the node's one feeder thread, which follows every room's
-//! channel (`PSUBSCRIBE streamhub:room:*`) and applies each message to the
-//! local hub in the order Redis published them. A message that arrives
-//! after a gap (the channel is at-most-once) brings the missing ones back
-//! from the room's Stream first.
+//! at a time) and the node's one feeder thread, which SUBSCRIBEs to the
+//! channel of each room this node has subscribers for and applies the
+//! room's messages to the local hub in the order Redis published them. A
+//! message that arrives after a gap (the channel is at-most-once) brings
+//! the missing ones back from the room's Stream first.
 //!
-//! Why psubscribe and not a SUBSCRIBE per room with subscribers: one
-//! pattern needs no bookkeeping of which rooms to follow and has no window
-//! between a room's first subscriber and its channel subscription; the
-//! cost is that every node receives every room's messages (fine for the
-//! few nodes this is for; per-room subscriptions are the way past that).
+//! Following a room (Centrifugo's way): a room's first subscriber here
+//! asks the feeder to follow it and waits until it has: the feeder
+//! subscribes to the channel first, then reads the room's Stream after
+//! the last message this node has of it, so nothing published in between
+//! is missed (what comes twice is a duplicate, dropped). The feeder is
+//! woken for it by a word on this node's own channel, as it may be
+//! waiting on the pub/sub connection. When a room's last subscriber
+//! leaves, the feeder unsubscribes (lazily, at its next wake): a node
+//! receives only the rooms its subscribers read, and a room it stopped
+//! following is caught up from the Stream when it is followed again.
+//!
+//! When Redis goes away, subscribers stay connected: they are told so
+//! (a hub notice), publishes fail, the feeder reconnects with backoff,
+//! follows its rooms again, reads back what they missed, and tells the
+//! subscribers it is back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
-use super::{decode_published, RedisRooms};
+use super::{channel, decode_published, RedisRooms};
 use crate::error::Error;
-use crate::hub::{normalize_room, Applied, Hub, Message, MessageKind, Relay};
+use crate::hub::{Applied, Hub, Message, MessageKind, Notice, Relay};
 
-/// The pattern of every room's channel (see [`super::channel`]).
-const ALL_ROOMS: &str = "streamhub:room:*";
 const CHANNEL_PREFIX: &str = "streamhub:room:";
-/// How often the feeder looks at `stop` while the channel is quiet.
+/// How often the feeder looks at `stop` and at rooms no longer followed
+/// while the channels are quiet.
 const READ_TIMEOUT: Duration = Duration::from_millis(500);
 /// Reconnect backoff: doubles from the first to the most.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MOST: Duration = Duration::from_secs(5);
+/// The most a room's first subscriber waits for the feeder to follow it.
+const FOLLOW_WAIT: Duration = Duration::from_secs(4);
+
+/// What subscribers are told when the node loses Redis, and when it has
+/// it back.
+fn gone_notice() -> Notice {
+    Notice {
+        key: "cluster_unavailable",
+        text: "the cluster's Redis is unavailable: publishing fails until it is back; \
+               this stream stays open and will get what is published meanwhile"
+            .into(),
+    }
+}
+
+fn back_notice() -> Notice {
+    Notice {
+        key: "cluster_recovered",
+        text: "the cluster's Redis is back; what was published meanwhile has been delivered".into(),
+    }
+}
+
+/// Which rooms this node follows, and for whom.
+#[derive(Default)]
+struct Following {
+    /// Local subscribers of each room: a room is followed while it has one.
+    wanted: HashMap<String, usize>,
+    /// Rooms the feeder follows and has caught up: their subscribers need
+    /// not wait. (Kept through an outage: they are followed again, and
+    /// caught up, as soon as Redis is back.)
+    ready: HashSet<String>,
+    /// `wanted` changed since the feeder last looked.
+    dirty: bool,
+}
+
+impl Following {
+    /// One subscriber of `room` fewer.
+    fn forget(&mut self, room: &str) {
+        if let Some(n) = self.wanted.get_mut(room) {
+            *n -= 1;
+            if *n == 0 {
+                self.wanted.remove(room);
+                self.dirty = true;
+            }
+        }
+    }
+}
 
 /// A node's side of the shared rooms.
 pub struct Node {
@@ -41,6 +96,11 @@ pub struct Node {
     /// Whether the feeder follows the channels now: health, and whether
     /// publishes are tried.
     up: AtomicBool,
+    following: Mutex<Following>,
+    /// Signalled when the feeder made rooms ready, or lost Redis.
+    followed: Condvar,
+    /// This node's own channel: a word on it wakes the feeder.
+    wake_channel: String,
     feeder: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -53,16 +113,23 @@ impl Node {
         let conn = rooms
             .connect()
             .map_err(|e| Error::Config(format!("--cluster {url}: {e}")))?;
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         Ok(Arc::new(Node {
             rooms,
             pool: Mutex::new(vec![conn]),
             stop: AtomicBool::new(false),
             up: AtomicBool::new(false),
+            following: Mutex::new(Following::default()),
+            followed: Condvar::new(),
+            wake_channel: format!("streamhub:node:{}-{started:x}", std::process::id()),
             feeder: Mutex::new(None),
         }))
     }
 
-    /// Starts the feeder thread, which applies every room's messages to
+    /// Starts the feeder thread, which applies followed rooms' messages to
     /// `hub` until [`Node::close`] (or the hub is gone).
     pub fn start(self: &Arc<Self>, hub: Weak<Hub>) -> Result<(), Error> {
         let node = self.clone();
@@ -71,7 +138,7 @@ impl Node {
             .spawn(move || node.feed(hub))?;
         *self.feeder.lock() = Some(thread);
         // Publishes wait for the feeder (see `Relay::publish`): give it
-        // its first subscription before the ports open.
+        // its first connection before the ports open.
         let until = Instant::now() + super::IO_TIMEOUT;
         while !self.available() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
@@ -103,17 +170,26 @@ impl Node {
         Ok(out)
     }
 
-    /// The feeder thread: follows the channels, reconnecting with backoff
-    /// when Redis goes away.
+    /// The feeder thread: follows the rooms, reconnecting with backoff
+    /// when Redis goes away, and tells the subscribers when it does and
+    /// when it is back.
     fn feed(&self, hub: Weak<Hub>) {
         let mut backoff = BACKOFF_FIRST;
         // Each room's epoch as last seen: a new one means Redis lost the
         // room (a restart without persistence) and it began again.
         let mut epochs = HashMap::new();
+        let mut outage = false;
         while !self.stop.load(Ordering::Acquire) {
             let started = Instant::now();
-            let followed = self.follow(&hub, &mut epochs);
-            self.up.store(false, Ordering::Release);
+            let followed = self.follow(&hub, &mut epochs, &mut outage);
+            if self.up.swap(false, Ordering::AcqRel) {
+                outage = true;
+                if let Some(hub) = hub.upgrade() {
+                    hub.relay_changed(gone_notice());
+                }
+            }
+            // Subscribers waiting for a room to be followed give up.
+            self.followed.notify_all();
             match followed {
                 Ok(()) => return,
                 Err(e) => log::warn!("cluster: {e}; reconnecting in {backoff:?}"),
@@ -130,10 +206,15 @@ impl Node {
         }
     }
 
-    /// Follows every room's channel until stopped (`Ok`) or Redis fails.
-    /// Once subscribed, reads back what each room this node has missed
-    /// while it was not (the channel keeps nothing for it).
-    fn follow(&self, hub: &Weak<Hub>, epochs: &mut HashMap<String, String>) -> Result<(), Error> {
+    /// Follows the wanted rooms' channels until stopped (`Ok`) or Redis
+    /// fails. Once connected, follows every room wanted again and reads
+    /// back what it missed while it did not (the channel keeps nothing).
+    fn follow(
+        &self,
+        hub: &Weak<Hub>,
+        epochs: &mut HashMap<String, String>,
+        outage: &mut bool,
+    ) -> Result<(), Error> {
         let unavailable = |e: redis::RedisError| super::unavailable(e);
         let mut reads = self.rooms.connect()?;
         let mut channel = self.rooms.connect()?;
@@ -141,55 +222,138 @@ impl Node {
         pubsub
             .set_read_timeout(Some(READ_TIMEOUT))
             .map_err(unavailable)?;
-        pubsub.psubscribe(ALL_ROOMS).map_err(unavailable)?;
-        if let Some(hub) = hub.upgrade() {
-            for (room, last) in hub.room_tails() {
-                let missed = self.rooms.after(&mut reads, &room, last)?;
-                let mut anew = missed.first().is_some_and(|m| m.seq != last + 1);
-                for message in missed {
-                    let _ = hub.apply(message, anew);
-                    anew = false;
-                }
-            }
-        }
+        pubsub.subscribe(&self.wake_channel).map_err(unavailable)?;
+        // Channels this connection is subscribed to.
+        let mut subscribed = HashSet::new();
+        self.following.lock().dirty = true;
+        self.reconcile(hub, &mut pubsub, &mut reads, &mut subscribed)?;
         // Connections pooled before an outage would fail their first
         // publish (a broken pipe); a publish is not retried, because one
         // whose answer was lost may have gone through.
         self.pool.lock().clear();
         self.up.store(true, Ordering::Release);
-        log::info!("cluster: following every room's channel");
+        log::info!("cluster: following {} rooms", subscribed.len());
+        if std::mem::take(outage) {
+            if let Some(hub) = hub.upgrade() {
+                hub.relay_changed(back_notice());
+            }
+        }
         loop {
             if self.stop.load(Ordering::Acquire) {
                 return Ok(());
             }
             let msg = match pubsub.get_message() {
-                Ok(msg) => msg,
-                Err(e) if e.is_timeout() => continue,
+                Ok(msg) => Some(msg),
+                Err(e) if e.is_timeout() => None,
                 Err(e) => return Err(unavailable(e)),
             };
-            let Some(hub) = hub.upgrade() else {
+            let Some(hub_now) = hub.upgrade() else {
                 return Ok(());
             };
-            // Anyone who can write to Redis can publish on a channel: only
-            // names a client could have used make rooms here.
-            let Some(room) = msg.get_channel_name().strip_prefix(CHANNEL_PREFIX) else {
-                continue;
-            };
-            if normalize_room(room).ok() != Some(room) {
-                log::warn!("cluster: a channel for no valid room name; ignored");
-                continue;
+            if let Some(msg) = msg {
+                // Anyone who can write to Redis can publish on a channel:
+                // only the rooms followed here are taken.
+                let room = msg.get_channel_name().strip_prefix(CHANNEL_PREFIX);
+                if let Some(room) = room.filter(|r| subscribed.contains(*r)) {
+                    match decode_published(room, msg.get_payload_bytes()) {
+                        Some((message, epoch)) => {
+                            let known = epochs.insert(room.to_string(), epoch.clone());
+                            let began_again = known.is_some_and(|known| known != epoch);
+                            if began_again {
+                                log::warn!("cluster: room {room} began again in Redis (epoch {epoch}); its subscribers here resume");
+                            }
+                            self.deliver(&hub_now, &mut reads, message, began_again)?;
+                        }
+                        None => log::warn!("cluster: room {room}: a message that does not decode"),
+                    }
+                }
             }
-            let Some((message, epoch)) = decode_published(room, msg.get_payload_bytes()) else {
-                log::warn!("cluster: room {room}: a message that does not decode");
-                continue;
-            };
-            let known = epochs.insert(room.to_string(), epoch.clone());
-            let began_again = known.is_some_and(|known| known != epoch);
-            if began_again {
-                log::warn!("cluster: room {room} began again in Redis (epoch {epoch}); its subscribers here resume");
-            }
-            self.deliver(&hub, &mut reads, message, began_again)?;
+            drop(hub_now);
+            self.reconcile(hub, &mut pubsub, &mut reads, &mut subscribed)?;
         }
+    }
+
+    /// Subscribes to the rooms wanted and not followed (each caught up
+    /// from its Stream, then ready), unsubscribes from those no longer
+    /// wanted. Only Redis errors are returned.
+    fn reconcile(
+        &self,
+        hub: &Weak<Hub>,
+        pubsub: &mut redis::PubSub<'_>,
+        reads: &mut redis::Connection,
+        subscribed: &mut HashSet<String>,
+    ) -> Result<(), Error> {
+        let unavailable = |e: redis::RedisError| super::unavailable(e);
+        loop {
+            let (add, remove) = {
+                let mut following = self.following.lock();
+                if !std::mem::take(&mut following.dirty) {
+                    return Ok(());
+                }
+                let add: Vec<String> = following
+                    .wanted
+                    .keys()
+                    .filter(|r| !subscribed.contains(*r))
+                    .cloned()
+                    .collect();
+                let remove: Vec<String> = subscribed
+                    .iter()
+                    .filter(|r| !following.wanted.contains_key(*r))
+                    .cloned()
+                    .collect();
+                for room in &remove {
+                    following.ready.remove(room);
+                }
+                (add, remove)
+            };
+            for room in remove {
+                pubsub.unsubscribe(channel(&room)).map_err(unavailable)?;
+                subscribed.remove(&room);
+            }
+            if add.is_empty() {
+                continue;
+            }
+            for room in &add {
+                // Subscribed before it is read back: what is published
+                // after the read comes on the channel.
+                pubsub.subscribe(channel(room)).map_err(unavailable)?;
+                subscribed.insert(room.clone());
+                if let Some(hub) = hub.upgrade() {
+                    self.catch_up(&hub, reads, room)?;
+                }
+            }
+            let mut following = self.following.lock();
+            for room in add {
+                if following.wanted.contains_key(&room) {
+                    following.ready.insert(room);
+                }
+            }
+            drop(following);
+            self.followed.notify_all();
+        }
+    }
+
+    /// Brings `room` here up to date with its Stream: a room this hub does
+    /// not have starts from the Stream's history (so that a subscriber can
+    /// resume from before now); one it has gets what it missed.
+    fn catch_up(&self, hub: &Hub, reads: &mut redis::Connection, room: &str) -> Result<(), Error> {
+        let Some(last) = hub.room_last(room) else {
+            return match hub.prime(room) {
+                Err(Error::Unavailable(e)) => Err(Error::Unavailable(e)),
+                Err(e) => {
+                    log::debug!("cluster: room {room} not read back: {e}");
+                    Ok(())
+                }
+                Ok(()) => Ok(()),
+            };
+        };
+        let missed = self.rooms.after(reads, room, last)?;
+        let mut anew = missed.first().is_some_and(|m| m.seq != last + 1);
+        for message in missed {
+            let _ = hub.apply(message, anew);
+            anew = false;
+        }
+        Ok(())
     }
 
     /// Applies `message` to the hub (`anew`: whether or not it follows);
@@ -204,11 +368,6 @@ impl Node {
     ) -> Result<(), Error> {
         let (copy, message) = copy(&message);
         let (room, seq) = (message.room.to_string(), message.seq);
-        // A room new here starts from its Stream, not from this message,
-        // so that a subscriber can resume from before it.
-        if let Err(e) = hub.prime(&room) {
-            log::debug!("cluster: room {room} not read back: {e}");
-        }
         let last = match hub.apply(copy, anew) {
             Ok(Applied::Gap { last }) => last,
             Ok(_) => return Ok(()),
@@ -266,6 +425,48 @@ impl Relay for Node {
         let (message, _epoch) =
             self.with_conn(|conn| self.rooms.publish(conn, room, user, content, kind))?;
         Ok(Arc::new(message))
+    }
+
+    fn follow(&self, room: &str) -> Result<(), Error> {
+        let unavailable = || {
+            Error::Unavailable(format!(
+                "the cluster's Redis is unavailable: room {room} cannot be followed now"
+            ))
+        };
+        let mut following = self.following.lock();
+        *following.wanted.entry(room.to_string()).or_default() += 1;
+        if following.ready.contains(room) {
+            return Ok(());
+        }
+        if !self.available() {
+            following.forget(room);
+            return Err(unavailable());
+        }
+        following.dirty = true;
+        drop(following);
+        let woken = self.with_conn(|conn| {
+            redis::cmd("PUBLISH")
+                .arg(&self.wake_channel)
+                .arg("follow")
+                .query::<i64>(conn)
+                .map_err(super::unavailable)
+        });
+        let until = Instant::now() + FOLLOW_WAIT;
+        let mut following = self.following.lock();
+        while !following.ready.contains(room) {
+            let gave_up = woken.is_err()
+                || !self.available()
+                || self.followed.wait_until(&mut following, until).timed_out();
+            if gave_up && !following.ready.contains(room) {
+                following.forget(room);
+                return Err(unavailable());
+            }
+        }
+        Ok(())
+    }
+
+    fn unfollow(&self, room: &str) {
+        self.following.lock().forget(room);
     }
 
     fn history(&self, room: &str, keep: usize) -> Result<(Vec<Message>, u64), Error> {

@@ -49,6 +49,18 @@ pub fn system_message(id: String, user: &str, room: &str, content: String) -> ch
     out
 }
 
+/// A hub notice as gRPC clients get it: a SYSTEM message whose id is
+/// `system_{key}` (not a room message's `msg_N`, so it is no position to
+/// resume from).
+pub fn notice_message(room: &str, notice: &crate::hub::Notice) -> chat::Message {
+    system_message(
+        format!("system_{}", notice.key),
+        "System",
+        room,
+        notice.text.clone(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

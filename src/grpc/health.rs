@@ -1,17 +1,17 @@
 //! `grpc.health.v1.Health`: Check and Watch for the whole server (`""`) and
 //! for `chat.ChatService`. Both report SERVING while the server runs and
-//! NOT_SERVING from the moment shutdown begins; Check also while the
-//! cluster's Redis is down (`--cluster`). In the call interface's
-//! terms, like the chat handlers.
+//! NOT_SERVING from the moment shutdown begins, and while the cluster's
+//! Redis is down (`--cluster`). In the call interface's terms, like the
+//! chat handlers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
+use crossbeam_channel::Receiver;
 
 use super::call::{Code, Responses, Started, Status};
 use super::Shared;
-use crate::hub::SHUTDOWN_NOTICE;
+use crate::hub::{Changes, SHUTDOWN_NOTICE};
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
 
@@ -21,44 +21,32 @@ pub const SERVICES: &[&str] = &["", "chat.ChatService"];
 /// The serving status, and who wants to hear when it changes.
 #[derive(Default)]
 pub struct HealthState {
-    inner: Mutex<HealthInner>,
-}
-
-#[derive(Default)]
-struct HealthInner {
-    not_serving: bool,
-    watchers: Vec<Sender<()>>,
+    not_serving: AtomicBool,
+    changes: Changes,
 }
 
 impl HealthState {
+    /// Whether the server is not stopping.
     pub fn serving(&self) -> bool {
-        !self.inner.lock().not_serving
+        !self.not_serving.load(Ordering::Acquire)
     }
 
     /// Turns every service NOT_SERVING and tells the watchers.
     pub fn set_not_serving(&self) {
-        let mut inner = self.inner.lock();
-        inner.not_serving = true;
-        inner.watchers.retain(|w| match w.try_send(()) {
-            Ok(()) | Err(crossbeam_channel::TrySendError::Full(_)) => true,
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
-        });
+        self.not_serving.store(true, Ordering::Release);
+        self.changes.tell();
     }
+}
 
-    fn watch(&self) -> Receiver<()> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.inner.lock().watchers.push(tx);
-        rx
-    }
-
-    fn status_of(&self, service: &str) -> ServingStatus {
-        if !SERVICES.contains(&service) {
-            ServingStatus::SERVICE_UNKNOWN
-        } else if self.serving() {
-            ServingStatus::SERVING
-        } else {
-            ServingStatus::NOT_SERVING
-        }
+/// The status of `service` now: NOT_SERVING once the server is stopping,
+/// and while the cluster's Redis is down (`--cluster`: no publishes).
+fn status_of(shared: &Shared, service: &str) -> ServingStatus {
+    if !SERVICES.contains(&service) {
+        ServingStatus::SERVICE_UNKNOWN
+    } else if shared.health.serving() && shared.hub.serving() {
+        ServingStatus::SERVING
+    } else {
+        ServingStatus::NOT_SERVING
     }
 }
 
@@ -86,11 +74,7 @@ impl<C: Responses<HealthCheckResponse>> crate::proto::services::health::Health<C
 
 /// Health.Check: the status of one service, or NOT_FOUND.
 fn check(shared: &Shared, req: HealthCheckRequest) -> Result<HealthCheckResponse, Status> {
-    let mut state = shared.health.status_of(&req.service);
-    // Shared rooms whose Redis is down (`--cluster`): no publishes.
-    if state == ServingStatus::SERVING && !shared.hub.serving() {
-        state = ServingStatus::NOT_SERVING;
-    }
+    let state = status_of(shared, &req.service);
     if state == ServingStatus::SERVICE_UNKNOWN {
         shared.done("Health.Check", Code::NotFound);
         Err(Status::new(
@@ -111,7 +95,7 @@ fn watch<C: Responses<HealthCheckResponse>>(
     // Watching goes on through shutdown (that is its point), so it takes
     // a stream slot but is not refused once stopping began.
     let permit = shared.open_stream_any_time();
-    let changes = shared.health.watch();
+    let changes = (shared.health.changes.watch(), shared.hub.watch_serving());
     shared.start_stream(
         permit,
         "Health.Watch",
@@ -122,31 +106,33 @@ fn watch<C: Responses<HealthCheckResponse>>(
     )
 }
 
-/// Runs on `grpc-health-N`: sends the current status, then every change;
-/// ends with UNAVAILABLE once the server is stopping and said so.
+/// Runs on `grpc-health-N`: sends the current status, then every change
+/// (the cluster's Redis going down and coming back is one); ends with
+/// UNAVAILABLE once the server is stopping and said so.
 fn run_watch(
     shared: &Shared,
     service: String,
-    changes: Receiver<()>,
+    (stopping, relay): (Receiver<()>, Receiver<()>),
     mut call: impl Responses<HealthCheckResponse>,
 ) {
     call.ignore_stopping();
     let timeout = shared.write_timeout();
     let mut last = None;
     let code = loop {
-        let now = shared.health.status_of(&service);
+        let now = status_of(shared, &service);
         if last != Some(now) {
             if call.send_all([response(now)], timeout).is_err() {
                 break Code::Cancelled;
             }
             last = Some(now);
         }
-        if now == ServingStatus::NOT_SERVING {
+        if !shared.health.serving() {
             call.finish(Status::new(Code::Unavailable, SHUTDOWN_NOTICE), timeout);
             break Code::Unavailable;
         }
         crossbeam_channel::select! {
-            recv(changes) -> _ => {}
+            recv(stopping) -> _ => {}
+            recv(relay) -> _ => {}
             recv(call.woken()) -> _ => {
                 if call.client_gone() {
                     break Code::Cancelled;

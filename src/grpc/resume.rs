@@ -13,8 +13,10 @@
 use std::sync::Arc;
 
 use super::call::Call;
+use super::convert::system_message;
 use crate::error::Error;
-use crate::hub::{Hub, Protocol, Replay, Subscription};
+use crate::hub::{Hub, Protocol, Subscription};
+use crate::proto::chat;
 
 /// A resume position a client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,15 +51,26 @@ pub(super) fn requested(call: &impl Call) -> Result<Option<Resume>, Error> {
     }
 }
 
-/// Subscribes to `room` at `resume`.
+/// Subscribes to `room` at `resume`; with it, the SYSTEM notice that
+/// tells the client what it missed when its position has a gap after it
+/// (the words of SSE's notice; id `system_missed`).
 pub(super) fn subscribe(
     hub: &Arc<Hub>,
     room: &str,
     resume: Option<Resume>,
-) -> Result<(Subscription, Replay), Error> {
-    match resume {
+) -> Result<(Subscription, Option<chat::Message>), Error> {
+    let (sub, replay) = match resume {
         Some(Resume::AfterId(id)) => hub.subscribe_after_id(room, id, Protocol::Grpc),
         Some(Resume::AfterSeq(seq)) => hub.subscribe(room, Some(seq), Protocol::Grpc),
         None => hub.subscribe(room, None, Protocol::Grpc),
-    }
+    }?;
+    let position = match resume {
+        Some(Resume::AfterId(id)) => format!("last-message-id msg_{id}"),
+        Some(Resume::AfterSeq(seq)) => format!("last-event-id {seq}"),
+        None => return Ok((sub, None)),
+    };
+    let notice = replay
+        .gap_notice(sub.room(), &position)
+        .map(|(text, _)| system_message("system_missed".into(), "System", sub.room(), text));
+    Ok((sub, notice))
 }

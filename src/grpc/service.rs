@@ -176,14 +176,12 @@ fn subscribe_messages<C: Responses<wire::Outbound> + Follow>(
         "sub",
         call,
         move || {
-            Ok((
-                super::resume::subscribe(&hub, &allowed.room, resume?)?.0,
-                allowed,
-            ))
+            let (sub, missed) = super::resume::subscribe(&hub, &allowed.room, resume?)?;
+            Ok((sub, missed, allowed))
         },
-        |shared, call, (sub, allowed)| {
+        |shared, call, (sub, missed, allowed)| {
             let expires = allowed.expires.map(expiry_instant);
-            run_subscriber(shared, sub, allowed.user, expires, call)
+            run_subscriber(shared, sub, missed, allowed.user, expires, call)
         },
     )
 }

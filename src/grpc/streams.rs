@@ -50,7 +50,8 @@ fn expiry_notice(room: &str) -> chat::Message {
     )
 }
 
-/// Runs on `grpc-sub-N`, which owns the call's lifetime: welcome, presence,
+/// Runs on `grpc-sub-N`, which owns the call's lifetime: welcome (and,
+/// resuming past a gap, what was `missed`), presence,
 /// deadline, close reason and goodbye. The messages themselves do not pass
 /// through it: the transport's writer reads them from the room's log
 /// ([`Follow`]), so a publish wakes one writer per connection instead of a
@@ -62,6 +63,7 @@ fn expiry_notice(room: &str) -> chat::Message {
 pub(super) fn run_subscriber<C>(
     shared: &Shared,
     sub: Subscription,
+    missed: Option<chat::Message>,
     user: String,
     expires: Option<Instant>,
     mut call: C,
@@ -82,9 +84,11 @@ pub(super) fn run_subscriber<C>(
         &room,
         format!("Welcome to room {room}, {user}!"),
     );
-    let welcomed = call
-        .send_all([wire::Outbound::Own(welcome)], timeout)
-        .is_ok();
+    // A resuming client hears what it missed before the replay.
+    let opening = std::iter::once(welcome)
+        .chain(missed)
+        .map(wire::Outbound::Own);
+    let welcomed = call.send_all(opening, timeout).is_ok();
     let followed = if welcomed { call.follow(sub) } else { Err(sub) };
     let sub = match followed {
         Ok(()) => {

@@ -377,29 +377,9 @@ fn preamble(shared: &Shared, cors: &[(&'static str, String)]) -> Vec<u8> {
 
 /// The notice that comes before a replay with a gap in it.
 fn replay_notice(room: &str, after: Option<u64>, replay: &Replay) -> Option<Vec<u8>> {
-    if replay.unknown_position {
-        // The room restarted its sequence (a server restart) or the id was
-        // made up: what came before the retained messages is gone.
-        let missed = if replay.replayed > 0 {
-            replay.first_seq - 1
-        } else {
-            0
-        };
-        let content = format!(
-            "last event id {} is not a position in room {room} (the server may have restarted); \
-             {missed} earlier messages are no longer retained, replaying the {} that are",
-            after.unwrap_or_default(),
-            replay.replayed
-        );
-        return Some(sse::system_notice(room, &content, Some(("missed", missed))));
-    }
-    (replay.missed > 0).then(|| {
-        let content = format!(
-            "{} messages were missed: they are no longer retained",
-            replay.missed
-        );
-        sse::system_notice(room, &content, Some(("missed", replay.missed)))
-    })
+    let position = format!("last event id {}", after.unwrap_or_default());
+    let (content, missed) = replay.gap_notice(room, &position)?;
+    Some(sse::system_notice(room, &content, Some(("missed", missed))))
 }
 
 fn encoded(m: &Message) -> &[u8] {
@@ -455,7 +435,16 @@ fn run_events(shared: &Shared, mut conn: Conn, start: EventsStart) {
         match sub.wait(Some(next_beat.min(next_check).min(expires))) {
             Wait::Ready => {
                 let (mut taken, mut bytes, mut newest) = (0, 0, 0);
+                // A notice (no id: the resume position stays where it is)
+                // goes before the messages taken with it.
+                let notice = sub
+                    .notice()
+                    .filter(|_| types.passes(MessageKind::System))
+                    .map(|n| sse::system_notice(&room, &n.text, None));
                 let mut pieces = recycle(std::mem::take(&mut spare));
+                if let Some(notice) = &notice {
+                    pieces.push(IoSlice::new(notice));
+                }
                 for m in sub.peek(MAX_BURST) {
                     if bytes >= MAX_BURST_BYTES {
                         break;

@@ -87,7 +87,11 @@ impl Hub {
         after_id: u64,
         protocol: super::Protocol,
     ) -> Result<(super::Subscription, super::Replay), Error> {
-        self.subscribe_at(room, protocol, |log| {
+        // Whether messages the client never saw may have been forgotten
+        // before the first one replayed: ids are shared by every room, so
+        // an id alone does not say how many of this room's came after it.
+        let uncertain = std::cell::Cell::new(false);
+        let (sub, mut replay) = self.subscribe_at(room, protocol, |log| {
             // Read here, after a shared room was primed (`relay`).
             let issued = self.next_message.load(Ordering::Relaxed);
             if after_id >= issued {
@@ -108,8 +112,11 @@ impl Hub {
                     lo = mid + 1;
                 }
             }
+            uncertain.set(lo == log.first_retained() && lo > 1 && id_of(lo) != Some(after_id + 1));
             Some(lo - 1)
-        })
+        })?;
+        replay.missed_unknown = uncertain.get() && !replay.unknown_position;
+        Ok((sub, replay))
     }
 
     /// Whether `room` still retains its message `seq` (the journal may
@@ -176,6 +183,34 @@ mod tests {
         gate.moved.notify_all();
         assert_eq!(publisher.join().unwrap(), 1);
         assert_eq!(sub.recv_timeout(Duration::from_secs(5)).unwrap().seq, 1);
+    }
+
+    #[test]
+    fn resuming_by_an_id_older_than_the_history_says_messages_may_be_missed() {
+        let hub = Arc::new(Hub::new(HubConfig {
+            history: 3,
+            ..HubConfig::default()
+        }));
+        for i in 0..10 {
+            // Another room's message between: ids are shared.
+            hub.publish(Draft::chat("other", "u", "x")).unwrap();
+            hub.publish(Draft::chat("r", "u", i.to_string())).unwrap();
+        }
+        // r holds sequences 8..10 (ids 16, 18, 20).
+        let (_s, replay) = hub.subscribe_after_id("r", 2, Protocol::Grpc).unwrap();
+        assert!(replay.missed_unknown && replay.first_seq == 8);
+        let (text, _) = replay.gap_notice("r", "last-message-id msg_2").unwrap();
+        assert!(text.contains("before sequence 8"), "{text}");
+        // Just before the oldest one kept: nothing can have been missed.
+        let (_s, replay) = hub.subscribe_after_id("r", 15, Protocol::Grpc).unwrap();
+        assert!(!replay.missed_unknown && replay.first_seq == 8);
+        assert_eq!(replay.gap_notice("r", "x"), None);
+        // Inside the history: nothing missed.
+        let (_s, replay) = hub.subscribe_after_id("r", 18, Protocol::Grpc).unwrap();
+        assert_eq!((replay.first_seq, replay.missed_unknown), (10, false));
+        // From the future: an unknown position, everything kept replayed.
+        let (_s, replay) = hub.subscribe_after_id("r", 99, Protocol::Grpc).unwrap();
+        assert!(replay.unknown_position && !replay.missed_unknown);
     }
 
     #[test]

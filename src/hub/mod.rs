@@ -33,10 +33,12 @@
 //! room lock held; the journal's own lock is taken after a room lock, never
 //! before one, and the journal never calls into the hub while holding it.
 //! With a relay (`--cluster`), no hub lock is held while the relay talks
-//! to Redis (`relay`): publishes and priming call it first, then lock.
+//! to Redis (`relay`): publishes and following a room call it first,
+//! then lock.
 
 mod journal;
 mod message;
+mod notice;
 mod relay;
 mod room_log;
 mod rooms;
@@ -56,6 +58,7 @@ pub use message::{
     check_user, normalize_room, CloseReason, Draft, Message, MessageKind, Protocol, DEFAULT_ROOM,
     MAX_BURST, MAX_ROOM_NAME, MAX_USER_NAME, SHUTDOWN_NOTICE,
 };
+pub use notice::{Changes, Notice};
 pub use relay::{Applied, Relay};
 pub use room_log::Watch;
 pub use stats::{ClosedCounts, HubConfig, HubStats, RoomStats};
@@ -121,6 +124,10 @@ pub struct Hub {
     /// Where publishes go when rooms are shared with other nodes
     /// (`--cluster`); none: this hub stamps them itself.
     relay: Option<Arc<dyn Relay>>,
+    /// What every subscriber is told outside the rooms' messages.
+    bulletin: notice::Bulletin,
+    /// Told when [`Hub::serving`] may have changed.
+    serving_changes: Changes,
 }
 
 /// Makes a message's bytes for one protocol (see [`Hub::set_encoder`]).
@@ -167,6 +174,8 @@ impl Hub {
             closed: Default::default(),
             closing: Default::default(),
             encoders: Default::default(),
+            bulletin: Default::default(),
+            serving_changes: Default::default(),
         }
     }
 
@@ -474,7 +483,25 @@ impl Hub {
         if self.closing.load(Ordering::Acquire) {
             return Err(Error::Unavailable(SHUTDOWN_NOTICE.into()));
         }
-        self.prime(name)?;
+        // Shared rooms: this node follows the room from now on, and has
+        // it up to date, before the subscriber takes its position.
+        if let Some(relay) = &self.relay {
+            relay.follow(name)?;
+        }
+        let registered = self.register(name, protocol, after);
+        if let (Err(_), Some(relay)) = (&registered, &self.relay) {
+            relay.unfollow(name);
+        }
+        registered
+    }
+
+    /// The registering part of [`Hub::subscribe_at`].
+    fn register(
+        self: &Arc<Self>,
+        name: &str,
+        protocol: Protocol,
+        after: impl Fn(&room_log::Log) -> Option<u64>,
+    ) -> Result<(Subscription, Replay), Error> {
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         loop {
             let room = self.room(name)?;
@@ -522,6 +549,7 @@ impl Hub {
                 reader,
                 state,
                 watcher: None,
+                heard: self.bulletin.number(),
             };
             return Ok((subscription, replay));
         }
@@ -544,6 +572,9 @@ impl Hub {
         };
         if freed {
             self.forget_room(room);
+        }
+        if let Some(relay) = &self.relay {
+            relay.unfollow(&room.name);
         }
     }
 

@@ -13,7 +13,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{room_log, CloseReason, Hub, HubConfig, Message, MessageKind};
+use super::{room_log, CloseReason, Hub, HubConfig, Message, MessageKind, Notice};
 use crate::error::Error;
 
 /// Where a hub sends its publishes when rooms are shared.
@@ -28,6 +28,18 @@ pub trait Relay: Send + Sync {
         content: &str,
         kind: MessageKind,
     ) -> Result<Arc<Message>, Error>;
+
+    /// Before a subscriber registers on `room`: from now on this node
+    /// receives the room's messages (applied through [`Hub::apply`]), and
+    /// the room here is up to date with the relay's. Blocks, for a bounded
+    /// time; runs with no hub lock held. Each `Ok` is matched by one
+    /// [`Relay::unfollow`] when that subscriber leaves.
+    fn follow(&self, room: &str) -> Result<(), Error>;
+
+    /// A subscriber of `room` left: once none is left, the node may stop
+    /// receiving the room's messages. Never blocks (a room lock may be
+    /// held).
+    fn unfollow(&self, room: &str);
 
     /// The last `keep` messages of `room`, oldest first, and the room's
     /// last sequence: what a node that does not have the room yet starts
@@ -65,18 +77,29 @@ impl Hub {
         self.relay.as_ref().is_none_or(|r| r.available())
     }
 
-    /// Every room this hub has and its last sequence: where a relay that
-    /// lost messages for a while reads each room back from.
-    pub fn room_tails(&self) -> Vec<(String, u64)> {
-        let rooms: Vec<_> = self.rooms.lock().values().cloned().collect();
-        rooms
-            .iter()
-            .map(|r| (r.name.to_string(), r.state.lock().log.last()))
-            .collect()
+    /// Wakes when [`Hub::serving`] may have changed (health watchers).
+    pub fn watch_serving(&self) -> crossbeam_channel::Receiver<()> {
+        self.serving_changes.watch()
     }
 
-    /// Before a subscriber registers on a room this node does not have,
-    /// and before the feeder applies a room's first message here: starts
+    /// Called by the relay's side when it went down or came back: every
+    /// subscriber is told `notice`, and whoever watches serving looks
+    /// again.
+    pub fn relay_changed(&self, notice: Notice) {
+        self.post_notice(notice);
+        self.serving_changes.tell();
+    }
+
+    /// The last sequence of `room` here, `None` if this hub does not have
+    /// it: where a relay that did not follow it for a while reads it back
+    /// from.
+    pub fn room_last(&self, room: &str) -> Option<u64> {
+        let room = self.rooms.lock().get(room).cloned()?;
+        let last = room.state.lock().log.last();
+        Some(last)
+    }
+
+    /// When this node begins to follow a room it does not have: starts
     /// the room from the relay's history, so that it goes on from the
     /// shared sequence and resuming works on any node. Does nothing for a
     /// room the hub has.

@@ -22,6 +22,49 @@ pub struct Replay {
     /// The requested position is ahead of this room (an id from before a
     /// restart, or made up): everything retained is replayed.
     pub unknown_position: bool,
+    /// Resuming by id: messages from before the replay are no longer
+    /// retained and some of them may have come after the client's id; how
+    /// many is not known.
+    pub missed_unknown: bool,
+}
+
+impl Replay {
+    /// What a client that resumed at `position` (as it asked for it:
+    /// "last event id 41") is told when its replay has a gap, and how many
+    /// messages it missed, if that is known; `None`: nothing was missed.
+    pub fn gap_notice(&self, room: &str, position: &str) -> Option<(String, u64)> {
+        if self.unknown_position {
+            // The room restarted its sequence (a server restart without
+            // a data directory) or the position was made up: what came
+            // before the retained messages is gone.
+            let missed = if self.replayed > 0 {
+                self.first_seq - 1
+            } else {
+                0
+            };
+            let content = format!(
+                "{position} is not a position in room {room} (the server may have restarted); \
+                 {missed} earlier messages are no longer retained, replaying the {} that are",
+                self.replayed
+            );
+            return Some((content, missed));
+        }
+        if self.missed_unknown {
+            let content = format!(
+                "messages of room {room} before sequence {} are no longer retained: \
+                 some after {position} may have been missed",
+                self.first_seq
+            );
+            return Some((content, 0));
+        }
+        (self.missed > 0).then(|| {
+            let content = format!(
+                "{} messages were missed: they are no longer retained",
+                self.missed
+            );
+            (content, self.missed)
+        })
+    }
 }
 
 pub(super) struct Slot {
@@ -78,7 +121,8 @@ impl Drop for Presence {
 /// What [`Subscription::wait`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
-    /// Messages are there to take.
+    /// Messages are there to take, or a notice to hear
+    /// ([`Subscription::notice`]).
     Ready,
     /// The deadline passed with nothing to take.
     TimedOut,
@@ -99,6 +143,8 @@ pub struct Subscription {
     pub(super) state: Arc<SubscriberState>,
     /// Who is woken for this subscription instead of a parked thread.
     pub(super) watcher: Option<Arc<dyn Watch>>,
+    /// The number of the last notice this subscriber heard.
+    pub(super) heard: u64,
 }
 
 impl Subscription {
@@ -119,7 +165,7 @@ impl Subscription {
         match self.state.reason() {
             Some(CloseReason::SlowConsumer) => Wait::Closed(CloseReason::SlowConsumer),
             Some(reason) if self.available() == 0 => Wait::Closed(reason),
-            _ if self.available() > 0 => Wait::Ready,
+            _ if self.available() > 0 || self.notice_waiting() => Wait::Ready,
             _ => Wait::TimedOut,
         }
     }
@@ -150,9 +196,23 @@ impl Subscription {
                 return Wait::TimedOut;
             }
             self.reader.shared().park(deadline, || {
-                self.available() > 0 || self.state.reason().is_some()
+                self.available() > 0 || self.state.reason().is_some() || self.notice_waiting()
             });
         }
+    }
+
+    /// Whether a notice this subscriber has not heard was posted.
+    fn notice_waiting(&self) -> bool {
+        self.hub.bulletin.number() != self.heard
+    }
+
+    /// The notice posted since this subscriber last heard one, if any
+    /// (see [`super::Notice`]); it is heard once. A reader that found
+    /// [`Wait::Ready`] asks for it before it takes messages.
+    pub fn notice(&mut self) -> Option<Arc<super::Notice>> {
+        let (number, notice) = self.hub.bulletin.newer_than(self.heard)?;
+        self.heard = number;
+        Some(notice)
     }
 
     /// Up to `max` of the messages there to take, oldest first, borrowed
@@ -191,13 +251,20 @@ impl Subscription {
     /// once the subscription is over. (Clones the `Arc`: for tests and
     /// simple readers.)
     pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Arc<Message>> {
-        match self.wait(Some(Instant::now() + timeout)) {
-            Wait::Ready => {
-                let m = self.peek(1).next().cloned();
-                self.advance(1);
-                m
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.wait(Some(deadline)) {
+                Wait::Ready => {
+                    let m = self.peek(1).next().cloned();
+                    if m.is_some() {
+                        self.advance(1);
+                        return m;
+                    }
+                    // Only a notice, which this reader has no use for.
+                    self.notice();
+                }
+                _ => return None,
             }
-            _ => None,
         }
     }
 

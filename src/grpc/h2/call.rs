@@ -236,6 +236,15 @@ impl Feed for RoomFeed {
             Wait::Ready => {}
         }
         let (mut bytes, mut n) = (0, 0);
+        // A notice goes before the messages taken with it.
+        if let Some(notice) = self.sub.notice() {
+            let message = crate::grpc::convert::notice_message(self.sub.room(), &notice);
+            let chunk = Encode::chunk(message);
+            if let Chunk::Framed(framed) = &chunk {
+                bytes += framed.len();
+            }
+            queue.push_back(chunk);
+        }
         for m in self.sub.peek(MAX_BURST) {
             if bytes >= budget {
                 break;

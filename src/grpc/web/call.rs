@@ -215,9 +215,19 @@ impl WebCall {
     /// The followed subscription's burst: everything up to the tail (at
     /// most [`MAX_BURST`] messages and [`MAX_BURST_BYTES`]) in one chunk.
     fn send_burst(&mut self) {
-        let Some(sub) = self.sub.take() else { return };
+        let Some(mut sub) = self.sub.take() else {
+            return;
+        };
         let (mut taken, mut bytes) = (0, 0);
+        // A notice goes before the messages taken with it.
+        let notice = sub.notice().map(|n| {
+            let message = crate::grpc::convert::notice_message(sub.room(), &n);
+            message.write_to_bytes().unwrap_or_default()
+        });
         let mut messages = recycle(std::mem::take(&mut self.spare_messages));
+        if let Some(notice) = &notice {
+            messages.push(notice);
+        }
         let mut newest = 0;
         for m in sub.peek(MAX_BURST) {
             if bytes >= MAX_BURST_BYTES {
@@ -238,7 +248,6 @@ impl WebCall {
         let evicted = || sub.close_reason() == Some(CloseReason::SlowConsumer);
         let written = self.write_frames(&messages, &evicted);
         self.spare_messages = recycle(messages);
-        let mut sub = sub;
         if written.is_err() {
             self.gone = true;
         } else {
