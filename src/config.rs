@@ -346,7 +346,7 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         "cluster",
         "STREAMHUB_CLUSTER",
         "",
-        "share rooms with other nodes through one Redis: redis://HOST:PORT or redis+unix:///path/to/socket (sequences and ids come from Redis); none: this node alone",
+        "share rooms with other nodes through one Redis: redis://[:PASSWORD@]HOST:PORT or redis+unix:///path/to/socket[?pass=PASSWORD] (sequences and ids come from Redis); none: this node alone",
     ),
     opt(
         "fsync",
@@ -827,6 +827,38 @@ fn cluster_url(raw: &RawArgs) -> Result<Option<String>, Error> {
     Ok(Some(url.to_string()))
 }
 
+/// A Redis URL as it may be shown (logs, errors, `--print-config`): a
+/// password (`redis://user:PASSWORD@host`, `?pass=PASSWORD`) is `***`.
+pub fn redacted_url(url: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((main, query)) => (main, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match main.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((login, host)) => match login.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => main.to_string(),
+            },
+            None => main.to_string(),
+        },
+        None => main.to_string(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some(("pass" | "password", _)) => {
+                    format!("{}=***", pair.split('=').next().unwrap_or_default())
+                }
+                _ => pair.to_string(),
+            })
+            .collect();
+        out = format!("{out}?{}", pairs.join("&"));
+    }
+    out
+}
+
 /// `--data-dir` and its companions; `None` without a directory.
 fn store_config(raw: &RawArgs, max_message_bytes: usize) -> Result<Option<StoreConfig>, Error> {
     let fsync = raw.string("fsync");
@@ -889,11 +921,13 @@ pub fn print_config(raw: &RawArgs) -> String {
             Source::Env => "environment",
             Source::Flag => "flag",
         };
+        let mut value = raw.list(spec.flag).join(",");
+        if spec.flag == "cluster" {
+            value = redacted_url(&value);
+        }
         out.push_str(&format!(
-            "# --{} (from {source})\n{}={}\n",
-            spec.flag,
-            spec.env,
-            raw.list(spec.flag).join(",")
+            "# --{} (from {source})\n{}={value}\n",
+            spec.flag, spec.env
         ));
     }
     out
@@ -966,6 +1000,25 @@ mod tests {
         );
         for spec in SERVE_OPTIONS.iter().filter(|s| !s.env.is_empty()) {
             assert!(file.contains(&format!("#{}={}\n", spec.env, spec.default)));
+        }
+    }
+
+    #[test]
+    fn a_redis_url_is_shown_without_its_password() {
+        for (url, shown) in [
+            (
+                "redis://:s3cret@10.0.0.1:6379",
+                "redis://:***@10.0.0.1:6379",
+            ),
+            ("redis://ann:s3cret@h:1/0", "redis://ann:***@h:1/0"),
+            ("redis://h:6379", "redis://h:6379"),
+            (
+                "redis+unix:///run/r.sock?db=1&pass=s3cret",
+                "redis+unix:///run/r.sock?db=1&pass=***",
+            ),
+            ("", ""),
+        ] {
+            assert_eq!(redacted_url(url), shown);
         }
     }
 

@@ -76,7 +76,10 @@ impl App {
                 let node = cluster::Node::open(url, config.hub.history)?;
                 let hub = Arc::new(Hub::with_relay(config.hub.clone(), node.clone()));
                 node.start(Arc::downgrade(&hub))?;
-                log::info!("cluster: rooms shared through {url}");
+                log::info!(
+                    "cluster: rooms shared through {}",
+                    config::redacted_url(url)
+                );
                 (hub, Some(node))
             }
             None => (hub, None),

@@ -202,6 +202,30 @@ fn a_redis_that_is_gone_is_unavailable_not_a_panic() {
     ));
 }
 
+/// A Redis that asks for a password (as one on the boards' network
+/// should): a node with it in the URL works; one without, or with a wrong
+/// one, refuses to start, naming the flag and not the password.
+#[test]
+fn a_redis_password_in_the_url_is_used_and_a_wrong_one_refuses_to_start() {
+    let redis = Redis::start_with(&["--save", "", "--requirepass", "s3cret"]);
+    let with = |pass: &str| format!("{}?pass={pass}", redis.url());
+    let server = serve(&["--cluster", &with("s3cret")]);
+    let port: u16 = server
+        .http_addr()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(post(&port, "r", "ann", "hi")["seq"], 1);
+    for url in [redis.url(), with("wrong")] {
+        let (code, stderr) = crate::support::binary::serve_refused(&["--cluster", &url]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("--cluster"), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
+}
+
 /// A `streamhub serve --cluster` node and its HTTP port.
 fn node(redis: &Redis) -> (Serve, u16) {
     let server = serve(&["--cluster", &redis.url()]);

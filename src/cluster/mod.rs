@@ -117,8 +117,10 @@ pub fn decode_published(room: &str, payload: &[u8]) -> Option<(Message, String)>
 impl RedisRooms {
     /// `url` is `redis://HOST:PORT` or `redis+unix:///path/to/socket`.
     pub fn open(url: &str, keep: usize) -> Result<RedisRooms, Error> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Config(format!("--cluster: '{url}' is not a Redis URL ({e})")))?;
+        let client = redis::Client::open(url).map_err(|e| {
+            let url = crate::config::redacted_url(url);
+            Error::Config(format!("--cluster: '{url}' is not a Redis URL ({e})"))
+        })?;
         Ok(RedisRooms {
             client,
             publish: redis::Script::new(PUBLISH),
@@ -126,16 +128,25 @@ impl RedisRooms {
         })
     }
 
-    /// A new connection (each thread that talks to Redis has its own).
-    /// Connecting, and each read and write, ends within [`IO_TIMEOUT`]: a
+    /// A new connection (each thread that talks to Redis has its own),
+    /// checked with a PING. Connecting, and each read and write, ends
+    /// within [`IO_TIMEOUT`]: a
     /// Redis that hangs fails publishes instead of holding them.
     pub fn connect(&self) -> Result<redis::Connection, Error> {
-        let conn = self
+        let mut conn = self
             .client
             .get_connection_with_timeout(IO_TIMEOUT)
             .map_err(unavailable)?;
         conn.set_read_timeout(Some(IO_TIMEOUT))
             .and_then(|_| conn.set_write_timeout(Some(IO_TIMEOUT)))
+            .map_err(unavailable)?;
+        // Connecting sends nothing without a password in the URL: a Redis
+        // that wants one answers NOAUTH only to the first command, and a
+        // SUBSCRIBE's error is not reported by the client (seen: a node
+        // "following" with no subscription). Asked here, it fails the
+        // start, or the reconnect, with Redis's own words.
+        redis::cmd("PING")
+            .query::<String>(&mut conn)
             .map_err(unavailable)?;
         Ok(conn)
     }

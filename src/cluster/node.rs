@@ -110,9 +110,10 @@ impl Node {
     /// Each room's Stream keeps about `keep` messages.
     pub fn open(url: &str, keep: usize) -> Result<Arc<Node>, Error> {
         let rooms = RedisRooms::open(url, keep.max(1))?;
-        let conn = rooms
-            .connect()
-            .map_err(|e| Error::Config(format!("--cluster {url}: {e}")))?;
+        let conn = rooms.connect().map_err(|e| {
+            let url = crate::config::redacted_url(url);
+            Error::Config(format!("--cluster {url}: {e}"))
+        })?;
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()

@@ -4,7 +4,8 @@
 //!
 //! With a relay, a publish does not stamp its message here: the relay
 //! gives it its sequence and id in the order every node agrees on, and the
-//! message comes back into each node's hub, this one included, through
+//! message comes back into the hub of each node that follows the room (one
+//! with subscribers of it: [`Relay::follow`]), this one included, through
 //! [`Hub::apply`], called by one thread per node in that same order. So
 //! subscribers on every node see a room's messages with the same ids and
 //! sequences, in the same order; a publisher's answer may come before its

@@ -120,18 +120,32 @@ impl Serve {
 
 /// `streamhub serve` on port 0 with `extra`, for a start that must fail:
 /// its exit code (-1 for a signal) and what it said on stderr.
+/// A server that starts instead is killed after 20 s, and the test fails.
 pub fn serve_refused<S: AsRef<std::ffi::OsStr>>(extra: &[S]) -> (i32, String) {
-    let out = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["serve", "--grpc-addr", "127.0.0.1:0"])
         .args(["--http-addr", "127.0.0.1:0"])
         .args(extra)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let stderr = child.stderr.take().unwrap();
+    let said = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stderr }, &mut text);
+        text
+    });
+    let Some(status) = wait_exit(&mut child, Duration::from_secs(20)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the server started instead of refusing: {}",
+            said.join().unwrap()
+        );
+    };
+    (status.code().unwrap_or(-1), said.join().unwrap())
 }
 
 /// Waits up to `timeout` for `child` to exit.
