@@ -124,6 +124,12 @@ pub const SERVE_OPTIONS: &[OptSpec] = &[
         "HTTP/2 concurrent streams allowed on one gRPC connection (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused with REFUSED_STREAM",
     ),
     opt(
+        "publish-threads",
+        "STREAMHUB_PUBLISH_THREADS",
+        "16",
+        "threads that answer gRPC SendMessage when a publish waits for the disk (--data-dir with --fsync always or batch) or for Redis (--cluster), so that a connection's reader goes on with its other calls meanwhile; also how many such publishes a group commit can take at once",
+    ),
+    opt(
         "max-grpc-connections",
         "STREAMHUB_MAX_GRPC_CONNECTIONS",
         "4096",
@@ -604,6 +610,8 @@ pub struct GrpcConfig {
     pub max_streams_per_connection: usize,
     /// SETTINGS_MAX_HEADER_LIST_SIZE of the gRPC port.
     pub max_header_list_bytes: usize,
+    /// Threads answering SendMessage when a publish waits (`publishers`).
+    pub publish_threads: usize,
     /// Open connections allowed on the gRPC port.
     pub max_connections: usize,
     pub keepalive: Duration,
@@ -680,6 +688,7 @@ impl Config {
                 max_streams_per_connection: raw.number("max-streams-per-connection", 1, 1 << 16)?
                     as usize,
                 max_header_list_bytes: raw.number("max-header-list-bytes", 1024, 1 << 20)? as usize,
+                publish_threads: raw.number("publish-threads", 1, 1024)? as usize,
                 max_connections: raw.number("max-grpc-connections", 1, 1 << 20)? as usize,
                 keepalive: raw.secs("keepalive-secs", 1, 86_400)?,
                 keepalive_timeout: raw.secs("keepalive-timeout-secs", 1, 3600)?,

@@ -504,3 +504,50 @@ fn a_grpc_subscriber_resumes_by_id_on_a_node_killed_and_started_again() {
     let live = send(&a, "g", "ann", "live").unwrap().message_id;
     assert_eq!(next(&mut stream).unwrap().id, live);
 }
+
+/// A SendMessage that waits for Redis (here paused with SIGSTOP: the
+/// publish waits until Redis goes on, or its 2 s read timeout) does not
+/// hold up the other calls of its connection: a Health.Check sent after
+/// it on the same connection is answered before it.
+#[test]
+fn a_publish_waiting_for_redis_does_not_hold_up_its_connection() {
+    use crate::support::binary::signal;
+    use crate::support::grpc::{encode, opt, send, ChatClient};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use streamhub::proto::health::HealthCheckRequest;
+    let redis = Redis::start();
+    let (server, _) = node(&redis);
+    let channel = crate::support::grpc::channel(&server.grpc_addr);
+    let client = ChatClient::new(channel.clone()).with_options(opt());
+    send(&client, "r", "ann", "warm").unwrap();
+    signal(&redis.child, "STOP");
+    let order = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let order = order.clone();
+        std::thread::spawn(move || {
+            let sent = send(&client, "r", "ann", "held");
+            (sent.map(|_| ()), order.fetch_add(1, Ordering::SeqCst))
+        })
+    };
+    // Once the publish's request is written (the first was "warm").
+    assert!(wait_until(Duration::from_secs(10), || {
+        channel.requests_sent() == 2
+    }));
+    let check = channel.unary(
+        "/grpc.health.v1.Health/Check",
+        &encode(&HealthCheckRequest::new()).unwrap(),
+        &opt(),
+    );
+    let checked = order.fetch_add(1, Ordering::SeqCst);
+    signal(&redis.child, "CONT");
+    let (sent, published) = publisher.join().unwrap();
+    assert!(check.is_ok(), "{check:?}");
+    assert_eq!((checked, published), (0, 1), "the check came first");
+    // Redis went on before the publish's 2 s read timeout (it is
+    // published), or a loaded machine took longer (it is refused).
+    if let Err(status) = sent {
+        let unavailable = crate::support::grpc::Code::Unavailable;
+        assert_eq!(status.code, unavailable, "{status:?}");
+    }
+}

@@ -15,6 +15,7 @@ pub mod call;
 mod convert;
 pub mod h2;
 pub mod health;
+mod publishers;
 pub mod reflection;
 mod resume;
 mod service;
@@ -51,6 +52,9 @@ struct Shared {
     /// Disconnects when shutdown begins.
     stopping: Receiver<()>,
     health: Arc<health::HealthState>,
+    /// Where SendMessage runs when a publish waits (`publishers`); none:
+    /// on the connection's reader.
+    publishers: Option<publishers::Publishers>,
 }
 
 impl Shared {
@@ -154,7 +158,12 @@ impl GrpcServer {
         stopping: Receiver<()>,
     ) -> Result<GrpcServer, Error> {
         hub.set_encoder(crate::hub::Protocol::Grpc, wire::encode);
+        let publishers = match hub.publish_waits() {
+            true => Some(publishers::Publishers::start(config.publish_threads)?),
+            false => None,
+        };
         let shared = Arc::new(Shared {
+            publishers,
             hub,
             access,
             telemetry,

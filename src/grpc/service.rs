@@ -126,9 +126,10 @@ where
 }
 
 /// SendMessage: publishes, and answers with the message's id and time.
-/// With `--data-dir` and `--fsync always|batch` the publish waits here for
-/// the journal (BENCHMARKS.md, issue 14: the head-of-line cost of that).
-fn send_message(
+/// With `--data-dir` and `--fsync always|batch`, or `--cluster`, the
+/// publish waits for the journal or Redis: the transport then runs this on
+/// a publishing thread, not on the connection's reader (`publishers`).
+pub(super) fn send_message(
     shared: &Shared,
     caller: &Caller,
     req: chat::SendMessageRequest,

@@ -217,6 +217,13 @@ impl Hub {
         normalize_room(room)
     }
 
+    /// Whether [`Hub::publish`] waits for more than the room: for the
+    /// journal to store the message (`--fsync always|batch`) or for the
+    /// relay (`--cluster`).
+    pub fn publish_waits(&self) -> bool {
+        self.relay.is_some() || self.journal.as_ref().is_some_and(|j| j.holds_delivery())
+    }
+
     /// Validates and publishes a message to every subscriber of its room.
     /// Waits at most `publish_stall` (for a subscriber a window behind),
     /// never on a socket. Runs on any thread.

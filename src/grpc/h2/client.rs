@@ -174,6 +174,8 @@ impl Shared {
 /// on it are gone (the reader thread holds only [`Shared`]).
 struct Owner {
     shared: Arc<Shared>,
+    /// Calls whose whole request was written (see [`Channel::requests_sent`]).
+    requests_sent: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Owner {
@@ -235,6 +237,7 @@ impl Channel {
         let channel = Channel {
             owner: Arc::new(Owner {
                 shared: shared.clone(),
+                requests_sent: Default::default(),
             }),
         };
         let reader = shared.clone();
@@ -259,6 +262,14 @@ impl Channel {
             }
         }
         Ok(channel)
+    }
+
+    /// Calls on this connection whose whole request (headers and message)
+    /// has been written: the server has it, or it is on its way.
+    pub fn requests_sent(&self) -> u64 {
+        self.owner
+            .requests_sent
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// True once the connection is over (calls on it fail UNAVAILABLE).
@@ -353,7 +364,11 @@ impl Channel {
             deadline,
         };
         match request {
-            Some(bytes) => call.send(bytes, true)?,
+            Some(bytes) => {
+                call.send(bytes, true)?;
+                let sent = &self.owner.requests_sent;
+                sent.fetch_add(1, std::sync::atomic::Ordering::Release);
+            }
             None => shared.flush(),
         }
         Ok(call)

@@ -337,6 +337,14 @@ impl Dispatch {
         (caller, metadata): (Option<Caller>, Metadata),
     ) {
         let shared = &self.shared;
+        let (method, caller) = match (method, caller, message) {
+            (Method::Chat(ChatServiceMethod::SendMessage), Some(caller), Some(bytes))
+                if shared.publishers.is_some() =>
+            {
+                return self.publish_aside(stream, bytes, deadline, caller);
+            }
+            (method, caller, _) => (method, caller),
+        };
         let call = || self.call(stream, inbox, deadline, metadata);
         let handled = match (method, caller) {
             (Method::Chat(m), Some(caller)) => {
@@ -363,6 +371,48 @@ impl Dispatch {
                 let st = Status::new(Code::Internal, format!("malformed request message: {e}"));
                 self.fail(stream, method, st);
             }
+        }
+    }
+}
+
+impl Dispatch {
+    /// SendMessage on a publishing thread (see `grpc::publishers`): it
+    /// decodes, publishes, waits for the journal or Redis and queues the
+    /// answer; this reader goes on with the connection's other calls.
+    fn publish_aside(&self, stream: u32, bytes: &[u8], deadline: Option<Instant>, caller: Caller) {
+        let method = Method::Chat(ChatServiceMethod::SendMessage);
+        let (shared, conn, bytes) = (self.shared.clone(), self.conn.clone(), bytes.to_vec());
+        let job = Box::new(move || {
+            let answer = if deadline.is_some_and(|d| Instant::now() >= d) {
+                // It waited its whole deadline in the queue.
+                shared.done(method.metric_name(), Code::DeadlineExceeded);
+                Err(Status::new(Code::DeadlineExceeded, "deadline exceeded"))
+            } else {
+                use protobuf::Message as _;
+                match crate::proto::chat::SendMessageRequest::parse_from_bytes(&bytes) {
+                    Ok(request) => service::send_message(&shared, &caller, request)
+                        .map(|response| response.write_to_bytes().unwrap_or_default()),
+                    Err(e) => {
+                        shared.done(method.metric_name(), Code::Internal);
+                        Err(Status::new(
+                            Code::Internal,
+                            format!("malformed request message: {e}"),
+                        ))
+                    }
+                }
+            };
+            unary(&conn, stream, answer);
+            // The reader wakes the writer after what it handles; this is
+            // not the reader.
+            conn.wake_writer();
+        });
+        let publishers = self.shared.publishers.as_ref().expect("checked by start");
+        if publishers.offer(job).is_err() {
+            let st = Status::new(
+                Code::ResourceExhausted,
+                "too many SendMessage calls are waiting for storage or Redis; retry later",
+            );
+            self.fail(stream, method, st);
         }
     }
 }
