@@ -186,7 +186,7 @@ impl Node {
             if self.up.swap(false, Ordering::AcqRel) {
                 outage = true;
                 if let Some(hub) = hub.upgrade() {
-                    hub.relay_changed(gone_notice());
+                    hub.serving_changed(gone_notice());
                 }
             }
             // Subscribers waiting for a room to be followed give up.
@@ -236,7 +236,7 @@ impl Node {
         log::info!("cluster: following {} rooms", subscribed.len());
         if std::mem::take(outage) {
             if let Some(hub) = hub.upgrade() {
-                hub.relay_changed(back_notice());
+                hub.serving_changed(back_notice());
             }
         }
         loop {

@@ -39,7 +39,8 @@ impl HealthState {
 }
 
 /// The status of `service` now: NOT_SERVING once the server is stopping,
-/// and while the cluster's Redis is down (`--cluster`: no publishes).
+/// and while publishes cannot go through (the cluster's Redis is down, or
+/// the data directory failed).
 fn status_of(shared: &Shared, service: &str) -> ServingStatus {
     if !SERVICES.contains(&service) {
         ServingStatus::SERVICE_UNKNOWN

@@ -486,7 +486,8 @@ fn respond(shared: &Shared, action: Action) -> Response {
         Action::Health if shared.is_stopping() => {
             Response::json(503, &serde_json::json!({ "status": "stopping" }))
         }
-        // Shared rooms whose Redis is down (`--cluster`): no publishes.
+        // No publishes: the cluster's Redis is down (`--cluster`) or the
+        // data directory failed (`--data-dir`).
         Action::Health if !shared.hub.serving() => {
             Response::json(503, &serde_json::json!({ "status": "unavailable" }))
         }

@@ -31,6 +31,11 @@ pub trait Journal: Send + Sync {
     fn wait(&self, ticket: Ticket) -> Result<(), Error>;
     /// Whether subscribers see a message only after [`Journal::wait`].
     fn holds_delivery(&self) -> bool;
+    /// Whether it can store messages now: false once a write or sync
+    /// failed (publishing stops until a restart; health says so).
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 impl Hub {
@@ -161,6 +166,32 @@ mod tests {
         fn holds_delivery(&self) -> bool {
             true
         }
+    }
+
+    /// A journal whose disk failed.
+    struct Broken;
+
+    impl Journal for Broken {
+        fn append(&self, _: &Arc<Message>) -> Result<Ticket, Error> {
+            Err(Error::Unavailable("writing failed".into()))
+        }
+        fn wait(&self, _: Ticket) -> Result<(), Error> {
+            Ok(())
+        }
+        fn holds_delivery(&self) -> bool {
+            true
+        }
+        fn healthy(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_hub_whose_journal_failed_is_not_serving() {
+        assert!(Hub::with_journal(HubConfig::default(), Arc::new(Gate::default())).serving());
+        let hub = Hub::with_journal(HubConfig::default(), Arc::new(Broken));
+        assert!(!hub.serving());
+        assert!(hub.publish(Draft::chat("r", "u", "x")).is_err());
     }
 
     #[test]

@@ -49,6 +49,27 @@ impl Bulletin {
 }
 
 impl Hub {
+    /// Whether this hub can take publishes: always, unless its relay is
+    /// down (`--cluster`) or its journal failed (`--data-dir`). Health
+    /// says NOT_SERVING while it cannot.
+    pub fn serving(&self) -> bool {
+        self.relay.as_ref().is_none_or(|r| r.available())
+            && self.journal.as_ref().is_none_or(|j| j.healthy())
+    }
+
+    /// Wakes when [`Hub::serving`] may have changed (health watchers).
+    pub fn watch_serving(&self) -> Receiver<()> {
+        self.serving_changes.watch()
+    }
+
+    /// Called by what publishes depend on (the relay, the journal) when it
+    /// went down or came back: every subscriber is told `notice`, and
+    /// whoever watches serving looks again.
+    pub fn serving_changed(&self, notice: Notice) {
+        self.post_notice(notice);
+        self.serving_changes.tell();
+    }
+
     /// Tells every subscriber of this hub `notice`, and wakes them to hear
     /// it. Takes each room's lock in turn, briefly, never two at once.
     pub fn post_notice(&self, notice: Notice) {

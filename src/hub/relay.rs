@@ -14,7 +14,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{room_log, CloseReason, Hub, HubConfig, Message, MessageKind, Notice};
+use super::{room_log, CloseReason, Hub, HubConfig, Message, MessageKind};
 use crate::error::Error;
 
 /// Where a hub sends its publishes when rooms are shared.
@@ -70,25 +70,6 @@ impl Hub {
         let mut hub = Hub::new(config);
         hub.relay = Some(relay);
         hub
-    }
-
-    /// Whether this hub can take publishes: always, unless its relay is
-    /// down.
-    pub fn serving(&self) -> bool {
-        self.relay.as_ref().is_none_or(|r| r.available())
-    }
-
-    /// Wakes when [`Hub::serving`] may have changed (health watchers).
-    pub fn watch_serving(&self) -> crossbeam_channel::Receiver<()> {
-        self.serving_changes.watch()
-    }
-
-    /// Called by the relay's side when it went down or came back: every
-    /// subscriber is told `notice`, and whoever watches serving looks
-    /// again.
-    pub fn relay_changed(&self, notice: Notice) {
-        self.post_notice(notice);
-        self.serving_changes.tell();
     }
 
     /// The last sequence of `room` here, `None` if this hub does not have

@@ -315,7 +315,7 @@ impl Store {
         let Some(mut writer) = self.writer.lock().take() else {
             return Err(Error::Io("the store was not recovered before start".into()));
         };
-        writer.hub = hub;
+        writer.hub = hub.clone();
         crate::sys::ignore_file_size_signal();
         let shared = writer.shared.clone();
         let thread = std::thread::Builder::new()
@@ -325,6 +325,15 @@ impl Store {
                 let run = std::panic::AssertUnwindSafe(|| writer.run());
                 if std::panic::catch_unwind(run).is_err() {
                     shared.fail("the writer thread panicked".into());
+                }
+                // Health turns NOT_SERVING; subscribers are told.
+                if let (true, Some(hub)) = (shared.failed(), hub.upgrade()) {
+                    hub.serving_changed(crate::hub::Notice {
+                        key: "storage_failed",
+                        text: "writing to the data directory failed: publishing is stopped \
+                               until the server is restarted"
+                            .into(),
+                    });
                 }
             })?;
         *self.thread.lock() = Some(thread);
@@ -366,6 +375,10 @@ impl Journal for Store {
 
     fn holds_delivery(&self) -> bool {
         self.config.fsync != Fsync::Never
+    }
+
+    fn healthy(&self) -> bool {
+        self.shared.get().is_none_or(|shared| !shared.failed())
     }
 }
 

@@ -223,6 +223,11 @@ impl Shared {
         self.work.notify_one();
     }
 
+    /// Whether a write or sync failed (for good).
+    pub(super) fn failed(&self) -> bool {
+        self.progress.lock().failed.is_some()
+    }
+
     pub(super) fn fail(&self, why: String) {
         log::error!(
             "writing to --data-dir {} failed, no more messages are accepted: {why}",
