@@ -383,12 +383,12 @@ fn while_redis_is_down_publishes_fail_and_health_says_so_then_nothing_accepted_i
     // Published straight to Redis while the nodes reconnect: B has it from
     // the channel or, if it was not following yet, from the Stream.
     let rooms = RedisRooms::open(&redis.url(), 1000).unwrap();
-    let mut conn = rooms.connect().unwrap();
     // Redis answers LOADING until it has read its append-only file back.
     let mut direct = None;
     assert!(wait_until(Duration::from_secs(10), || {
         direct = rooms
-            .publish(&mut conn, "r", "ann", "m5", MessageKind::Chat)
+            .connect()
+            .and_then(|mut conn| rooms.publish(&mut conn, "r", "ann", "m5", MessageKind::Chat))
             .ok();
         direct.is_some()
     }));
@@ -550,4 +550,61 @@ fn a_publish_waiting_for_redis_does_not_hold_up_its_connection() {
         let unavailable = crate::support::grpc::Code::Unavailable;
         assert_eq!(status.code, unavailable, "{status:?}");
     }
+}
+
+/// A node that learnt a room from its Stream (no message of it came on the
+/// channel) sees that the room began again when Redis, restarted without
+/// persistence, gives it a new epoch: its subscribers there are ended to
+/// resume, and the resume says the old position is gone, instead of the
+/// new messages being taken for ones it already has.
+#[test]
+fn a_room_that_began_again_in_redis_is_seen_as_such_by_a_node_that_only_read_it_back() {
+    let mut redis = Redis::start();
+    let (_a, a) = node(&redis);
+    let (_b, b) = node(&redis);
+    for i in 1..=5 {
+        post(&a, "r", "ann", &format!("old{i}"));
+    }
+    let mut on_b = EventStream::connected(&b, "/events?room=r", &[("Last-Event-ID", "3")]);
+    assert_eq!(
+        events(&mut on_b, 2).last().unwrap().0,
+        5,
+        "read back from the Stream"
+    );
+    redis.kill();
+    let status = |port: u16| get(&port, "/healthz").status;
+    assert!(wait_until(Duration::from_secs(10), || status(b) == 503));
+    redis.start_again();
+    assert!(wait_until(Duration::from_secs(15), || status(a) == 200
+        && status(b) == 200));
+    assert_eq!(
+        post(&a, "r", "ann", "new1")["seq"],
+        1,
+        "Redis lost the room"
+    );
+    // B's subscriber is ended (after the notices Redis's outage brought),
+    // and is given no message: the new one is no successor of 5.
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            std::time::Instant::now() < until,
+            "B's subscriber was not ended"
+        );
+        match on_b.item() {
+            Ok(crate::support::sse::Item::Event(e)) => assert_eq!(e.event, "system", "{e:?}"),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("B's subscriber was not ended: {e}"),
+        }
+    }
+    let mut again = EventStream::connected(&b, "/events?room=r", &[("Last-Event-ID", "5")]);
+    let notice = again.event();
+    assert_eq!(notice.event, "system");
+    assert!(notice.json()["content"]
+        .as_str()
+        .unwrap()
+        .contains("not a position"));
+    let (seq, _, content) = events(&mut again, 1).remove(0);
+    assert_eq!((seq, content.as_str()), (1, "new1"));
 }

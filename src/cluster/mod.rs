@@ -183,6 +183,15 @@ impl RedisRooms {
         Ok((message, epoch))
     }
 
+    /// The room's epoch (`None`: Redis has no such room, or has lost it).
+    pub fn epoch(&self, conn: &mut redis::Connection, room: &str) -> Result<Option<String>, Error> {
+        redis::cmd("HGET")
+            .arg(channel(room))
+            .arg("e")
+            .query(conn)
+            .map_err(unavailable)
+    }
+
     /// The messages of `room` that its Stream still holds after `seq`, in
     /// order (XRANGE with an exclusive start: Redis 6.2 or later).
     pub fn after(

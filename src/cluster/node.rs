@@ -227,7 +227,7 @@ impl Node {
         // Channels this connection is subscribed to.
         let mut subscribed = HashSet::new();
         self.following.lock().dirty = true;
-        self.reconcile(hub, &mut pubsub, &mut reads, &mut subscribed)?;
+        self.reconcile(hub, &mut pubsub, &mut reads, &mut subscribed, epochs)?;
         // Connections pooled before an outage would fail their first
         // publish (a broken pipe); a publish is not retried, because one
         // whose answer was lost may have gone through.
@@ -270,7 +270,7 @@ impl Node {
                 }
             }
             drop(hub_now);
-            self.reconcile(hub, &mut pubsub, &mut reads, &mut subscribed)?;
+            self.reconcile(hub, &mut pubsub, &mut reads, &mut subscribed, epochs)?;
         }
     }
 
@@ -283,6 +283,7 @@ impl Node {
         pubsub: &mut redis::PubSub<'_>,
         reads: &mut redis::Connection,
         subscribed: &mut HashSet<String>,
+        epochs: &mut HashMap<String, String>,
     ) -> Result<(), Error> {
         let unavailable = |e: redis::RedisError| super::unavailable(e);
         loop {
@@ -320,7 +321,7 @@ impl Node {
                 pubsub.subscribe(channel(room)).map_err(unavailable)?;
                 subscribed.insert(room.clone());
                 if let Some(hub) = hub.upgrade() {
-                    self.catch_up(&hub, reads, room)?;
+                    self.catch_up(&hub, reads, room, epochs)?;
                 }
             }
             let mut following = self.following.lock();
@@ -336,8 +337,27 @@ impl Node {
 
     /// Brings `room` here up to date with its Stream: a room this hub does
     /// not have starts from the Stream's history (so that a subscriber can
-    /// resume from before now); one it has gets what it missed.
-    fn catch_up(&self, hub: &Hub, reads: &mut redis::Connection, room: &str) -> Result<(), Error> {
+    /// resume from before now); one it has gets what it missed, or, if the
+    /// room began again in Redis meanwhile (a new epoch: Redis lost it),
+    /// starts anew from the Stream's history. The room's epoch is noted in
+    /// `epochs` here, so that a message of a later epoch is seen as one
+    /// even if the channel brought none of this one.
+    fn catch_up(
+        &self,
+        hub: &Hub,
+        reads: &mut redis::Connection,
+        room: &str,
+        epochs: &mut HashMap<String, String>,
+    ) -> Result<(), Error> {
+        // `None`: Redis has no room (yet, or any more); a message of a
+        // new epoch will say so when it comes.
+        let began_again = match self.rooms.epoch(reads, room)? {
+            Some(epoch) => {
+                let known = epochs.insert(room.to_string(), epoch.clone());
+                known.is_some_and(|known| known != epoch)
+            }
+            None => false,
+        };
         let Some(last) = hub.room_last(room) else {
             return match hub.prime(room) {
                 Err(Error::Unavailable(e)) => Err(Error::Unavailable(e)),
@@ -348,8 +368,13 @@ impl Node {
                 Ok(()) => Ok(()),
             };
         };
-        let missed = self.rooms.after(reads, room, last)?;
-        let mut anew = missed.first().is_some_and(|m| m.seq != last + 1);
+        let missed = if began_again {
+            log::warn!("cluster: room {room} began again in Redis; its subscribers here resume");
+            self.rooms.history(reads, room, self.rooms.keep)?.0
+        } else {
+            self.rooms.after(reads, room, last)?
+        };
+        let mut anew = began_again || missed.first().is_some_and(|m| m.seq != last + 1);
         for message in missed {
             let _ = hub.apply(message, anew);
             anew = false;
