@@ -608,3 +608,39 @@ fn a_room_that_began_again_in_redis_is_seen_as_such_by_a_node_that_only_read_it_
     let (seq, _, content) = events(&mut again, 1).remove(0);
     assert_eq!((seq, content.as_str()), (1, "new1"));
 }
+
+/// The missed-count notice on any node: a node started after the messages
+/// (so also one killed and started again) keeps `--history` of them, and
+/// a client resuming before those is told how many it missed (SSE) or
+/// that it may have missed some (gRPC, by id), then gets the rest.
+#[test]
+fn a_resume_past_the_history_is_told_what_was_missed_on_another_node() {
+    use crate::support::grpc::{channel as grpc_channel, connect, next, opt, send, subscribe_req};
+    use streamhub::grpc::h2::client::ChatClient;
+    let redis = Redis::start();
+    let (a, _) = node(&redis);
+    let publisher = connect(&a.grpc_addr);
+    let ids: Vec<String> = (1..=10)
+        .map(|i| {
+            send(&publisher, "h", "ann", &format!("m{i}"))
+                .unwrap()
+                .message_id
+        })
+        .collect();
+    let b = serve(&["--cluster", &redis.url(), "--history", "3"]);
+    let b_port: u16 = b.http_addr().rsplit(':').next().unwrap().parse().unwrap();
+    let mut sse = EventStream::connected(&b_port, "/events?room=h", &[("Last-Event-ID", "2")]);
+    let notice = sse.event();
+    assert_eq!(notice.event, "system");
+    assert_eq!(notice.json()["missed"], 5, "{}", notice.data);
+    let replay: Vec<u64> = events(&mut sse, 3).iter().map(|e| e.0).collect();
+    assert_eq!(replay, [8, 9, 10]);
+    let client = ChatClient::new(grpc_channel(&b.grpc_addr))
+        .with_options(opt().metadata("last-message-id", &ids[1]));
+    let mut stream = client.subscribe_messages(&subscribe_req("h", "")).unwrap();
+    assert!(next(&mut stream).unwrap().content.contains("Welcome"));
+    let missed = next(&mut stream).unwrap();
+    assert_eq!(missed.id, "system_missed", "{missed:?}");
+    let replay: Vec<String> = (0..3).map(|_| next(&mut stream).unwrap().id).collect();
+    assert_eq!(replay, ids[7..]);
+}
