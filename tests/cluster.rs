@@ -210,13 +210,7 @@ fn a_redis_password_in_the_url_is_used_and_a_wrong_one_refuses_to_start() {
     let redis = Redis::start_with(&["--save", "", "--requirepass", "s3cret"]);
     let with = |pass: &str| format!("{}?pass={pass}", redis.url());
     let server = serve(&["--cluster", &with("s3cret")]);
-    let port: u16 = server
-        .http_addr()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = http_port(&server);
     assert_eq!(post(&port, "r", "ann", "hi")["seq"], 1);
     for url in [redis.url(), with("wrong")] {
         let (code, stderr) = crate::support::binary::serve_refused(&["--cluster", &url]);
@@ -228,14 +222,23 @@ fn a_redis_password_in_the_url_is_used_and_a_wrong_one_refuses_to_start() {
 
 /// A `streamhub serve --cluster` node and its HTTP port.
 fn node(redis: &Redis) -> (Serve, u16) {
-    let server = serve(&["--cluster", &redis.url()]);
-    let port = server
-        .http_addr()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("an HTTP port");
+    node_with(redis, &[])
+}
+
+/// [`node`] with more flags.
+fn node_with(redis: &Redis, extra: &[&str]) -> (Serve, u16) {
+    let url = redis.url();
+    let mut flags = vec!["--cluster", url.as_str()];
+    flags.extend_from_slice(extra);
+    let server = serve(&flags);
+    let port = http_port(&server);
     (server, port)
+}
+
+fn http_port(server: &Serve) -> u16 {
+    let addr = server.http_addr();
+    let port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+    port.expect("an HTTP port")
 }
 
 /// The next `n` events of `stream` as (seq, id, content).
@@ -479,25 +482,18 @@ fn a_node_follows_only_the_rooms_it_has_subscribers_for() {
 /// node gave, and goes on live.
 #[test]
 fn a_grpc_subscriber_resumes_by_id_on_a_node_killed_and_started_again() {
-    use crate::support::grpc::{channel, connect, next, opt, send, subscribe_req};
-    use streamhub::grpc::h2::client::ChatClient;
+    use crate::support::grpc::{connect, next, resume, send, send_numbered};
     let redis = Redis::start();
-    let (_a, _) = node(&redis);
-    let a = connect(&_a.grpc_addr);
-    let ids: Vec<String> = (1..=10)
-        .map(|i| send(&a, "g", "ann", &format!("m{i}")).unwrap().message_id)
-        .collect();
+    let (a, _) = node(&redis);
+    let a = connect(&a.grpc_addr);
+    let ids = send_numbered(&a, "g", 10);
     // Another room between: ids are shared by all rooms.
     send(&a, "other", "ann", "elsewhere").unwrap();
     let (mut b, _) = node(&redis);
     b.child.kill().unwrap();
     b.child.wait().unwrap();
     let (b, _) = node(&redis);
-    let client = ChatClient::new(channel(&b.grpc_addr))
-        .with_options(opt().metadata("last-message-id", &ids[5]));
-    let mut stream = client.subscribe_messages(&subscribe_req("g", "")).unwrap();
-    let welcome = next(&mut stream).unwrap();
-    assert!(welcome.content.contains("Welcome"), "{}", welcome.content);
+    let (_client, mut stream) = resume(&b.grpc_addr, "g", "last-message-id", &ids[5]);
     for want in &ids[6..] {
         assert_eq!(&next(&mut stream).unwrap().id, want);
     }
@@ -615,30 +611,18 @@ fn a_room_that_began_again_in_redis_is_seen_as_such_by_a_node_that_only_read_it_
 /// that it may have missed some (gRPC, by id), then gets the rest.
 #[test]
 fn a_resume_past_the_history_is_told_what_was_missed_on_another_node() {
-    use crate::support::grpc::{channel as grpc_channel, connect, next, opt, send, subscribe_req};
-    use streamhub::grpc::h2::client::ChatClient;
+    use crate::support::grpc::{connect, next, resume, send_numbered};
     let redis = Redis::start();
     let (a, _) = node(&redis);
-    let publisher = connect(&a.grpc_addr);
-    let ids: Vec<String> = (1..=10)
-        .map(|i| {
-            send(&publisher, "h", "ann", &format!("m{i}"))
-                .unwrap()
-                .message_id
-        })
-        .collect();
-    let b = serve(&["--cluster", &redis.url(), "--history", "3"]);
-    let b_port: u16 = b.http_addr().rsplit(':').next().unwrap().parse().unwrap();
+    let ids = send_numbered(&connect(&a.grpc_addr), "h", 10);
+    let (b, b_port) = node_with(&redis, &["--history", "3"]);
     let mut sse = EventStream::connected(&b_port, "/events?room=h", &[("Last-Event-ID", "2")]);
     let notice = sse.event();
     assert_eq!(notice.event, "system");
     assert_eq!(notice.json()["missed"], 5, "{}", notice.data);
     let replay: Vec<u64> = events(&mut sse, 3).iter().map(|e| e.0).collect();
     assert_eq!(replay, [8, 9, 10]);
-    let client = ChatClient::new(grpc_channel(&b.grpc_addr))
-        .with_options(opt().metadata("last-message-id", &ids[1]));
-    let mut stream = client.subscribe_messages(&subscribe_req("h", "")).unwrap();
-    assert!(next(&mut stream).unwrap().content.contains("Welcome"));
+    let (_client, mut stream) = resume(&b.grpc_addr, "h", "last-message-id", &ids[1]);
     let missed = next(&mut stream).unwrap();
     assert_eq!(missed.id, "system_missed", "{missed:?}");
     let replay: Vec<String> = (0..3).map(|_| next(&mut stream).unwrap().id).collect();

@@ -474,18 +474,12 @@ fn segments_no_room_retains_are_deleted() {
 /// `last-message-id` metadata (or `last-event-id`, a sequence, as SSE).
 #[test]
 fn a_grpc_subscriber_resumes_after_a_message_id_across_a_restart() {
-    use crate::support::grpc::{next, opt, subscribe_req};
+    use crate::support::grpc::{next, opt, resume, send_numbered, subscribe_req};
     use streamhub::grpc::h2::client::ChatClient;
     let dir = DataDir::new();
     let mut node = start(&dir, &[]);
     let client = connect(&node.serve.grpc_addr);
-    let ids: Vec<String> = (1..=10)
-        .map(|i| {
-            send(&client, "g", "ann", &format!("m{i}"))
-                .unwrap()
-                .message_id
-        })
-        .collect();
+    let ids = send_numbered(&client, "g", 10);
     // Another room's message between: ids are shared by all rooms.
     send(&client, "other", "ann", "elsewhere").unwrap();
     drop(client);
@@ -494,20 +488,13 @@ fn a_grpc_subscriber_resumes_after_a_message_id_across_a_restart() {
         .unwrap()
         .success());
     let node = start(&dir, &[]);
-    let resume = |key: &str, value: &str| {
-        let channel = crate::support::grpc::channel(&node.serve.grpc_addr);
-        let client = ChatClient::new(channel).with_options(opt().metadata(key, value));
-        let mut stream = client.subscribe_messages(&subscribe_req("g", "")).unwrap();
-        let welcome = next(&mut stream).unwrap();
-        assert!(welcome.content.contains("Welcome"), "{}", welcome.content);
-        (client, stream)
-    };
-    let (_c, mut stream) = resume("last-message-id", &ids[5]);
+    let addr = &node.serve.grpc_addr;
+    let (_c, mut stream) = resume(addr, "g", "last-message-id", &ids[5]);
     for want in &ids[6..] {
         let got = next(&mut stream).unwrap();
         assert_eq!(&got.id, want);
     }
-    let (_c, mut stream) = resume("last-event-id", "8");
+    let (_c, mut stream) = resume(addr, "g", "last-event-id", "8");
     assert_eq!(next(&mut stream).unwrap().id, ids[8]);
     // A malformed position is refused, naming the key.
     let channel = crate::support::grpc::channel(&node.serve.grpc_addr);

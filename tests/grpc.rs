@@ -672,35 +672,29 @@ fn unknown_methods_and_compressed_requests_are_unimplemented() {
 /// by every room, so how many were missed is not known) or by sequence.
 #[test]
 fn a_resume_past_the_history_hears_what_was_missed_first() {
-    use streamhub::grpc::h2::client::ChatClient;
+    use crate::support::grpc::resume;
     let server = support::start_with(|c| c.hub.history = 3);
     let client = server.client();
     let mut ids = Vec::new();
     for i in 1..=10 {
         send(&client, "other", "ann", "between").unwrap();
-        ids.push(
-            send(&client, "g", "ann", &format!("m{i}"))
-                .unwrap()
-                .message_id,
-        );
+        let sent = send(&client, "g", "ann", &format!("m{i}")).unwrap();
+        ids.push(sent.message_id);
     }
-    let resume = |key: &str, value: &str| {
-        let client = ChatClient::new(server.channel()).with_options(opt().metadata(key, value));
-        let mut stream = client.subscribe_messages(&subscribe_req("g", "")).unwrap();
-        let welcome = next(&mut stream).unwrap();
-        assert!(welcome.content.contains("Welcome"), "{}", welcome.content);
+    let missed_after = |key: &str, value: &str| {
+        let (_client, mut stream) = resume(&server.grpc_addr, "g", key, value);
         let notice = next(&mut stream).unwrap();
+        let kind = notice.type_.enum_value_or_default();
         assert_eq!(
-            notice.type_.enum_value_or_default(),
-            chat::MessageType::SYSTEM
+            (kind, notice.id.as_str()),
+            (chat::MessageType::SYSTEM, "system_missed")
         );
-        assert_eq!(notice.id, "system_missed");
         let replay: Vec<String> = (0..3).map(|_| next(&mut stream).unwrap().id).collect();
         assert_eq!(replay, ids[7..]);
         notice.content
     };
-    let by_id = resume("last-message-id", &ids[1]);
+    let by_id = missed_after("last-message-id", &ids[1]);
     assert!(by_id.contains("before sequence 8"), "{by_id}");
-    let by_seq = resume("last-event-id", "2");
+    let by_seq = missed_after("last-event-id", "2");
     assert!(by_seq.starts_with("5 messages were missed"), "{by_seq}");
 }

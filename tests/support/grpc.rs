@@ -63,6 +63,35 @@ pub fn send(
     client.send_message(&req)
 }
 
+/// Sends `m1` ... `mN` to `room` as `ann`; their ids, in order.
+pub fn send_numbered(client: &ChatClient, room: &str, n: usize) -> Vec<String> {
+    (1..=n)
+        .map(|i| {
+            let sent = send(client, room, "ann", &format!("m{i}"));
+            sent.unwrap_or_else(|e| panic!("m{i}: {e:?}")).message_id
+        })
+        .collect()
+}
+
+/// A SubscribeMessages to `room` on a new connection to `addr` that
+/// resumes with the metadata `key: value` (`last-message-id`,
+/// `last-event-id`), once its welcome came; the client is returned with
+/// the stream (dropping it ends the call).
+pub fn resume(
+    addr: &str,
+    room: &str,
+    key: &str,
+    value: &str,
+) -> (ChatClient, Messages<chat::Message>) {
+    let client = ChatClient::new(channel(addr)).with_options(opt().metadata(key, value));
+    let mut stream = client
+        .subscribe_messages(&subscribe_req(room, ""))
+        .expect("subscribe");
+    let welcome = next(&mut stream).expect("welcome arrives");
+    assert!(welcome.content.contains("Welcome"), "{}", welcome.content);
+    (client, stream)
+}
+
 pub fn subscribe_req(room: &str, user: &str) -> chat::SubscribeRequest {
     let mut req = chat::SubscribeRequest::new();
     req.room = room.into();
