@@ -1,8 +1,9 @@
 //! `grpc.health.v1.Health`: Check and Watch for the whole server (`""`) and
 //! for `chat.ChatService`. Both report SERVING while the server runs and
-//! NOT_SERVING from the moment shutdown begins, and while the cluster's
-//! Redis is down (`--cluster`). In the call interface's terms, like the
-//! chat handlers.
+//! NOT_SERVING from the moment shutdown begins, and while publishes cannot
+//! go through: the cluster's Redis is down (`--cluster`) or the data
+//! directory failed (`--data-dir`). In the call interface's terms, like
+//! the chat handlers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
