@@ -501,14 +501,16 @@ fn a_grpc_subscriber_resumes_by_id_on_a_node_killed_and_started_again() {
     assert_eq!(next(&mut stream).unwrap().id, live);
 }
 
-/// A SendMessage that waits for Redis (here paused with SIGSTOP: the
-/// publish waits until Redis goes on, or its 2 s read timeout) does not
-/// hold up the other calls of its connection: a Health.Check sent after
-/// it on the same connection is answered before it.
+/// Calls that wait for Redis (here paused with SIGSTOP: they wait until
+/// Redis goes on, or their 2 s read timeout) do not hold up the other
+/// calls of their connection: a SendMessage, and a SubscribeMessages that
+/// is its room's first on this node (the node must follow the room
+/// first). A Health.Check sent after both on the same connection is
+/// answered before either.
 #[test]
-fn a_publish_waiting_for_redis_does_not_hold_up_its_connection() {
+fn calls_waiting_for_redis_do_not_hold_up_their_connection() {
     use crate::support::binary::signal;
-    use crate::support::grpc::{encode, opt, send, ChatClient};
+    use crate::support::grpc::{encode, next, opt, send, subscribe_req, ChatClient};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use streamhub::proto::health::HealthCheckRequest;
@@ -520,15 +522,24 @@ fn a_publish_waiting_for_redis_does_not_hold_up_its_connection() {
     signal(&redis.child, "STOP");
     let order = Arc::new(AtomicU64::new(0));
     let publisher = {
-        let order = order.clone();
+        let (order, client) = (order.clone(), client.clone());
         std::thread::spawn(move || {
             let sent = send(&client, "r", "ann", "held");
             (sent.map(|_| ()), order.fetch_add(1, Ordering::SeqCst))
         })
     };
-    // Once the publish's request is written (the first was "warm").
+    let subscriber = {
+        let order = order.clone();
+        std::thread::spawn(move || {
+            let first = client
+                .subscribe_messages(&subscribe_req("fresh", ""))
+                .and_then(|mut stream| next(&mut stream));
+            (first.map(|_| ()), order.fetch_add(1, Ordering::SeqCst))
+        })
+    };
+    // Once both requests are written (the first was "warm").
     assert!(wait_until(Duration::from_secs(10), || {
-        channel.requests_sent() == 2
+        channel.requests_sent() == 3
     }));
     let check = channel.unary(
         "/grpc.health.v1.Health/Check",
@@ -538,11 +549,13 @@ fn a_publish_waiting_for_redis_does_not_hold_up_its_connection() {
     let checked = order.fetch_add(1, Ordering::SeqCst);
     signal(&redis.child, "CONT");
     let (sent, published) = publisher.join().unwrap();
+    let (welcomed, subscribed) = subscriber.join().unwrap();
     assert!(check.is_ok(), "{check:?}");
-    assert_eq!((checked, published), (0, 1), "the check came first");
-    // Redis went on before the publish's 2 s read timeout (it is
-    // published), or a loaded machine took longer (it is refused).
-    if let Err(status) = sent {
+    assert_eq!(checked, 0, "the check came first");
+    assert!(published > 0 && subscribed > 0);
+    // Redis went on before the 2 s read timeout (published, subscribed),
+    // or a loaded machine took longer (refused: UNAVAILABLE).
+    for status in [sent.err(), welcomed.err()].into_iter().flatten() {
         let unavailable = crate::support::grpc::Code::Unavailable;
         assert_eq!(status.code, unavailable, "{status:?}");
     }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::call::{Code, Follow, Reply, Requests, Responses, Started, Status};
+use super::call::{Code, Follow, Refused, Reply, Requests, Responses, Started, Status};
 use super::convert;
 use super::streams::{run_chat, run_metrics, run_subscriber, run_upload};
 use super::{wire, Shared};
@@ -168,7 +168,6 @@ fn subscribe_messages<C: Responses<wire::Outbound> + Follow>(
         Ok(allowed) => allowed,
         Err(refusal) => return Err(shared.refuse(METHOD, call, Status::from(&refusal))),
     };
-    let hub = shared.hub.clone();
     // Resuming (README, "Durable rooms"): a position in request metadata.
     let resume = super::resume::requested(&call);
     shared.start_stream(
@@ -176,13 +175,22 @@ fn subscribe_messages<C: Responses<wire::Outbound> + Follow>(
         METHOD,
         "sub",
         call,
-        move || {
-            let (sub, missed) = super::resume::subscribe(&hub, &allowed.room, resume?)?;
-            Ok((sub, missed, allowed))
-        },
-        |shared, call, (sub, missed, allowed)| {
-            let expires = allowed.expires.map(expiry_instant);
-            run_subscriber(shared, sub, missed, allowed.user, expires, call)
+        move || Ok((resume?, allowed)),
+        |shared, call, (resume, allowed)| {
+            // On the stream's thread, not the connection's reader: with
+            // `--cluster` a room's first subscriber on this node waits
+            // until the node follows the room (a Redis round trip; at
+            // most 4 s if Redis hangs), and the reader must go on.
+            match super::resume::subscribe(&shared.hub, &allowed.room, resume) {
+                Ok((sub, missed)) => {
+                    let expires = allowed.expires.map(expiry_instant);
+                    run_subscriber(shared, sub, missed, allowed.user, expires, call)
+                }
+                Err(e) => {
+                    let Refused { call, status } = shared.refuse(METHOD, call, Status::from(&e));
+                    call.finish(status, shared.write_timeout());
+                }
+            }
         },
     )
 }
