@@ -187,8 +187,9 @@ fn chromium_event_sources_authenticate_by_cookie_and_access_token_and_renew_at_e
         .subscribe("auth-report", None, streamhub::hub::Protocol::Grpc)
         .unwrap();
     let token = token_for("alice", &["auth-report", "secret"], &["secret"], 3600);
-    // Long enough for Chromium to start and open both streams.
-    let short = token_for("alice", &[], &["secret"], 20);
+    // Long enough for Chromium to start and open both streams (20 s was
+    // not, once, on a loaded machine: neither stream opened).
+    let short = token_for("alice", &[], &["secret"], 40);
     let url = format!(
         "{origin}/?base=http://127.0.0.1:{}&room=secret&report=auth-report&token={token}&short={short}&cookie=streamhub_token",
         server.app.http_port()

@@ -641,3 +641,42 @@ fn a_resume_past_the_history_is_told_what_was_missed_on_another_node() {
     let replay: Vec<String> = (0..3).map(|_| next(&mut stream).unwrap().id).collect();
     assert_eq!(replay, ids[7..]);
 }
+
+/// `redis://HOST:PORT`, the form for a Redis on another board: a node on
+/// TCP and a node on the unix socket share a room.
+#[test]
+fn a_node_reaches_redis_over_tcp() {
+    let redis = Redis::start();
+    // Redis listens on a free port as well (its socket stays).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut conn = RedisRooms::open(&redis.url(), 10)
+        .unwrap()
+        .connect()
+        .unwrap();
+    for (name, value) in [
+        ("bind", "127.0.0.1".to_string()),
+        ("port", port.to_string()),
+    ] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query::<()>(&mut conn)
+            .unwrap();
+    }
+    let a = serve(&["--cluster", &format!("redis://127.0.0.1:{port}")]);
+    let (_b, b) = node(&redis);
+    let mut on_b = EventStream::connected(&b, "/events?room=t", &[]);
+    let answer = post(&http_port(&a), "t", "ann", "over tcp");
+    assert_eq!(
+        events(&mut on_b, 1),
+        [(
+            1,
+            answer["message_id"].as_str().unwrap().to_string(),
+            "over tcp".to_string()
+        )]
+    );
+}

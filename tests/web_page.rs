@@ -348,6 +348,9 @@ fn with_a_token_the_page_sends_and_announces_as_the_tokens_user() {
     let mut native = watcher
         .subscribe_messages(&crate::support::grpc::subscribe_req("lobby", ""))
         .unwrap();
+    // The welcome: the subscription is registered.
+    let welcome = next(&mut native).expect("welcome");
+    assert!(welcome.content.contains("Welcome"), "{}", welcome.content);
     type_and_send(&mut page, "signed in");
     assert_eq!(until_content(&mut native, "signed in").user, "alice");
     drop(browser);

@@ -170,18 +170,33 @@ fn subscribe_messages<C: Responses<wire::Outbound> + Follow>(
     };
     // Resuming (README, "Durable rooms"): a position in request metadata.
     let resume = super::resume::requested(&call);
+    // Subscribed at once, on the connection's reader, so that the
+    // subscription is registered before the connection's next request is
+    // read; but with `--cluster` on the stream's own thread, because a
+    // room's first subscriber on this node waits until the node follows
+    // the room (a Redis round trip, at most 4 s if Redis hangs), and the
+    // reader must go on meanwhile.
+    let hub = shared.hub.clone();
+    let at_once = !hub.subscribe_waits();
     shared.start_stream(
         shared.open_stream(),
         METHOD,
         "sub",
         call,
-        move || Ok((resume?, allowed)),
-        |shared, call, (resume, allowed)| {
-            // On the stream's thread, not the connection's reader: with
-            // `--cluster` a room's first subscriber on this node waits
-            // until the node follows the room (a Redis round trip; at
-            // most 4 s if Redis hangs), and the reader must go on.
-            match super::resume::subscribe(&shared.hub, &allowed.room, resume) {
+        move || {
+            let resume = resume?;
+            let subscribed = match at_once {
+                true => Some(super::resume::subscribe(&hub, &allowed.room, resume)?),
+                false => None,
+            };
+            Ok((resume, subscribed, allowed))
+        },
+        |shared, call, (resume, subscribed, allowed)| {
+            let subscribed = match subscribed {
+                Some(done) => Ok(done),
+                None => super::resume::subscribe(&shared.hub, &allowed.room, resume),
+            };
+            match subscribed {
                 Ok((sub, missed)) => {
                     let expires = allowed.expires.map(expiry_instant);
                     run_subscriber(shared, sub, missed, allowed.user, expires, call)

@@ -224,6 +224,12 @@ impl Hub {
         self.relay.is_some() || self.journal.as_ref().is_some_and(|j| j.holds_delivery())
     }
 
+    /// Whether [`Hub::subscribe`] may wait for more than the room: for
+    /// the relay to follow a room new to this node (`--cluster`).
+    pub fn subscribe_waits(&self) -> bool {
+        self.relay.is_some()
+    }
+
     /// Validates and publishes a message to every subscriber of its room.
     /// Waits at most `publish_stall` (for a subscriber a window behind),
     /// never on a socket. Runs on any thread.
