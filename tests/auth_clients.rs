@@ -8,11 +8,11 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::auth::{secret_file, token_for};
+use crate::support;
 use crate::support::binary::{cli, serve, serve_refused, BIN};
 use crate::support::browser::{chromium, next_report, Browser, PageServer};
 use crate::support::grpc::send;
-use crate::support::{self, python, root};
-use crate::tls::{certificate, tls_flags};
+use crate::tls::{certificate, python_tls_client, tls_flags};
 
 fn text(out: &Output) -> String {
     assert!(
@@ -56,25 +56,7 @@ fn a_token_from_the_token_command_works_for_grpcio_and_curl_over_tls() {
 
     // Python's grpcio: ssl_channel_credentials, per-call metadata, and the
     // refusals (no token, forged, another user's name) as its status codes.
-    let out = dir.join("stubs");
-    std::fs::create_dir_all(&out).unwrap();
-    let output = Command::new("timeout")
-        .arg("60")
-        .arg(python())
-        .arg(root().join("tests/py/tls_client.py"))
-        .arg(&server.grpc_addr)
-        .arg(&cert)
-        .arg(root().join("proto"))
-        .arg(&out)
-        .args([&token, "alice"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    python_tls_client(&server.grpc_addr, &dir, &cert, &[&token, "alice"]);
 
     // curl: 401 with the challenge, then 200 with the token.
     let http = server.http_addr();

@@ -210,7 +210,7 @@ fn a_redis_password_in_the_url_is_used_and_a_wrong_one_refuses_to_start() {
     let redis = Redis::start_with(&["--save", "", "--requirepass", "s3cret"]);
     let with = |pass: &str| format!("{}?pass={pass}", redis.url());
     let server = serve(&["--cluster", &with("s3cret")]);
-    let port = http_port(&server);
+    let port = server.http_port();
     assert_eq!(post(&port, "r", "ann", "hi")["seq"], 1);
     for url in [redis.url(), with("wrong")] {
         let (code, stderr) = crate::support::binary::serve_refused(&["--cluster", &url]);
@@ -231,14 +231,8 @@ fn node_with(redis: &Redis, extra: &[&str]) -> (Serve, u16) {
     let mut flags = vec!["--cluster", url.as_str()];
     flags.extend_from_slice(extra);
     let server = serve(&flags);
-    let port = http_port(&server);
+    let port = server.http_port();
     (server, port)
-}
-
-fn http_port(server: &Serve) -> u16 {
-    let addr = server.http_addr();
-    let port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
-    port.expect("an HTTP port")
 }
 
 /// The next `n` events of `stream` as (seq, id, content).
@@ -670,7 +664,7 @@ fn a_node_reaches_redis_over_tcp() {
     let a = serve(&["--cluster", &format!("redis://127.0.0.1:{port}")]);
     let (_b, b) = node(&redis);
     let mut on_b = EventStream::connected(&b, "/events?room=t", &[]);
-    let answer = post(&http_port(&a), "t", "ann", "over tcp");
+    let answer = post(&a.http_port(), "t", "ann", "over tcp");
     assert_eq!(
         events(&mut on_b, 1),
         [(

@@ -62,14 +62,17 @@ fn start(dir: &DataDir, extra: &[&str]) -> Node {
     let mut args = vec!["--data-dir", dir.arg()];
     args.extend_from_slice(extra);
     let serve = serve(&args);
-    let http = serve
-        .http_addr()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let http = serve.http_port();
     Node { serve, http }
+}
+
+impl Node {
+    /// SIGTERM, and the process exits 0 within 10 s.
+    fn stop(mut self) {
+        signal(&self.serve.child, "TERM");
+        let exited = wait_exit(&mut self.serve.child, Duration::from_secs(10));
+        assert!(exited.unwrap().success());
+    }
 }
 
 /// `POST /messages` that reports failure instead of panicking: the
@@ -222,7 +225,7 @@ fn kill_9_mid_burst_loses_no_acknowledged_message_with_fsync_batch() {
 #[test]
 fn last_event_id_resumes_exactly_after_it_across_a_restart() {
     let dir = DataDir::new();
-    let mut node = start(&dir, &[]);
+    let node = start(&dir, &[]);
     let mut ids = vec![String::new()];
     for i in 1..=60 {
         ids.push(
@@ -232,10 +235,7 @@ fn last_event_id_resumes_exactly_after_it_across_a_restart() {
                 .to_string(),
         );
     }
-    signal(&node.serve.child, "TERM");
-    assert!(wait_exit(&mut node.serve.child, Duration::from_secs(10))
-        .unwrap()
-        .success());
+    node.stop();
     let node = start(&dir, &[]);
     let events = replay(node.http, "resume", 41, 60);
     let first = events[0].json();
@@ -262,14 +262,11 @@ fn written_end(path: &Path) -> usize {
 
 fn damaged_last_record_is_dropped(damage: impl Fn(&Path, usize)) {
     let dir = DataDir::new();
-    let mut node = start(&dir, &[]);
+    let node = start(&dir, &[]);
     for i in 1..=10 {
         post_ok(node.http, "torn", &format!("m{i}"));
     }
-    signal(&node.serve.child, "TERM");
-    assert!(wait_exit(&mut node.serve.child, Duration::from_secs(10))
-        .unwrap()
-        .success());
+    node.stop();
     let segment = dir
         .segments()
         .into_iter()
@@ -477,16 +474,13 @@ fn a_grpc_subscriber_resumes_after_a_message_id_across_a_restart() {
     use crate::support::grpc::{next, opt, resume, send_numbered, subscribe_req};
     use streamhub::grpc::h2::client::ChatClient;
     let dir = DataDir::new();
-    let mut node = start(&dir, &[]);
+    let node = start(&dir, &[]);
     let client = connect(&node.serve.grpc_addr);
     let ids = send_numbered(&client, "g", 10);
     // Another room's message between: ids are shared by all rooms.
     send(&client, "other", "ann", "elsewhere").unwrap();
     drop(client);
-    signal(&node.serve.child, "TERM");
-    assert!(wait_exit(&mut node.serve.child, Duration::from_secs(10))
-        .unwrap()
-        .success());
+    node.stop();
     let node = start(&dir, &[]);
     let addr = &node.serve.grpc_addr;
     let (_c, mut stream) = resume(addr, "g", "last-message-id", &ids[5]);
@@ -515,14 +509,11 @@ fn a_grpc_subscriber_resumes_after_a_message_id_across_a_restart() {
 fn fsync_never_keeps_everything_across_a_clean_stop() {
     let dir = DataDir::new();
     let flags = ["--fsync", "never"];
-    let mut node = start(&dir, &flags);
+    let node = start(&dir, &flags);
     for i in 1..=200 {
         post_ok(node.http, "never", &format!("m{i}"));
     }
-    signal(&node.serve.child, "TERM");
-    assert!(wait_exit(&mut node.serve.child, Duration::from_secs(10))
-        .unwrap()
-        .success());
+    node.stop();
     let node = start(&dir, &flags);
     let events = replay(node.http, "never", 0, 200);
     assert_eq!(events.len(), 200);

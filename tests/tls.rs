@@ -56,9 +56,10 @@ pub fn tls_flags<'a>(cert: &'a Path, key: &'a Path) -> [&'a str; 4] {
     ]
 }
 
-/// Python's grpcio, over TLS, calls SendMessage and SubscribeMessages and
-/// health at `addr` (tests/py/tls_client.py); cleans `dir` up.
-fn tls_client_is_served(addr: &str, dir: &Path, cert: &Path) {
+/// Runs Python's grpcio over TLS against `addr` (tests/py/tls_client.py,
+/// its stubs made in `dir`, `extra` its further arguments: a token and
+/// the user it names) and checks that it succeeded; what it printed.
+pub(crate) fn python_tls_client(addr: &str, dir: &Path, cert: &Path, extra: &[&str]) -> String {
     let out = dir.join("stubs");
     std::fs::create_dir_all(&out).unwrap();
     let output = Command::new("timeout")
@@ -69,16 +70,24 @@ fn tls_client_is_served(addr: &str, dir: &Path, cert: &Path) {
         .arg(cert)
         .arg(root().join("proto"))
         .arg(&out)
+        .args(extra)
         .output()
         .unwrap();
-    let _ = std::fs::remove_dir_all(dir);
     assert!(
         output.status.success(),
         "stdout:\n{}\nstderr:\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("\"ok\": true"));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Python's grpcio, over TLS, calls SendMessage and SubscribeMessages and
+/// health at `addr` (tests/py/tls_client.py); cleans `dir` up.
+fn tls_client_is_served(addr: &str, dir: &Path, cert: &Path) {
+    let printed = python_tls_client(addr, dir, cert, &[]);
+    let _ = std::fs::remove_dir_all(dir);
+    assert!(printed.contains("\"ok\": true"));
 }
 
 #[test]

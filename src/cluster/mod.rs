@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use node::Node;
 
 use crate::error::Error;
-use crate::hub::{Message, MessageKind};
+use crate::hub::{message_id, Message, MessageKind};
 
 /// The publish: HINCRBY the sequence, INCR the id, XADD (capped) and
 /// PUBLISH `seq:id:epoch:payload`. Returns `{seq, id, epoch}`.
@@ -95,7 +95,7 @@ fn decode(room: &str, seq: u64, id: u64, bytes: &[u8]) -> Option<Message> {
     let content = std::str::from_utf8(bytes.get(11 + user_len..)?).ok()?;
     let at = UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64);
     Some(Message::stored(
-        format!("msg_{id}"),
+        message_id(id),
         seq,
         room,
         user.into(),

@@ -97,7 +97,7 @@ pub struct Node {
     /// publishes are tried.
     up: AtomicBool,
     following: Mutex<Following>,
-    /// Signalled when the feeder made rooms ready, or lost Redis.
+    /// Signalled when the feeder is up, made rooms ready, or lost Redis.
     followed: Condvar,
     /// This node's own channel: a word on it wakes the feeder.
     wake_channel: String,
@@ -141,8 +141,11 @@ impl Node {
         // Publishes wait for the feeder (see `Relay::publish`): give it
         // its first connection before the ports open.
         let until = Instant::now() + super::IO_TIMEOUT;
-        while !self.available() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
+        let mut following = self.following.lock();
+        while !self.available() {
+            if self.followed.wait_until(&mut following, until).timed_out() {
+                break;
+            }
         }
         Ok(())
     }
@@ -233,6 +236,9 @@ impl Node {
         // whose answer was lost may have gone through.
         self.pool.lock().clear();
         self.up.store(true, Ordering::Release);
+        // Under the lock: `start` looks at `up` under it before it waits.
+        drop(self.following.lock());
+        self.followed.notify_all();
         log::info!("cluster: following {} rooms", subscribed.len());
         if std::mem::take(outage) {
             if let Some(hub) = hub.upgrade() {
@@ -258,8 +264,7 @@ impl Node {
                 if let Some(room) = room.filter(|r| subscribed.contains(*r)) {
                     match decode_published(room, msg.get_payload_bytes()) {
                         Some((message, epoch)) => {
-                            let known = epochs.insert(room.to_string(), epoch.clone());
-                            let began_again = known.is_some_and(|known| known != epoch);
+                            let began_again = note_epoch(epochs, room, &epoch);
                             if began_again {
                                 log::warn!("cluster: room {room} began again in Redis (epoch {epoch}); its subscribers here resume");
                             }
@@ -352,10 +357,7 @@ impl Node {
         // `None`: Redis has no room (yet, or any more); a message of a
         // new epoch will say so when it comes.
         let began_again = match self.rooms.epoch(reads, room)? {
-            Some(epoch) => {
-                let known = epochs.insert(room.to_string(), epoch.clone());
-                known.is_some_and(|known| known != epoch)
-            }
+            Some(epoch) => note_epoch(epochs, room, &epoch),
             None => false,
         };
         let Some(last) = hub.room_last(room) else {
@@ -392,15 +394,22 @@ impl Node {
         message: Message,
         anew: bool,
     ) -> Result<(), Error> {
-        let (copy, message) = copy(&message);
         let (room, seq) = (message.room.to_string(), message.seq);
-        let last = match hub.apply(copy, anew) {
-            Ok(Applied::Gap { last }) => last,
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                log::debug!("cluster: room {room}: message {seq} not applied: {e}");
-                return Ok(());
+        // Nearly every message follows the room's last one here and is
+        // applied as it is. (This thread is the only one that applies, so
+        // the room's last sequence holds until it does.)
+        let gap_after = hub
+            .room_last(&room)
+            .filter(|&last| !anew && last != 0 && seq > last + 1);
+        let Some(last) = gap_after else {
+            match hub.apply(message, anew) {
+                Ok(Applied::Gap { last }) => {
+                    log::debug!("cluster: room {room}: message {seq} after {last} not applied")
+                }
+                Ok(_) => {}
+                Err(e) => log::debug!("cluster: room {room}: message {seq} not applied: {e}"),
             }
+            return Ok(());
         };
         let missing = self.rooms.after(conn, &room, last)?;
         // The Stream lost some (trimmed, or Redis restarted): start anew.
@@ -418,21 +427,21 @@ impl Node {
     }
 }
 
-/// Two of `message` (a hub message is not `Clone`: it caches encodings):
-/// one to apply, one kept should the Stream not hold it.
-fn copy(message: &Message) -> (Message, Message) {
-    let one = || {
-        Message::stored(
-            message.id.clone(),
-            message.seq,
-            &message.room,
-            message.user.clone(),
-            message.content.clone(),
-            message.kind,
-            message.timestamp,
-        )
-    };
-    (one(), one())
+/// Notes `epoch` as `room`'s; whether the room had another one before
+/// (it began again in Redis). Allocates only when the epoch is new here:
+/// this runs for every message the channel brings.
+fn note_epoch(epochs: &mut HashMap<String, String>, room: &str, epoch: &str) -> bool {
+    match epochs.get_mut(room) {
+        Some(known) if known == epoch => false,
+        Some(known) => {
+            *known = epoch.to_string();
+            true
+        }
+        None => {
+            epochs.insert(room.to_string(), epoch.to_string());
+            false
+        }
+    }
 }
 
 impl Relay for Node {

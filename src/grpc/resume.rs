@@ -33,8 +33,7 @@ pub(super) fn requested(call: &impl Call) -> Result<Option<Resume>, Error> {
             .map(|v| String::from_utf8_lossy(v).trim().to_string())
     };
     if let Some(id) = text("last-message-id") {
-        let number = id.strip_prefix("msg_").and_then(|n| n.parse().ok());
-        return match number {
+        return match crate::hub::id_number(&id) {
             Some(n) => Ok(Some(Resume::AfterId(n))),
             None => Err(Error::InvalidArgument(format!(
                 "last-message-id must be a message id such as msg_41, got '{id}'"

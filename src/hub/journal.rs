@@ -54,13 +54,7 @@ impl Hub {
     /// a torn segment lost some) starts the room anew from it. Runs at
     /// start, before any subscriber.
     pub fn restore(&self, message: Message) -> Result<(), Error> {
-        if let Some(n) = message
-            .id
-            .strip_prefix("msg_")
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            self.next_message.fetch_max(n + 1, Ordering::Relaxed);
-        }
+        self.seen_id(&message.id);
         loop {
             let room = self.room(&message.room)?;
             let mut state = room.state.lock();
@@ -102,10 +96,7 @@ impl Hub {
             if after_id >= issued {
                 return Some(log.tail() + 1);
             }
-            let id_of = |seq| {
-                log.get(seq)
-                    .and_then(|m| m.id.strip_prefix("msg_")?.parse::<u64>().ok())
-            };
+            let id_of = |seq| log.get(seq).and_then(|m| super::id_number(&m.id));
             // The first retained sequence whose id is larger: a binary
             // search, ids growing with sequences.
             let (mut lo, mut hi) = (log.first_retained(), log.tail() + 1);

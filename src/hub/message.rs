@@ -78,6 +78,16 @@ pub struct Message {
     pub(super) encoded: [OnceLock<Box<[u8]>>; 2],
 }
 
+/// A message's id: `msg_N`, N from one counter shared by every room.
+pub fn message_id(n: u64) -> String {
+    format!("msg_{n}")
+}
+
+/// N of a message id `msg_N`; `None` for anything else.
+pub fn id_number(id: &str) -> Option<u64> {
+    id.strip_prefix("msg_")?.parse().ok()
+}
+
 impl Message {
     /// A message as it was accepted earlier (read back from the journal).
     pub fn stored(

@@ -55,8 +55,8 @@ use parking_lot::Mutex;
 use crate::error::Error;
 pub use journal::{Journal, Ticket};
 pub use message::{
-    check_user, normalize_room, CloseReason, Draft, Message, MessageKind, Protocol, DEFAULT_ROOM,
-    MAX_BURST, MAX_ROOM_NAME, MAX_USER_NAME, SHUTDOWN_NOTICE,
+    check_user, id_number, message_id, normalize_room, CloseReason, Draft, Message, MessageKind,
+    Protocol, DEFAULT_ROOM, MAX_BURST, MAX_ROOM_NAME, MAX_USER_NAME, SHUTDOWN_NOTICE,
 };
 pub use notice::{Changes, Notice};
 pub use relay::{Applied, Relay};
@@ -230,6 +230,14 @@ impl Hub {
         self.relay.is_some()
     }
 
+    /// Notes a message id given elsewhere (the journal, the relay): ids
+    /// this hub gives from now on come after it.
+    fn seen_id(&self, id: &str) {
+        if let Some(n) = id_number(id) {
+            self.next_message.fetch_max(n + 1, Ordering::Relaxed);
+        }
+    }
+
     /// Validates and publishes a message to every subscriber of its room.
     /// Waits at most `publish_stall` (for a subscriber a window behind),
     /// never on a socket. Runs on any thread.
@@ -390,7 +398,7 @@ impl Hub {
         kind: MessageKind,
     ) -> Arc<Message> {
         let message = Arc::new(Message {
-            id: format!("msg_{}", self.next_message.fetch_add(1, Ordering::Relaxed)),
+            id: message_id(self.next_message.fetch_add(1, Ordering::Relaxed)),
             seq: state.log.last() + 1,
             room: room.name.clone(),
             user,

@@ -93,12 +93,8 @@ impl Hub {
             return Ok(());
         }
         let (history, last) = relay.history(name, self.config.history)?;
-        let newest_id = history
-            .iter()
-            .filter_map(|m| m.id.strip_prefix("msg_")?.parse::<u64>().ok())
-            .max();
-        if let Some(n) = newest_id {
-            self.next_message.fetch_max(n + 1, Ordering::Relaxed);
+        for message in &history {
+            self.seen_id(&message.id);
         }
         loop {
             let room = self.room(name)?;
@@ -137,13 +133,7 @@ impl Hub {
     /// Waits like a publish (at most `publish_stall`) for a subscriber a
     /// window behind.
     pub fn apply(&self, message: Message, anew: bool) -> Result<Applied, Error> {
-        if let Some(n) = message
-            .id
-            .strip_prefix("msg_")
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            self.next_message.fetch_max(n + 1, Ordering::Relaxed);
-        }
+        self.seen_id(&message.id);
         let room_name = message.room.clone();
         let applied = self.with_space(&room_name, |room, state| {
             let last = state.log.last();

@@ -116,6 +116,13 @@ impl Serve {
         let addr = line.split("HTTP listening on ").nth(1).unwrap();
         addr.trim().to_string()
     }
+
+    /// The HTTP port, from the logs.
+    pub fn http_port(&self) -> u16 {
+        let addr = self.http_addr();
+        let port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+        port.expect("an HTTP port")
+    }
 }
 
 /// `streamhub serve` on port 0 with `extra`, for a start that must fail:
